@@ -1,0 +1,124 @@
+// Weighted sums of K shard-list vectors into M outputs, one pass over the inputs.
+#include "combine.h"
+
+#include <ATen/Parallel.h>
+
+#include <vector>
+
+#include "kernel_support.h"
+#include "shards.h"
+
+namespace fastunlearn {
+namespace {
+
+// Every input of a block is read before any output of it is written, so an output that is one of
+// the inputs (same shard, same memory) is updated correctly.
+template <typename scalar_t>
+FU_INLINE void combine_chunk(const ChunkPlan& plan, int64_t chunk, void* const* outs,
+                             int64_t num_outs, const void* const* ins, int64_t k, int64_t n,
+                             const double* weights) {
+  using comp_t = typename Compute<scalar_t>::type;
+  std::vector<comp_t> w(weights, weights + num_outs * k);
+  std::vector<comp_t> sums(num_outs * kBlock);
+  for_each_piece(plan, chunk, [&](int64_t shard, int64_t begin, int64_t end) __attribute__((always_inline)) {
+    for (int64_t pos = begin; pos < end; pos += kBlock) {
+      const int64_t len = std::min(kBlock, end - pos);
+      for (int64_t m = 0; m < num_outs; ++m) {
+        comp_t* __restrict acc = sums.data() + m * kBlock;
+        const comp_t* wm = w.data() + m * k;
+        const auto* __restrict x0 = static_cast<const scalar_t*>(ins[shard]) + pos;
+        for (int64_t t = 0; t < len; ++t) acc[t] = wm[0] * static_cast<comp_t>(x0[t]);
+        for (int64_t v = 1; v < k; ++v) {
+          const auto* __restrict x = static_cast<const scalar_t*>(ins[v * n + shard]) + pos;
+          const comp_t wv = wm[v];
+          for (int64_t t = 0; t < len; ++t) acc[t] += wv * static_cast<comp_t>(x[t]);
+        }
+      }
+      for (int64_t m = 0; m < num_outs; ++m) {
+        const comp_t* __restrict acc = sums.data() + m * kBlock;
+        auto* __restrict y = static_cast<scalar_t*>(outs[m * n + shard]) + pos;
+        for (int64_t t = 0; t < len; ++t) y[t] = static_cast<scalar_t>(acc[t]);
+      }
+    }
+  });
+}
+
+#define FU_COMBINE_CHUNK(name, scalar_t)                                                      \
+  FU_MULTIVERSION void name(const ChunkPlan& plan, int64_t chunk, void* const* outs,          \
+                            int64_t num_outs, const void* const* ins, int64_t k, int64_t n,   \
+                            const double* weights) {                                          \
+    combine_chunk<scalar_t>(plan, chunk, outs, num_outs, ins, k, n, weights);                 \
+  }
+FU_COMBINE_CHUNK(combine_chunk_f64, double)
+FU_COMBINE_CHUNK(combine_chunk_f32, float)
+FU_COMBINE_CHUNK(combine_chunk_bf16, c10::BFloat16)
+FU_COMBINE_CHUNK(combine_chunk_f16, c10::Half)
+#undef FU_COMBINE_CHUNK
+
+using CombineChunkFn = void (*)(const ChunkPlan&, int64_t, void* const*, int64_t,
+                                const void* const*, int64_t, int64_t, const double*);
+
+CombineChunkFn combine_chunk_for(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kDouble: return combine_chunk_f64;
+    case at::kFloat: return combine_chunk_f32;
+    case at::kBFloat16: return combine_chunk_bf16;
+    case at::kHalf: return combine_chunk_f16;
+    default: TORCH_CHECK_TYPE(false, "fastunlearn: unsupported dtype ", dtype);
+  }
+}
+
+}  // namespace
+
+void combine_cpu(at::TensorList outs, const at::Tensor& weights, at::TensorList shards,
+                 int64_t num_vectors) {
+  const int64_t k = num_vectors;
+  TORCH_CHECK_VALUE(k > 0 && shards.size() % k == 0, "fastunlearn: ", shards.size(),
+                    " shards do not split into ", k, " vectors");
+  const int64_t n = static_cast<int64_t>(shards.size()) / k;
+  if (n == 0) return;
+  TORCH_CHECK_VALUE(outs.size() % n == 0, "fastunlearn: ", outs.size(),
+                    " output shards do not match ", n, " input shards");
+  const int64_t num_outs = static_cast<int64_t>(outs.size()) / n;
+  TORCH_CHECK_VALUE(weights.dim() == 2 && weights.size(0) == num_outs && weights.size(1) == k,
+                    "fastunlearn: weights must have shape (", num_outs, ", ", k, "), got ",
+                    weights.sizes());
+
+  // Each shard index is computed in the layout of its first output (if dense); outputs that are
+  // not in it are computed into a temporary and copied back after the pass.
+  std::vector<at::Tensor> layout_of;
+  layout_of.reserve(n);
+  for (int64_t i = 0; i < n; ++i) layout_of.push_back(dense_layout_of(outs[i]));
+  std::vector<at::Tensor> targets;
+  std::vector<std::pair<at::Tensor, at::Tensor>> copy_back;
+  targets.reserve(outs.size());
+  for (size_t s = 0; s < outs.size(); ++s) {
+    const at::Tensor& ref = layout_of[s % n];
+    if (same_dense_layout(outs[s], ref)) {
+      targets.push_back(outs[s]);
+    } else {
+      at::Tensor tmp = at::empty_like(ref);
+      copy_back.emplace_back(outs[s], tmp);
+      targets.push_back(tmp);
+    }
+  }
+  const std::vector<at::Tensor> dense = dense_inputs(shards, n, layout_of);
+  std::vector<void*> out_ptrs;
+  out_ptrs.reserve(targets.size());
+  for (const auto& t : targets) out_ptrs.push_back(t.data_ptr());
+  std::vector<const void*> in_ptrs;
+  in_ptrs.reserve(dense.size());
+  for (const auto& t : dense) in_ptrs.push_back(t.data_ptr());
+  const at::Tensor w = weights.to(at::kDouble).contiguous();
+
+  const ChunkPlan plan = plan_chunks(at::TensorList(dense).slice(0, n));
+  const CombineChunkFn chunk_fn = combine_chunk_for(shards[0].scalar_type());
+  at::parallel_for(0, plan.num_chunks(), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      chunk_fn(plan, c, out_ptrs.data(), num_outs, in_ptrs.data(), k, n, w.data_ptr<double>());
+    }
+  });
+  for (auto& [out, tmp] : copy_back) out.copy_(tmp);
+}
+
+}  // namespace fastunlearn

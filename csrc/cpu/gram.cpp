@@ -1,0 +1,275 @@
+// Gram matrix of K shard-list vectors in one pass: every element of every shard is read once.
+#include "gram.h"
+
+#include <ATen/Parallel.h>
+
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "kernel_support.h"
+#include "shards.h"
+
+namespace fastunlearn {
+namespace {
+
+int64_t num_pairs(int64_t k) { return k * (k + 1) / 2; }
+
+// The hardware prefetcher loses track of K streams read in short bursts; ask for the lines a few
+// blocks ahead explicitly (prefetching past the end of a shard is harmless).
+constexpr int64_t kPrefetchBlocks = 4;
+
+template <typename scalar_t, typename acc_t>
+FU_INLINE void stage_block(const scalar_t* __restrict src, int64_t len, acc_t* __restrict dst) {
+  constexpr int64_t per_line = 64 / sizeof(scalar_t);
+  for (int64_t t = 0; t < len; t += per_line) {
+    __builtin_prefetch(src + t + kPrefetchBlocks * kBlock, 0, 0);
+  }
+  for (int64_t t = 0; t < len; ++t) dst[t] = static_cast<acc_t>(src[t]);
+  for (int64_t t = len; t < kBlock; ++t) dst[t] = acc_t(0);
+}
+
+template <typename acc_t>
+FU_INLINE void accumulate_pair(const acc_t* __restrict x, const acc_t* __restrict y,
+                               acc_t* __restrict lanes) {
+  acc_t acc[kLanes];
+  for (int j = 0; j < kLanes; ++j) acc[j] = lanes[j];
+  for (int64_t t = 0; t < kBlock; t += kLanes) {
+    for (int j = 0; j < kLanes; ++j) acc[j] += x[t + j] * y[t + j];
+  }
+  for (int j = 0; j < kLanes; ++j) lanes[j] = acc[j];
+}
+
+// Few vectors: all K streams are read in the same loop, so their loads interleave the way a plain
+// dot product's do, and every pair's accumulators stay in vector registers. GCC vector types keep
+// the lane structure (and so the bits) identical in every ISA clone.
+constexpr int kMaxInterleaved = 4;
+constexpr int kVecWidth = 8;
+constexpr int kPieceLanes = 2 * kVecWidth;
+constexpr int64_t kPrefetchElements = 1024;
+
+template <typename acc_t> struct Vec;
+template <> struct Vec<double> { typedef double type __attribute__((vector_size(8 * kVecWidth))); };
+template <> struct Vec<float> { typedef float type __attribute__((vector_size(4 * kVecWidth))); };
+typedef float Float8 __attribute__((vector_size(4 * kVecWidth)));
+
+template <typename scalar_t>
+FU_INLINE typename Vec<typename Acc<scalar_t>::type>::type load_vec(const scalar_t* p) {
+  using acc_t = typename Acc<scalar_t>::type;
+  using V = typename Vec<acc_t>::type;
+  V v;
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    Float8 x;
+    std::memcpy(&x, p, sizeof(x));
+    v = __builtin_convertvector(x, V);
+  } else if constexpr (std::is_same_v<scalar_t, double>) {
+    std::memcpy(&v, p, sizeof(v));
+  } else {
+    acc_t x[kVecWidth];
+    for (int j = 0; j < kVecWidth; ++j) x[j] = static_cast<acc_t>(p[j]);
+    std::memcpy(&v, x, sizeof(v));
+  }
+  return v;
+}
+
+// A zero-padded load for the last, partial vector of a piece.
+template <typename scalar_t>
+FU_INLINE typename Vec<typename Acc<scalar_t>::type>::type load_vec_tail(const scalar_t* p,
+                                                                          int64_t valid) {
+  scalar_t x[kVecWidth];
+  for (int j = 0; j < kVecWidth; ++j) x[j] = j < valid ? p[j] : scalar_t(0);
+  return load_vec(x);
+}
+
+template <typename scalar_t, int K>
+FU_INLINE void gram_piece_interleaved(const scalar_t* const* src, int64_t len,
+                                      typename Vec<typename Acc<scalar_t>::type>::type* acc) {
+  using V = typename Vec<typename Acc<scalar_t>::type>::type;
+  constexpr int P = K * (K + 1) / 2;
+  V lo[P], hi[P];
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p) {
+    lo[p] = acc[2 * p];
+    hi[p] = acc[2 * p + 1];
+  }
+  const int64_t full = len - len % kPieceLanes;
+  for (int64_t t = 0; t < full; t += kPieceLanes) {
+    V xl[K], xh[K];
+#pragma GCC unroll 16
+    for (int a = 0; a < K; ++a) {
+      __builtin_prefetch(src[a] + t + kPrefetchElements, 0, 0);
+      xl[a] = load_vec(src[a] + t);
+      xh[a] = load_vec(src[a] + t + kVecWidth);
+    }
+    int p = 0;
+#pragma GCC unroll 16
+    for (int a = 0; a < K; ++a) {
+#pragma GCC unroll 16
+      for (int b = a; b < K; ++b, ++p) {
+        lo[p] += xl[a] * xl[b];
+        hi[p] += xh[a] * xh[b];
+      }
+    }
+  }
+  if (full < len) {
+    V xl[K], xh[K];
+    for (int a = 0; a < K; ++a) {
+      xl[a] = load_vec_tail(src[a] + full, std::min<int64_t>(kVecWidth, len - full));
+      xh[a] = load_vec_tail(src[a] + full + kVecWidth, len - full - kVecWidth);
+    }
+    int p = 0;
+    for (int a = 0; a < K; ++a) {
+      for (int b = a; b < K; ++b, ++p) {
+        lo[p] += xl[a] * xl[b];
+        hi[p] += xh[a] * xh[b];
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p) {
+    acc[2 * p] = lo[p];
+    acc[2 * p + 1] = hi[p];
+  }
+}
+
+template <typename scalar_t, int K>
+FU_INLINE void gram_chunk_interleaved(const ChunkPlan& plan, int64_t chunk, const void* const* ptrs,
+                                      int64_t n, double* partial) {
+  using V = typename Vec<typename Acc<scalar_t>::type>::type;
+  constexpr int P = K * (K + 1) / 2;
+  V acc[2 * P] = {};
+  for_each_piece(plan, chunk, [&](int64_t shard, int64_t begin, int64_t end) __attribute__((always_inline)) {
+    const scalar_t* src[K];
+    for (int v = 0; v < K; ++v) src[v] = static_cast<const scalar_t*>(ptrs[v * n + shard]) + begin;
+    gram_piece_interleaved<scalar_t, K>(src, end - begin, acc);
+  });
+  for (int p = 0; p < P; ++p) {
+    double sum = 0.0;
+    for (int h = 0; h < 2; ++h)
+      for (int j = 0; j < kVecWidth; ++j) sum += static_cast<double>(acc[2 * p + h][j]);
+    partial[p] = sum;
+  }
+}
+
+// Many vectors: each block of every vector is staged once in the accumulation type, then all
+// K(K+1)/2 pair products run from L1.
+template <typename scalar_t>
+FU_INLINE void gram_chunk_staged(const ChunkPlan& plan, int64_t chunk, const void* const* ptrs,
+                                 int64_t n, int64_t k, double* partial) {
+  using acc_t = typename Acc<scalar_t>::type;
+  const int64_t pairs = num_pairs(k);
+  std::vector<acc_t> staged(k * kBlock);
+  std::vector<acc_t> lanes(pairs * kLanes, acc_t(0));
+  for_each_piece(plan, chunk, [&](int64_t shard, int64_t begin, int64_t end) __attribute__((always_inline)) {
+    for (int64_t pos = begin; pos < end; pos += kBlock) {
+      const int64_t len = std::min(kBlock, end - pos);
+      for (int64_t v = 0; v < k; ++v) {
+        const auto* src = static_cast<const scalar_t*>(ptrs[v * n + shard]) + pos;
+        stage_block(src, len, staged.data() + v * kBlock);
+      }
+      int64_t p = 0;
+      for (int64_t a = 0; a < k; ++a) {
+        for (int64_t b = a; b < k; ++b, ++p) {
+          accumulate_pair(staged.data() + a * kBlock, staged.data() + b * kBlock,
+                          lanes.data() + p * kLanes);
+        }
+      }
+    }
+  });
+  for (int64_t p = 0; p < pairs; ++p) {
+    double sum = 0.0;
+    for (int j = 0; j < kLanes; ++j) sum += static_cast<double>(lanes[p * kLanes + j]);
+    partial[p] = sum;
+  }
+}
+
+// Partial Gram (upper triangle, row-major) of one chunk, written to `partial` in double.
+template <typename scalar_t>
+FU_INLINE void gram_chunk(const ChunkPlan& plan, int64_t chunk, const void* const* ptrs, int64_t n,
+                          int64_t k, double* partial) {
+  switch (k) {
+    case 1: return gram_chunk_interleaved<scalar_t, 1>(plan, chunk, ptrs, n, partial);
+    case 2: return gram_chunk_interleaved<scalar_t, 2>(plan, chunk, ptrs, n, partial);
+    case 3: return gram_chunk_interleaved<scalar_t, 3>(plan, chunk, ptrs, n, partial);
+    case 4: return gram_chunk_interleaved<scalar_t, 4>(plan, chunk, ptrs, n, partial);
+    default: return gram_chunk_staged<scalar_t>(plan, chunk, ptrs, n, k, partial);
+  }
+}
+
+#define FU_GRAM_CHUNK(name, scalar_t)                                                          \
+  FU_MULTIVERSION void name(const ChunkPlan& plan, int64_t chunk, const void* const* ptrs,     \
+                            int64_t n, int64_t k, double* partial) {                           \
+    gram_chunk<scalar_t>(plan, chunk, ptrs, n, k, partial);                                    \
+  }
+FU_GRAM_CHUNK(gram_chunk_f64, double)
+FU_GRAM_CHUNK(gram_chunk_f32, float)
+FU_GRAM_CHUNK(gram_chunk_bf16, c10::BFloat16)
+FU_GRAM_CHUNK(gram_chunk_f16, c10::Half)
+#undef FU_GRAM_CHUNK
+
+using GramChunkFn = void (*)(const ChunkPlan&, int64_t, const void* const*, int64_t, int64_t,
+                             double*);
+
+GramChunkFn gram_chunk_for(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kDouble: return gram_chunk_f64;
+    case at::kFloat: return gram_chunk_f32;
+    case at::kBFloat16: return gram_chunk_bf16;
+    case at::kHalf: return gram_chunk_f16;
+    default: TORCH_CHECK_TYPE(false, "fastunlearn: unsupported dtype ", dtype);
+  }
+}
+
+}  // namespace
+
+at::ScalarType accumulation_dtype(at::ScalarType dtype) {
+  return (dtype == at::kFloat || dtype == at::kDouble) ? at::kDouble : at::kFloat;
+}
+
+at::Tensor gram_cpu(at::TensorList shards, int64_t num_vectors) {
+  TORCH_CHECK_VALUE(num_vectors > 0 && shards.size() % num_vectors == 0,
+                    "fastunlearn: ", shards.size(), " shards do not split into ", num_vectors,
+                    " vectors");
+  const int64_t k = num_vectors;
+  const int64_t n = static_cast<int64_t>(shards.size()) / k;
+  const at::ScalarType acc_dtype =
+      accumulation_dtype(n > 0 ? shards[0].scalar_type() : at::kFloat);
+  if (n == 0) return at::zeros({k, k}, at::TensorOptions().dtype(acc_dtype));
+
+  std::vector<at::Tensor> layout_of;
+  layout_of.reserve(n);
+  for (int64_t i = 0; i < n; ++i) layout_of.push_back(dense_layout_of(shards[i]));
+  const std::vector<at::Tensor> dense = dense_inputs(shards, n, layout_of);
+  std::vector<const void*> ptrs;
+  ptrs.reserve(dense.size());
+  for (const auto& t : dense) ptrs.push_back(t.data_ptr());
+
+  const ChunkPlan plan = plan_chunks(at::TensorList(dense).slice(0, n));
+  const int64_t pairs = num_pairs(k);
+  const int64_t chunks = plan.num_chunks();
+  std::vector<double> partials(chunks * pairs);
+  const GramChunkFn chunk_fn = gram_chunk_for(shards[0].scalar_type());
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      chunk_fn(plan, c, ptrs.data(), n, k, partials.data() + c * pairs);
+    }
+  });
+
+  // Second stage: chunks summed in index order, whatever thread produced them.
+  std::vector<double> totals(pairs, 0.0);
+  for (int64_t c = 0; c < chunks; ++c) {
+    for (int64_t p = 0; p < pairs; ++p) totals[p] += partials[c * pairs + p];
+  }
+  at::Tensor result = at::empty({k, k}, at::TensorOptions().dtype(at::kDouble));
+  double* g = result.data_ptr<double>();
+  int64_t p = 0;
+  for (int64_t a = 0; a < k; ++a) {
+    for (int64_t b = a; b < k; ++b, ++p) {
+      g[a * k + b] = totals[p];
+      g[b * k + a] = totals[p];
+    }
+  }
+  return result.to(acc_dtype);
+}
+
+}  // namespace fastunlearn

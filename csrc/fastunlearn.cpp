@@ -1,0 +1,25 @@
+// fastunlearn._C: op schemas of the C++ kernels and their CPU registrations. The public ops live in
+// fastunlearn/ops.py (namespace `fastunlearn`); these are the kernels its `cpp` backend calls.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "cpu/combine.h"
+#include "cpu/gram.h"
+
+extern "C" {
+// Importing fastunlearn._C runs the static registrations below; the module itself is empty.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(fastunlearn_cpu, m) {
+  m.def("gram(Tensor[] shards, int num_vectors) -> Tensor");
+  m.def("combine_(Tensor(a!)[] outs, Tensor weights, Tensor[] shards, int num_vectors) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(fastunlearn_cpu, CPU, m) {
+  m.impl("gram", &fastunlearn::gram_cpu);
+  m.impl("combine_", &fastunlearn::combine_cpu);
+}

@@ -1,0 +1,89 @@
+"""Which implementation of the primitives (``gram``, ``combine_``) runs a call.
+
+``backend="auto"`` picks the fastest one available for the tensors' device; the environment
+variable ``FASTUNLEARN_BACKEND`` overrides ``auto``. Naming a backend that cannot run is an error,
+never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from fastunlearn import reference
+
+try:
+    from fastunlearn import _C  # noqa: F401  (registers torch.ops.fastunlearn_cpu)
+
+    _CPP_ERROR: str | None = None
+except ImportError as exc:  # a source checkout without a build, or an incompatible torch
+    _CPP_ERROR = f"the C++ extension fastunlearn._C did not load ({exc})"
+
+ENV_VAR = "FASTUNLEARN_BACKEND"
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    gram: Callable[[list[Tensor], int], Tensor]
+    combine_: Callable[[list[Tensor], Tensor, list[Tensor], int], None]
+    devices: tuple[str, ...]
+    unavailable_reason: str | None = None
+
+
+def _cpp_gram(shards: list[Tensor], num_vectors: int) -> Tensor:
+    return torch.ops.fastunlearn_cpu.gram(shards, num_vectors)
+
+
+def _cpp_combine_(outs: list[Tensor], weights: Tensor, shards: list[Tensor], num_vectors: int) -> None:
+    torch.ops.fastunlearn_cpu.combine_(outs, weights, shards, num_vectors)
+
+
+_BACKENDS: dict[str, Backend] = {
+    "torch": Backend("torch", reference.gram, reference.combine_, devices=("*",)),
+    "cpp": Backend("cpp", _cpp_gram, _cpp_combine_, devices=("cpu",), unavailable_reason=_CPP_ERROR),
+}
+
+# Preference order of ``auto`` per device type.
+_AUTO_ORDER = {"cpu": ("cpp", "torch")}
+
+
+def backends() -> dict[str, str]:
+    """Every backend and whether it can run here: ``"available"`` or the reason it cannot.
+
+    >>> import fastunlearn as fu
+    >>> fu.backends()["torch"]
+    'available'
+    """
+    return {name: b.unavailable_reason or "available" for name, b in _BACKENDS.items()}
+
+
+def resolve(requested: str | None, device: torch.device) -> str:
+    """The backend that runs a call on ``device``; raises if ``requested`` cannot."""
+    name = requested or "auto"
+    if name == "auto":
+        name = os.environ.get(ENV_VAR, "auto") or "auto"
+    if name == "auto":
+        for candidate in _AUTO_ORDER.get(device.type, ("torch",)):
+            if _BACKENDS[candidate].unavailable_reason is None:
+                return candidate
+        return "torch"
+    if name not in _BACKENDS:
+        known = ", ".join(["auto", *_BACKENDS])
+        raise ValueError(f"unknown backend {name!r}; expected one of: {known}")
+    backend = _BACKENDS[name]
+    if backend.unavailable_reason is not None:
+        raise RuntimeError(f"backend {name!r} is unavailable: {backend.unavailable_reason}")
+    if "*" not in backend.devices and device.type not in backend.devices:
+        raise ValueError(
+            f"backend {name!r} runs on {', '.join(backend.devices)} tensors, not on {device.type} tensors"
+        )
+    return name
+
+
+def get(name: str) -> Backend:
+    return _BACKENDS[name]

@@ -1,0 +1,147 @@
+"""Input checks shared by every op. They run before anything is written, name the offending
+vector and shard, and raise ``TypeError`` (wrong kind of thing) or ``ValueError`` (wrong value)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MODES = ("always", "conflict", "ascent_conflict")
+REDUCTIONS = ("sum", "mean")
+
+
+def flatten_vectors(vectors: Sequence[Sequence[Tensor]], what: str = "vectors") -> tuple[list[Tensor], int]:
+    """Checks K >= 1 vectors of n >= 1 matching shards; returns them flat (vector-major) and n."""
+    if isinstance(vectors, Tensor) or not isinstance(vectors, Sequence):
+        raise TypeError(f"{what} must be a sequence of vectors (each a sequence of tensors)")
+    if len(vectors) == 0:
+        raise ValueError(f"{what} is empty: at least one vector is needed")
+    first = check_vector(vectors[0], f"{what}[0]")
+    flat = list(first)
+    for k in range(1, len(vectors)):
+        vector = check_vector(vectors[k], f"{what}[{k}]")
+        check_matches(vector, first, f"{what}[{k}]", f"{what}[0]")
+        flat.extend(vector)
+    return flat, len(first)
+
+
+def check_vector(vector: Sequence[Tensor], what: str) -> list[Tensor]:
+    """One vector: a non-empty sequence of floating-point tensors of one dtype on one device."""
+    if isinstance(vector, Tensor):
+        raise TypeError(f"{what} is a Tensor; pass a vector as a list of shards, e.g. [t]")
+    if not isinstance(vector, Sequence):
+        raise TypeError(f"{what} must be a sequence of tensors, got {type(vector).__name__}")
+    shards = list(vector)
+    if not shards:
+        raise ValueError(f"{what} has no shards")
+    for i, shard in enumerate(shards):
+        if not isinstance(shard, Tensor):
+            raise TypeError(f"{what} shard {i} is a {type(shard).__name__}, not a Tensor")
+    dtype, device = shards[0].dtype, shards[0].device
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{what} shard 0 has dtype {dtype}; fastunlearn ops take floating-point tensors")
+    for i, shard in enumerate(shards):
+        if shard.dtype != dtype:
+            raise TypeError(f"{what} shard {i} has dtype {shard.dtype} but shard 0 has {dtype}")
+        if shard.device != device:
+            raise ValueError(f"{what} shard {i} is on {shard.device} but shard 0 is on {device}")
+    return shards
+
+
+def check_matches(vector: list[Tensor], ref: list[Tensor], what: str, ref_what: str) -> None:
+    """``vector`` pairs with ``ref`` shard by shard: same count, shapes, dtype and device."""
+    if len(vector) != len(ref):
+        raise ValueError(f"{what} has {len(vector)} shards but {ref_what} has {len(ref)}")
+    if vector[0].dtype != ref[0].dtype:
+        raise TypeError(f"{what} has dtype {vector[0].dtype} but {ref_what} has {ref[0].dtype}")
+    if vector[0].device != ref[0].device:
+        raise ValueError(f"{what} is on {vector[0].device} but {ref_what} is on {ref[0].device}")
+    for i, (a, b) in enumerate(zip(vector, ref)):
+        if a.shape != b.shape:
+            raise ValueError(
+                f"{what} shard {i} has shape {tuple(a.shape)} but {ref_what} shard {i} has {tuple(b.shape)}"
+            )
+
+
+def check_writable(outs: list[Tensor], what: str) -> None:
+    """Outputs of an in-place op: no autograd history to corrupt, no element written twice."""
+    if torch.is_grad_enabled():
+        for i, t in enumerate(outs):
+            if t.requires_grad:
+                raise ValueError(
+                    f"{what} shard {i} requires grad; in-place fastunlearn ops are not differentiable "
+                    "(pass .grad tensors or detached copies, or call under torch.no_grad())"
+                )
+    for i, t in enumerate(outs):
+        if t.numel() > 1 and torch._debug_has_internal_overlap(t) == 1:
+            raise ValueError(f"{what} shard {i} has elements that share memory (e.g. an expand()ed view)")
+
+
+def check_weights(weights: Tensor, shape: tuple[int, ...], device: torch.device) -> None:
+    if not isinstance(weights, Tensor):
+        raise TypeError(f"weights must be a Tensor on {device}, got {type(weights).__name__}")
+    if weights.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"weights must be floating point, got {weights.dtype}")
+    if tuple(weights.shape) != shape:
+        raise ValueError(f"weights must have shape {shape} (one per vector), got {tuple(weights.shape)}")
+    if weights.device != device:
+        raise ValueError(f"weights are on {weights.device} but the vectors are on {device}")
+
+
+def check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(map(repr, choices))}")
+
+
+def _span(t: Tensor) -> tuple[int, int]:
+    start = t.data_ptr()
+    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    return start, start + (last + 1) * t.element_size()
+
+
+def check_overlaps(outs: list[Tensor], shards: list[Tensor], n: int, what: str = "out") -> None:
+    """Rejects outputs whose memory meets another output, or an input other than themselves.
+
+    An output may be exactly the input at the same shard index (an in-place update reads each
+    element before writing it); any other overlap would make the result depend on the order in
+    which the kernel visits memory. Runs on real tensors only (fake tensors have no memory).
+    """
+    spans = []
+    for s, t in enumerate(outs):
+        if t.numel() and t.device.type != "meta":
+            spans.append((*_span(t), True, s, t))
+    for s, t in enumerate(shards):
+        if t.numel() and t.device.type != "meta":
+            spans.append((*_span(t), False, s, t))
+    spans.sort(key=lambda span: span[0])
+    active: list[tuple] = []
+    for span in spans:
+        active = [a for a in active if a[1] > span[0]]
+        for other in active:
+            if other[2] or span[2]:
+                out, inp = (other, span) if other[2] else (span, other)
+                if not _same_place(out, inp, n):
+                    raise ValueError(_overlap_message(out, inp, n, what))
+        active.append(span)
+
+
+def _same_place(out: tuple, inp: tuple, n: int) -> bool:
+    a, b = out[4], inp[4]
+    return (
+        not inp[2]
+        and out[3] % n == inp[3] % n
+        and a.data_ptr() == b.data_ptr()
+        and a.shape == b.shape
+        and a.stride() == b.stride()
+    )
+
+
+def _overlap_message(out: tuple, other: tuple, n: int, what: str) -> str:
+    kind = what if other[2] else "input vector"
+    return (
+        f"{what} shard {out[3] % n} overlaps {kind} {other[3] // n} shard {other[3] % n} in memory; "
+        "an output may only be the very same tensor as the input at its own shard index"
+    )

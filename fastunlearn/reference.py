@@ -1,0 +1,60 @@
+"""Pure-PyTorch implementation of the two primitives every fastunlearn op is made of.
+
+This module is the specification: the ``torch`` backend on any device, the CPU fallback when the
+extension is missing, and the oracle the tests compare the fused kernels against. It never reads a
+value back to the host.
+
+Shards arrive flat and vector-major: with K vectors of n shards, ``shards[k * n + i]`` is shard i
+of vector k. Inputs are validated by the callers (see ``fastunlearn._validate``).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+_WIDE = (torch.float32, torch.float64)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Reductions over fp32/fp64 accumulate in fp64; over bf16/fp16 in fp32."""
+    return torch.float64 if dtype in _WIDE else torch.float32
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Weighted sums are computed in the input dtype, but never below fp32."""
+    return dtype if dtype in _WIDE else torch.float32
+
+
+def gram(shards: list[Tensor], num_vectors: int) -> Tensor:
+    """K x K matrix of pairwise dot products, in ``accumulation_dtype`` of the inputs."""
+    k = num_vectors
+    n = len(shards) // k
+    acc = accumulation_dtype(shards[0].dtype)
+    result = torch.zeros(k, k, dtype=acc, device=shards[0].device)
+    for i in range(n):
+        rows = torch.stack([shards[v * n + i].reshape(-1) for v in range(k)]).to(acc)
+        result += rows @ rows.mT
+    return result
+
+
+def combine_(outs: list[Tensor], weights: Tensor, shards: list[Tensor], num_vectors: int) -> None:
+    """``outs[m * n + i] = sum_k weights[m, k] * shards[k * n + i]``.
+
+    All M results of a shard index are computed before any of them is written, so an output may be
+    the very tensor of one of the inputs at the same index.
+    """
+    k = num_vectors
+    n = len(shards) // k
+    num_outs = len(outs) // n
+    comp = compute_dtype(shards[0].dtype)
+    w = weights.to(comp)
+    for i in range(n):
+        results = []
+        for m in range(num_outs):
+            acc = shards[i].to(comp) * w[m, 0]
+            for v in range(1, k):
+                acc = acc + shards[v * n + i].to(comp) * w[m, v]
+            results.append(acc)
+        for m, result in enumerate(results):
+            outs[m * n + i].copy_(result)
