@@ -67,7 +67,7 @@ def check_matches(vector: list[Tensor], ref: list[Tensor], what: str, ref_what: 
 
 
 def check_writable(outs: list[Tensor], what: str) -> None:
-    """Outputs of an in-place op: no autograd history to corrupt, no element written twice."""
+    """Outputs of an in-place op carry no autograd history that the write would corrupt."""
     if torch.is_grad_enabled():
         for i, t in enumerate(outs):
             if t.requires_grad:
@@ -75,9 +75,6 @@ def check_writable(outs: list[Tensor], what: str) -> None:
                     f"{what} shard {i} requires grad; in-place fastunlearn ops are not differentiable "
                     "(pass .grad tensors or detached copies, or call under torch.no_grad())"
                 )
-    for i, t in enumerate(outs):
-        if t.numel() > 1 and torch._debug_has_internal_overlap(t) == 1:
-            raise ValueError(f"{what} shard {i} has elements that share memory (e.g. an expand()ed view)")
 
 
 def check_weights(weights: Tensor, shape: tuple[int, ...], device: torch.device) -> None:
@@ -103,12 +100,16 @@ def _span(t: Tensor) -> tuple[int, int]:
 
 
 def check_overlaps(outs: list[Tensor], shards: list[Tensor], n: int, what: str = "out") -> None:
-    """Rejects outputs whose memory meets another output, or an input other than themselves.
+    """Rejects outputs that write an element twice or whose memory meets another output or an
+    input other than themselves.
 
     An output may be exactly the input at the same shard index (an in-place update reads each
     element before writing it); any other overlap would make the result depend on the order in
     which the kernel visits memory. Runs on real tensors only (fake tensors have no memory).
     """
+    for i, t in enumerate(outs):
+        if t.numel() > 1 and torch._debug_has_internal_overlap(t) == 1:
+            raise ValueError(f"{what} shard {i} has elements that share memory (e.g. an expand()ed view)")
     spans = []
     for s, t in enumerate(outs):
         if t.numel() and t.device.type != "meta":

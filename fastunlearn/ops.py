@@ -97,18 +97,19 @@ def _projection_coefficient(gram: Tensor, mode: str, eps: float) -> Tensor:
 
 
 @torch.library.custom_op("fastunlearn::project_", mutates_args=("g",))
-def _project_(g: list[Tensor], r: list[Tensor], mode: str, eps: float, backend: str) -> Tensor:
+def _project_(g: list[Tensor], r: list[Tensor], when: str, eps: float, backend: str) -> Tensor:
+    # (`when` is `mode` of the public function: torch.library reserves the name `mode`.)
     _validate.check_overlaps(g, r, len(g))
     impl = _backend.get(backend)
     shards = [*g, *r]
     gram = impl.gram(shards, 2)
-    coef = _projection_coefficient(gram, mode, eps)
+    coef = _projection_coefficient(gram, when, eps)
     impl.combine_(g, torch.stack([torch.ones_like(coef), -coef]).reshape(1, 2), shards, 2)
     return torch.stack([gram[0, 1], gram[0, 0], gram[1, 1], coef])
 
 
 @_project_.register_fake
-def _(g, r, mode, eps, backend):
+def _(g, r, when, eps, backend):
     return g[0].new_empty((4,), dtype=accumulation_dtype(g[0].dtype))
 
 

@@ -35,7 +35,8 @@ def gram(shards: list[Tensor], num_vectors: int) -> Tensor:
     for i in range(n):
         rows = torch.stack([shards[v * n + i].reshape(-1) for v in range(k)]).to(acc)
         result += rows @ rows.mT
-    return result
+    # A GEMM need not round (a, b) and (b, a) alike; mirror the upper triangle.
+    return result.triu() + result.triu(1).mT
 
 
 def combine_(outs: list[Tensor], weights: Tensor, shards: list[Tensor], num_vectors: int) -> None:

@@ -1,0 +1,35 @@
+# The README's commands. Each one sets up what it needs on a fresh machine first.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fastunlearn-installed
+SOURCES := pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h)
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch is installed only when missing (override with TORCH_SPEC=...); the extension is then built
+# against that torch, hence --no-build-isolation.
+$(STAMP): $(SOURCES) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=69" wheel ninja
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --no-build-isolation -e ".[dev]"
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/fastunlearn showcase
+
+test: $(STAMP)
+	$(BIN)/python -m pytest --doctest-modules fastunlearn tests
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-columns=median,iqr,rounds
+	$(BIN)/python benchmarks/report.py
+
+clean:
+	rm -rf build $(VENV) fastunlearn/*.so *.egg-info

@@ -1,0 +1,76 @@
+"""Bad input: a clear TypeError/ValueError naming what differs, and every input left untouched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import BACKENDS, assert_same_bits
+
+import fastunlearn as fu
+
+
+def fresh():
+    gen = torch.Generator().manual_seed(0)
+    g = [torch.randn(4, 3, generator=gen), torch.randn(5, generator=gen)]
+    r = [torch.randn(4, 3, generator=gen), torch.randn(5, generator=gen)]
+    return g, r
+
+
+CASES = {
+    "list_length": (ValueError, "has 1 shards", lambda g, r: fu.project_(g, r[:1])),
+    "shape": (ValueError, "shard 1 has shape", lambda g, r: fu.project_(g, [r[0], r[1][:4]])),
+    "dtype": (TypeError, "dtype", lambda g, r: fu.project_(g, [s.double() for s in r])),
+    "dtype_within_vector": (TypeError, "shard 1 has dtype", lambda g, r: fu.project_(g, [r[0], r[1].double()])),
+    "integer": (TypeError, "floating-point", lambda g, r: fu.project_(g, [s.long() for s in r])),
+    "device": (ValueError, "meta", lambda g, r: fu.project_(g, [r[0], r[1].to("meta")])),
+    "empty_vector": (ValueError, "no shards", lambda g, r: fu.project_(g, [])),
+    "no_vectors": (ValueError, "empty", lambda g, r: fu.combine_(g, torch.ones(0), [])),
+    "k_zero_gram": (ValueError, "empty", lambda g, r: fu.gram([])),
+    "tensor_as_vector": (TypeError, "list of shards", lambda g, r: fu.project_(g, r[1])),
+    "not_a_tensor": (TypeError, "not a Tensor", lambda g, r: fu.project_(g, [r[0], 1.0])),
+    "weights_length": (ValueError, r"shape \(2,\)", lambda g, r: fu.combine_(g, torch.ones(3), [g, r])),
+    "weights_device": (ValueError, "weights are on", lambda g, r: fu.combine_(g, torch.ones(2, device="meta"), [g, r])),
+    "weights_list": (TypeError, "weights must be a Tensor", lambda g, r: fu.combine_(g, [1.0, 2.0], [g, r])),
+    "weights_int": (TypeError, "floating", lambda g, r: fu.combine_(g, torch.ones(2, dtype=torch.long), [g, r])),
+    "out_overlaps_other_shard": (
+        ValueError, "overlaps", lambda g, r: fu.combine_([g[0], g[0].view(-1)[:5]], torch.ones(2), [g, r])),
+    "out_partial_overlap": (
+        ValueError, "overlaps", lambda g, r: fu.combine_([g[0], r[1][1:]], torch.ones(2), [[g[0], g[1][1:]], [r[0], r[1][:4]]])),
+    "out_is_input_at_other_index": (
+        ValueError, "overlaps", lambda g, r: fu.project_([g[1], r[1]], [r[1], g[1]])),
+    "out_internal_overlap": (
+        ValueError, "share memory", lambda g, r: fu.combine_([g[0], torch.zeros(1).expand(5)], torch.ones(1), [g])),
+    "requires_grad": (ValueError, "requires grad", lambda g, r: fu.project_([g[0].requires_grad_(), g[1]], r)),
+    "unknown_mode": (ValueError, "unknown mode", lambda g, r: fu.project_(g, r, mode="sometimes")),
+    "unknown_backend": (ValueError, "unknown backend", lambda g, r: fu.project_(g, r, backend="fortran")),
+    "unknown_reduction": (ValueError, "unknown reduction", lambda g, r: fu.pcgrad_(g, [g, r], reduction="max")),
+    "order_shape": (ValueError, "order must have shape", lambda g, r: fu.pcgrad_(g, [g, r], order=torch.zeros(3, 3, dtype=torch.long))),
+    "no_directions": (ValueError, "directions", lambda g, r: fu.project_normal_(g, [])),
+    "direction_shape": (ValueError, "shape", lambda g, r: fu.project_normal_(g, [r, [r[0], r[1][:2]]])),
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_bad_input_raises_before_writing(case):
+    error, message, call = case
+    g, r = fresh()
+    g_before, r_before = [s.clone() for s in g], [s.clone() for s in r]
+    with pytest.raises(error, match=message):
+        call(g, r)
+    assert_same_bits([s.detach() for s in g], g_before)
+    assert_same_bits(r, r_before)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_overlap_message_names_the_shard(backend):
+    g, r = fresh()
+    with pytest.raises(ValueError, match=r"out shard 1 overlaps input vector 1 shard 1"):
+        fu.combine_([g[0], r[1][1:]], torch.ones(2), [[g[0], g[1][1:]], [r[0], r[1][:4]]], backend=backend)
+
+
+def test_in_place_is_allowed_under_no_grad():
+    g, r = fresh()
+    g[0].requires_grad_()
+    with torch.no_grad():
+        fu.project_(g, r)
+    assert torch.dot(torch.cat([s.detach().reshape(-1) for s in g]), torch.cat([s.reshape(-1) for s in r])).abs() < 1e-5

@@ -1,0 +1,93 @@
+"""torch.library integration: opcheck, gradcheck, torch.compile, backend selection."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import BACKENDS, make_vectors
+
+import fastunlearn as fu
+from fastunlearn import ops
+
+
+def shard_args(k=2, dtype=torch.float64, seed=0):
+    vectors = make_vectors([(3, 4), (5,), (0,)], k, dtype, seed=seed)
+    return [s for v in vectors for s in v]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_opcheck_every_op(backend):
+    shards = shard_args(3)
+    torch.library.opcheck(ops._gram, (shards, 3, backend))
+    torch.library.opcheck(ops._combine, (shards, torch.randn(2, 3, dtype=torch.float64), 3, backend))
+    out = [torch.zeros_like(s) for s in shards[:3]]
+    torch.library.opcheck(ops._combine_, (out, torch.randn(3), shards, 3, backend))
+    g, r = [s.clone() for s in shards[:3]], shards[3:6]
+    for mode in ("always", "conflict", "ascent_conflict"):
+        torch.library.opcheck(ops._project_, ([s.clone() for s in g], r, mode, 1e-20, backend))
+    torch.library.opcheck(ops._project_normal_, ([s.clone() for s in g], shards[3:], 2, 1e-20, backend))
+    order = fu.pcgrad_order(3, generator=torch.Generator().manual_seed(0))
+    torch.library.opcheck(ops._pcgrad_, ([torch.zeros_like(s) for s in g], shards, 3, order, "mean", 1e-20, backend))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reductions_pass_gradcheck(backend):
+    shards = [s.requires_grad_() for s in shard_args(3, seed=1)]
+    a, b, c = shards[:3], shards[3:6], shards[6:]
+    assert torch.autograd.gradcheck(lambda *s: fu.gram([s[:3], s[3:6], s[6:]], backend=backend), shards)
+    assert torch.autograd.gradcheck(lambda *s: fu.dot(s[:3], s[3:], backend=backend), a + b)
+    assert torch.autograd.gradcheck(lambda *s: fu.sq_norm(s, backend=backend), c)
+
+
+def test_gram_gradient_matches_autograd_through_cat():
+    shards = [s.requires_grad_() for s in shard_args(2, dtype=torch.float32, seed=2)]
+    weights = torch.tensor([[1.0, 2.0], [-3.0, 0.5]])
+    (fu.gram([shards[:3], shards[3:]]) * weights).sum().backward()
+    ours = [s.grad.clone() for s in shards]
+    for s in shards:
+        s.grad = None
+    flat = torch.stack([torch.cat([s.reshape(-1) for s in shards[:3]]), torch.cat([s.reshape(-1) for s in shards[3:]])])
+    ((flat @ flat.T) * weights).sum().backward()
+    for x, s in zip(ours, shards):
+        torch.testing.assert_close(x, s.grad)
+
+
+def test_compiles_without_graph_breaks():
+    g, r = make_vectors([(8, 4), (16,)], 2, torch.float32, seed=3)
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def surgery(g, r):
+        stats = fu.project_(g, r)
+        return stats.coef * 2, fu.gram([g, r])
+
+    g_eager = [s.clone() for s in g]
+    fu.project_(g_eager, r)
+    coef, gram = surgery(g, r)
+    torch.testing.assert_close(g, g_eager)
+    assert abs(gram[0, 1]) < 1e-5
+
+
+def test_backends_report_and_selection(monkeypatch):
+    report = fu.backends()
+    assert report["torch"] == "available"
+    assert report["cpp"] == "available", report["cpp"]  # the extension is part of every install
+    from fastunlearn import _backend
+
+    monkeypatch.delenv(_backend.ENV_VAR, raising=False)
+    assert _backend.resolve("auto", torch.device("cpu")) == "cpp"
+    assert _backend.resolve("auto", torch.device("meta")) == "torch"
+    monkeypatch.setenv(_backend.ENV_VAR, "torch")
+    assert _backend.resolve("auto", torch.device("cpu")) == "torch"
+    assert _backend.resolve("cpp", torch.device("cpu")) == "cpp"  # an explicit choice beats the variable
+    with pytest.raises(ValueError, match="runs on cpu tensors"):
+        _backend.resolve("cpp", torch.device("meta"))
+
+
+def test_unavailable_backend_is_an_error(monkeypatch):
+    from fastunlearn import _backend
+
+    broken = _backend.Backend("cpp", None, None, ("cpu",), unavailable_reason="not built")
+    monkeypatch.setitem(_backend._BACKENDS, "cpp", broken)
+    with pytest.raises(RuntimeError, match="'cpp' is unavailable: not built"):
+        fu.gram([[torch.ones(2)]], backend="cpp")
+    assert _backend.resolve("auto", torch.device("cpu")) == "torch"

@@ -1,0 +1,106 @@
+"""Cancellation, determinism across threads and calls, zero norms, NaN/Inf propagation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers import BACKENDS, SHAPE_SETS, assert_same_bits, clone, flat64, make_vectors
+
+import fastunlearn as fu
+
+
+def cancelling_pair(n: int, seed: int = 0):
+    """fp32 vectors of magnitude ~1e3 whose exact dot product is ~1e-6 of sum |a_i b_i|."""
+    gen = torch.Generator().manual_seed(seed)
+    a = (torch.rand(n, generator=gen) * 2e3 + 1e3).to(torch.float32)
+    b = torch.randn(n, generator=gen).to(torch.float32) * 1e3
+    a64, b64 = a.double(), b.double()
+    # Nudge the last element so that the exact dot becomes tiny but non-zero.
+    residual = torch.dot(a64[:-1], b64[:-1])
+    b[-1] = (-residual / a64[-1]).to(torch.float32)
+    return a, b
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fp32_cancellation_with_ten_million_elements(backend):
+    n = 10_000_000
+    a, b = cancelling_pair(n)
+    exact = torch.dot(a.double(), b.double())
+    scale = torch.dot(a.double().abs(), b.double().abs())
+    assert abs(exact) < 1e-5 * scale  # the case really cancels
+    naive = torch.zeros((), dtype=torch.float32)
+    for part_a, part_b in zip(a.split(1 << 20), b.split(1 << 20)):  # fp32 accumulation, fails the bound
+        naive += torch.dot(part_a, part_b)
+    assert abs(naive.double() - exact) > 1e-6 * abs(exact)
+    result = fu.dot([a[: n // 3], a[n // 3 :]], [b[: n // 3], b[n // 3 :]], backend=backend)
+    assert abs(result.double() - exact) <= 1e-6 * abs(exact)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bit_identical_with_one_and_two_threads(backend):
+    vectors = make_vectors([(300_001,), (7,), (150_000,)], 3, torch.float32, seed=2)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for t in (1, 2, 1):
+            torch.set_num_threads(t)
+            g = clone(vectors[0])
+            gram = fu.gram(vectors, backend=backend)
+            stats = fu.project_(g, vectors[1], backend=backend)
+            results.append((gram, stats.coef, g))
+    finally:
+        torch.set_num_threads(threads)
+    for gram, coef, g in results[1:]:
+        assert torch.equal(gram, results[0][0])
+        assert torch.equal(coef, results[0][1])
+        assert_same_bits(g, results[0][2])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_repeated_calls_are_bit_identical(backend):
+    vectors = make_vectors(SHAPE_SETS["chunk_straddle"], 5, torch.bfloat16, seed=4)
+    first = fu.gram(vectors, backend=backend)
+    for _ in range(3):
+        assert torch.equal(fu.gram(vectors, backend=backend), first)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["always", "conflict", "ascent_conflict"])
+def test_zero_retain_gradient_is_guarded(backend, mode):
+    g = make_vectors(SHAPE_SETS["odd"], 1, torch.float32)[0]
+    before = clone(g)
+    r = [torch.zeros_like(s) for s in g]
+    stats = fu.project_(g, r, mode=mode, backend=backend)
+    assert torch.isfinite(stats.coef) and stats.coef == 0
+    assert_same_bits(g, before)
+    alpha = fu.project_normal_(g, [r, r], backend=backend)
+    assert torch.isfinite(alpha).all()
+    assert_same_bits(g, before)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_nan_and_inf_propagate(backend, bad):
+    vectors = make_vectors(SHAPE_SETS["odd"], 2, torch.float32, seed=6)
+    vectors[1][2][5] = bad
+    assert not torch.isfinite(fu.gram(vectors, backend=backend)[1, 1])
+    for mode in ("always", "conflict", "ascent_conflict"):
+        g = clone(vectors[0])
+        stats = fu.project_(g, vectors[1], mode=mode, backend=backend)
+        assert not torch.isfinite(stats.coef) or not torch.isfinite(flat64(g)).all()
+        assert not torch.isfinite(flat64(g)).all()
+    out = clone(vectors[0])
+    fu.pcgrad_(out, vectors, backend=backend)
+    assert not torch.isfinite(flat64(out)).all()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_element_shards_only(backend):
+    a = [torch.zeros(0), torch.zeros(0, 3)]
+    assert torch.equal(fu.gram([a, a], backend=backend), torch.zeros(2, 2))
+    out = [torch.zeros(0), torch.zeros(0, 3)]
+    fu.combine_(out, torch.tensor([1.0, 2.0]), [a, a], backend=backend)
+    assert fu.project_(out, a, backend=backend).coef == 0
