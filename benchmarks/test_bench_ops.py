@@ -1,0 +1,45 @@
+"""pytest-benchmark suite: each core op and its peers on the quick size (see cases.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cases
+
+PEERS = {
+    "gram": {
+        "fastunlearn": lambda g, r, out: cases.fused_gram(g, r),
+        "reference.py": lambda g, r, out: cases.fused_gram(g, r, backend="torch"),
+        "cat": lambda g, r, out: cases.cat_gram(g, r),
+        "composition": lambda g, r, out: cases.composition_gram(g, r),
+    },
+    "project_": {
+        "fastunlearn": lambda g, r, out: cases.fused_project_(g, r),
+        "cat": lambda g, r, out: cases.cat_project_(g, r),
+        "composition": lambda g, r, out: cases.composition_project_(g, r),
+    },
+    "pcgrad_": {
+        "fastunlearn": lambda g, r, out: cases.fused_pcgrad_(out, g, r),
+        "cat": lambda g, r, out: cases.cat_pcgrad_(out, g, r),
+        "composition": lambda g, r, out: cases.composition_pcgrad_(out, g, r),
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def pair():
+    g, r = cases.make_pair(cases.SHAPES["quick16m"])
+    return g, r, [torch.empty_like(s) for s in g]
+
+
+@pytest.mark.parametrize("op,peer", [(op, peer) for op, peers in PEERS.items() for peer in peers])
+def test_op(benchmark, pair, op, peer):
+    benchmark.group = op
+    g, r, out = pair
+    benchmark(PEERS[op][peer], g, r, out)
+
+
+def test_bandwidth_proxy(benchmark, pair):
+    benchmark.group = "gram"
+    benchmark(cases.bandwidth_proxy(cases.numel(pair[0])))
