@@ -8,8 +8,8 @@ never a silent fallback.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import Tensor
@@ -79,9 +79,7 @@ def resolve(requested: str | None, device: torch.device) -> str:
     if backend.unavailable_reason is not None:
         raise RuntimeError(f"backend {name!r} is unavailable: {backend.unavailable_reason}")
     if "*" not in backend.devices and device.type not in backend.devices:
-        raise ValueError(
-            f"backend {name!r} runs on {', '.join(backend.devices)} tensors, not on {device.type} tensors"
-        )
+        raise ValueError(f"backend {name!r} runs on {', '.join(backend.devices)} tensors, not on {device.type} tensors")
     return name
 
 

@@ -114,7 +114,9 @@ def _(g, r, when, eps, backend):
 
 
 @torch.library.custom_op("fastunlearn::project_normal_", mutates_args=("g",))
-def _project_normal_(g: list[Tensor], directions: list[Tensor], num_directions: int, eps: float, backend: str) -> Tensor:
+def _project_normal_(
+    g: list[Tensor], directions: list[Tensor], num_directions: int, eps: float, backend: str
+) -> Tensor:
     _validate.check_overlaps(g, directions, len(g))
     impl = _backend.get(backend)
     shards = [*g, *directions]
@@ -290,7 +292,9 @@ def project_(
     return ProjectionStats(*_project_(shards[:n], shards[n:], mode, float(eps), name).unbind())
 
 
-def project_normal_(g: Vector, directions: Sequence[Vector], *, eps: float = DEFAULT_EPS, backend: str = "auto") -> Tensor:
+def project_normal_(
+    g: Vector, directions: Sequence[Vector], *, eps: float = DEFAULT_EPS, backend: str = "auto"
+) -> Tensor:
     """Removes from ``g``, in place, its component in the span of ``directions`` (m vectors).
 
     Solves the regularised normal equations ``(R R^T + eps I) alpha = R g`` on the device and
@@ -312,7 +316,9 @@ def project_normal_(g: Vector, directions: Sequence[Vector], *, eps: float = DEF
     return _project_normal_(shards[:n], shards[n:], len(directions), float(eps), name)
 
 
-def pcgrad_order(num_vectors: int, *, device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> Tensor:
+def pcgrad_order(
+    num_vectors: int, *, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+) -> Tensor:
     """A random projection order per task (row i: the order task i meets the others), made on the
     device (no host round trip). Pass a ``generator`` on that device for reproducible orders."""
     noise = torch.rand(num_vectors, num_vectors, device=device, generator=generator)
@@ -320,7 +326,11 @@ def pcgrad_order(num_vectors: int, *, device: torch.device | str = "cpu", genera
 
 
 def pcgrad_weights(
-    gram: Tensor, *, reduction: str = "mean", order: Tensor | None = None, generator: torch.Generator | None = None,
+    gram: Tensor,
+    *,
+    reduction: str = "mean",
+    order: Tensor | None = None,
+    generator: torch.Generator | None = None,
     eps: float = DEFAULT_EPS,
 ) -> Tensor:
     """Weights w with ``sum_k w_k g_k`` equal to PCGrad's merged gradient, from the K x K Gram only.
@@ -343,8 +353,14 @@ def pcgrad_weights(
 
 
 def pcgrad_(
-    out: Vector, vectors: Sequence[Vector], *, reduction: str = "mean", order: Tensor | None = None,
-    generator: torch.Generator | None = None, eps: float = DEFAULT_EPS, backend: str = "auto",
+    out: Vector,
+    vectors: Sequence[Vector],
+    *,
+    reduction: str = "mean",
+    order: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    eps: float = DEFAULT_EPS,
+    backend: str = "auto",
 ) -> PCGradStats:
     """PCGrad over K task gradients into ``out``: Gram pass, weights on the device, combine pass.
 

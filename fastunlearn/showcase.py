@@ -54,21 +54,37 @@ def main() -> None:
     fused, flat = [s.clone() for s in g_f], [s.clone() for s in g_f]
     stats = fu.project_(fused, g_r)
     d_flat = _flatten_surgery(flat, g_r)
-    diff = max((a - b).abs().max().item() for a, b in zip(fused, flat))
-    print(f"project_: g.r = {stats.dot:.6g} (flatten code: {d_flat:.6g}), coefficient {stats.coef:.6g}")
-    print(f"          max |fused - flatten| over the projected gradient: {diff:.3g}")
-    print(f"          g.r after projection: {fu.dot(fused, g_r):.3g}\n")
+    d64 = torch.dot(torch.cat([s.reshape(-1) for s in g_f]).double(), torch.cat([s.reshape(-1) for s in g_r]).double())
+    print(f"project_: g.r  float64 {d64.item():.10g}  fused {stats.dot.item():.10g}  flatten code {d_flat:.10g}")
+    print(
+        f"          relative error of g.r: fused {abs(stats.dot.item() - d64.item()) / abs(d64.item()):.1e}, "
+        f"flatten code (fp32 accumulation) {abs(d_flat - d64.item()) / abs(d64.item()):.1e}"
+    )
+    print(f"          g.r after projection: fused {fu.dot(fused, g_r):.3g}, flatten code {fu.dot(flat, g_r):.3g}\n")
 
     rows = [
-        ("project_ (surgery step)", lambda: fu.project_([s.clone() for s in g_f], g_r),
-         lambda: _flatten_surgery([s.clone() for s in g_f], g_r)),
+        (
+            "project_ (surgery step)",
+            lambda: fu.project_([s.clone() for s in g_f], g_r),
+            lambda: _flatten_surgery([s.clone() for s in g_f], g_r),
+        ),
     ]
     out = [torch.empty_like(s) for s in g_f]
     order = torch.tensor([[1, 0], [0, 1]])
-    rows.append(("gram (K=2)", lambda: fu.gram([g_f, g_r]),
-                 lambda: (lambda m: m @ m.T)(torch.stack([torch.cat([s.reshape(-1) for s in v]) for v in (g_f, g_r)]))))
-    rows.append(("pcgrad_ (K=2)", lambda: fu.pcgrad_(out, [g_f, g_r], order=order),
-                 lambda: fu.pcgrad_(out, [g_f, g_r], order=order, backend="torch")))
+    rows.append(
+        (
+            "gram (K=2)",
+            lambda: fu.gram([g_f, g_r]),
+            lambda: (lambda m: m @ m.T)(torch.stack([torch.cat([s.reshape(-1) for s in v]) for v in (g_f, g_r)])),
+        )
+    )
+    rows.append(
+        (
+            "pcgrad_ (K=2)",
+            lambda: fu.pcgrad_(out, [g_f, g_r], order=order),
+            lambda: fu.pcgrad_(out, [g_f, g_r], order=order, backend="torch"),
+        )
+    )
     print(f"{'op':<26}{'fused ms':>10}{'reference ms':>14}{'speedup':>9}")
     for name, fused_fn, ref_fn in rows:
         t_fused, t_ref = _median_ms(fused_fn), _median_ms(ref_fn)

@@ -33,18 +33,30 @@ CASES = {
     "weights_list": (TypeError, "weights must be a Tensor", lambda g, r: fu.combine_(g, [1.0, 2.0], [g, r])),
     "weights_int": (TypeError, "floating", lambda g, r: fu.combine_(g, torch.ones(2, dtype=torch.long), [g, r])),
     "out_overlaps_other_shard": (
-        ValueError, "overlaps", lambda g, r: fu.combine_([g[0], g[0].view(-1)[:5]], torch.ones(2), [g, r])),
+        ValueError,
+        "overlaps",
+        lambda g, r: fu.combine_([g[0], g[0].view(-1)[:5]], torch.ones(2), [g, r]),
+    ),
     "out_partial_overlap": (
-        ValueError, "overlaps", lambda g, r: fu.combine_([g[0], r[1][1:]], torch.ones(2), [[g[0], g[1][1:]], [r[0], r[1][:4]]])),
-    "out_is_input_at_other_index": (
-        ValueError, "overlaps", lambda g, r: fu.project_([g[1], r[1]], [r[1], g[1]])),
+        ValueError,
+        "overlaps",
+        lambda g, r: fu.combine_([g[0], r[1][1:]], torch.ones(2), [[g[0], g[1][1:]], [r[0], r[1][:4]]]),
+    ),
+    "out_is_input_at_other_index": (ValueError, "overlaps", lambda g, r: fu.project_([g[1], r[1]], [r[1], g[1]])),
     "out_internal_overlap": (
-        ValueError, "share memory", lambda g, r: fu.combine_([g[0], torch.zeros(1).expand(5)], torch.ones(1), [g])),
+        ValueError,
+        "share memory",
+        lambda g, r: fu.combine_([g[0], torch.zeros(1).expand(5)], torch.ones(1), [g]),
+    ),
     "requires_grad": (ValueError, "requires grad", lambda g, r: fu.project_([g[0].requires_grad_(), g[1]], r)),
     "unknown_mode": (ValueError, "unknown mode", lambda g, r: fu.project_(g, r, mode="sometimes")),
     "unknown_backend": (ValueError, "unknown backend", lambda g, r: fu.project_(g, r, backend="fortran")),
     "unknown_reduction": (ValueError, "unknown reduction", lambda g, r: fu.pcgrad_(g, [g, r], reduction="max")),
-    "order_shape": (ValueError, "order must have shape", lambda g, r: fu.pcgrad_(g, [g, r], order=torch.zeros(3, 3, dtype=torch.long))),
+    "order_shape": (
+        ValueError,
+        "order must have shape",
+        lambda g, r: fu.pcgrad_(g, [g, r], order=torch.zeros(3, 3, dtype=torch.long)),
+    ),
     "no_directions": (ValueError, "directions", lambda g, r: fu.project_normal_(g, [])),
     "direction_shape": (ValueError, "shape", lambda g, r: fu.project_normal_(g, [r, [r[0], r[1][:2]]])),
 }

@@ -19,8 +19,13 @@ def build(shape_list, k, dtype, seed):
 
 
 @settings(max_examples=60, deadline=None)
-@given(shapes, st.integers(1, 6), st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
-       st.integers(0, 2**31), st.sampled_from(BACKENDS))
+@given(
+    shapes,
+    st.integers(1, 6),
+    st.sampled_from([torch.float32, torch.float64, torch.bfloat16]),
+    st.integers(0, 2**31),
+    st.sampled_from(BACKENDS),
+)
 def test_gram_is_the_float64_gram(shape_list, k, dtype, seed, backend):
     vectors = build(shape_list, k, dtype, seed)
     result = fu.gram(vectors, backend=backend).double()
