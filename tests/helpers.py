@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import torch
 
-import fastunlearn as fu
-
-BACKENDS = [name for name in ("torch", "cpp")]
+BACKENDS = ["torch", "cpp"]
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 
 # Shard shapes that exercise the chunk plan: one shard, odd sizes, zero-element shards.
@@ -74,5 +72,3 @@ def pcgrad_flatten(grads, order, reduction):
     stacked = torch.stack(projected)
     return stacked.sum(0) if reduction == "sum" else stacked.mean(0)
 
-
-__all__ = ["fu"]

@@ -43,7 +43,6 @@ FU_INLINE void accumulate_pair(const acc_t* __restrict x, const acc_t* __restric
 // Few vectors: all K streams are read in the same loop, so their loads interleave the way a plain
 // dot product's do, and every pair's accumulators stay in vector registers. GCC vector types keep
 // the lane structure (and so the bits) identical in every ISA clone.
-constexpr int kMaxInterleaved = 4;
 constexpr int kVecWidth = 8;
 constexpr int kPieceLanes = 2 * kVecWidth;
 constexpr int64_t kPrefetchElements = 1024;
