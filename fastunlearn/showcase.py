@@ -5,24 +5,13 @@ Run with ``fastunlearn showcase`` (or ``make demo``).
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 import fastunlearn as fu
+from fastunlearn._timing import median_seconds
 
 # A small transformer-like gradient: a few large matrices and many small vectors.
 SHAPES = [(1024, 1024)] * 4 + [(2816, 1024)] * 2 + [(1024,)] * 16
-
-
-def _median_ms(fn, repeats=5):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * sorted(times)[len(times) // 2]
 
 
 def _flatten_surgery(g_f, g_r):
@@ -87,7 +76,7 @@ def main() -> None:
     )
     print(f"{'op':<26}{'fused ms':>10}{'reference ms':>14}{'speedup':>9}")
     for name, fused_fn, ref_fn in rows:
-        t_fused, t_ref = _median_ms(fused_fn), _median_ms(ref_fn)
+        t_fused, t_ref = 1e3 * median_seconds(fused_fn), 1e3 * median_seconds(ref_fn)
         print(f"{name:<26}{t_fused:>10.2f}{t_ref:>14.2f}{t_ref / t_fused:>8.1f}x")
     print("\n(references: flatten + .item() for project_ and gram; fastunlearn's torch backend for pcgrad_.")
     print(" The project_ timings include cloning g_f for both sides; see `make bench` for the full comparison.)")

@@ -71,4 +71,3 @@ def pcgrad_flatten(grads, order, reduction):
         projected.append(g)
     stacked = torch.stack(projected)
     return stacked.sum(0) if reduction == "sum" else stacked.mean(0)
-
