@@ -4,6 +4,7 @@
 #include <torch/library.h>
 
 #include "cpu/combine.h"
+#include "cpu/fused_step.h"
 #include "cpu/gram.h"
 
 extern "C" {
@@ -17,9 +18,19 @@ PyObject* PyInit__C(void) {
 TORCH_LIBRARY(fastunlearn_cpu, m) {
   m.def("gram(Tensor[] shards, int num_vectors) -> Tensor");
   m.def("combine_(Tensor(a!)[] outs, Tensor weights, Tensor[] shards, int num_vectors) -> ()");
+  m.def(
+      "sgd_step_(Tensor(a!)[] params, Tensor(b!)[] momentum_buffers, Tensor weights, Tensor[] grads, "
+      "int num_vectors, float lr, float momentum, float dampening, bool nesterov, float weight_decay, "
+      "bool maximize, bool first_step) -> ()");
+  m.def(
+      "adamw_step_(Tensor(a!)[] params, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, Tensor weights, "
+      "Tensor[] grads, int num_vectors, float lr, float beta1, float beta2, float eps, float weight_decay, "
+      "int step, bool maximize) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(fastunlearn_cpu, CPU, m) {
   m.impl("gram", &fastunlearn::gram_cpu);
   m.impl("combine_", &fastunlearn::combine_cpu);
+  m.impl("sgd_step_", &fastunlearn::sgd_step_cpu);
+  m.impl("adamw_step_", &fastunlearn::adamw_step_cpu);
 }

@@ -7,6 +7,7 @@
 tensor(1.)
 """
 
+from fastunlearn import methods, optim  # noqa: E402  (built on the ops above)
 from fastunlearn._backend import backends
 from fastunlearn.ops import (
     PCGradStats,
@@ -21,16 +22,20 @@ from fastunlearn.ops import (
     project_normal_,
     sq_norm,
 )
+from fastunlearn.pcgrad import PCGrad  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "PCGrad",
     "PCGradStats",
     "ProjectionStats",
     "backends",
     "combine_",
     "dot",
     "gram",
+    "methods",
+    "optim",
     "pcgrad_",
     "pcgrad_order",
     "pcgrad_weights",

@@ -1,4 +1,4 @@
-"""Which implementation of the primitives (``gram``, ``combine_``) runs a call.
+"""Which implementation of the primitives (``gram``, ``combine_``, the fused optimizer steps) runs a call.
 
 ``backend="auto"`` picks the fastest one available for the tensors' device; the environment
 variable ``FASTUNLEARN_BACKEND`` overrides ``auto``. Naming a backend that cannot run is an error,
@@ -31,6 +31,8 @@ class Backend:
     name: str
     gram: Callable[[list[Tensor], int], Tensor]
     combine_: Callable[[list[Tensor], Tensor, list[Tensor], int], None]
+    sgd_step_: Callable[..., None]
+    adamw_step_: Callable[..., None]
     devices: tuple[str, ...]
     unavailable_reason: str | None = None
 
@@ -43,9 +45,27 @@ def _cpp_combine_(outs: list[Tensor], weights: Tensor, shards: list[Tensor], num
     torch.ops.fastunlearn_cpu.combine_(outs, weights, shards, num_vectors)
 
 
+def _cpp_sgd_step_(*args) -> None:
+    torch.ops.fastunlearn_cpu.sgd_step_(*args)
+
+
+def _cpp_adamw_step_(*args) -> None:
+    torch.ops.fastunlearn_cpu.adamw_step_(*args)
+
+
 _BACKENDS: dict[str, Backend] = {
-    "torch": Backend("torch", reference.gram, reference.combine_, devices=("*",)),
-    "cpp": Backend("cpp", _cpp_gram, _cpp_combine_, devices=("cpu",), unavailable_reason=_CPP_ERROR),
+    "torch": Backend(
+        "torch", reference.gram, reference.combine_, reference.sgd_step_, reference.adamw_step_, devices=("*",)
+    ),
+    "cpp": Backend(
+        "cpp",
+        _cpp_gram,
+        _cpp_combine_,
+        _cpp_sgd_step_,
+        _cpp_adamw_step_,
+        devices=("cpu",),
+        unavailable_reason=_CPP_ERROR,
+    ),
 }
 
 # Preference order of ``auto`` per device type.
@@ -62,6 +82,13 @@ def backends() -> dict[str, str]:
     return {name: b.unavailable_reason or "available" for name, b in _BACKENDS.items()}
 
 
+def check_name(name: str) -> None:
+    """Raises ValueError unless ``name`` is ``"auto"`` or a known backend (available or not)."""
+    if name != "auto" and name not in _BACKENDS:
+        known = ", ".join(["auto", *_BACKENDS])
+        raise ValueError(f"unknown backend {name!r}; expected one of: {known}")
+
+
 def resolve(requested: str | None, device: torch.device) -> str:
     """The backend that runs a call on ``device``; raises if ``requested`` cannot."""
     name = requested or "auto"
@@ -72,9 +99,7 @@ def resolve(requested: str | None, device: torch.device) -> str:
             if _BACKENDS[candidate].unavailable_reason is None:
                 return candidate
         return "torch"
-    if name not in _BACKENDS:
-        known = ", ".join(["auto", *_BACKENDS])
-        raise ValueError(f"unknown backend {name!r}; expected one of: {known}")
+    check_name(name)
     backend = _BACKENDS[name]
     if backend.unavailable_reason is not None:
         raise RuntimeError(f"backend {name!r} is unavailable: {backend.unavailable_reason}")

@@ -93,6 +93,16 @@ def check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
         raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(map(repr, choices))}")
 
 
+def is_dense(t: Tensor) -> bool:
+    """Whether ``t`` covers exactly ``numel`` consecutive elements (in any dimension order)."""
+    expected = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 def _span(t: Tensor) -> tuple[int, int]:
     start = t.data_ptr()
     last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))

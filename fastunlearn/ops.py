@@ -205,10 +205,11 @@ def _result_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def gram(vectors: Sequence[Vector], *, backend: str = "auto") -> Tensor:
+def gram(vectors: Sequence[Vector], *, dtype: torch.dtype | None = None, backend: str = "auto") -> Tensor:
     """K x K matrix of pairwise dot products of K vectors, reading every shard once.
 
     Differentiable; fp32/fp64 inputs give the input dtype (accumulated in fp64), bf16/fp16 give fp32.
+    Pass ``dtype=torch.float64`` to keep the full accumulator (e.g. to derive coefficients from it).
 
     >>> import torch, fastunlearn as fu
     >>> g_f = [torch.ones(2, 3), torch.ones(4)]
@@ -219,7 +220,7 @@ def gram(vectors: Sequence[Vector], *, backend: str = "auto") -> Tensor:
     """
     shards, _ = _validate.flatten_vectors(vectors)
     name = _backend.resolve(backend, shards[0].device)
-    return _gram(shards, len(vectors), name).to(_result_dtype(shards[0].dtype))
+    return _gram(shards, len(vectors), name).to(dtype or _result_dtype(shards[0].dtype))
 
 
 def dot(a: Vector, b: Vector, *, backend: str = "auto") -> Tensor:

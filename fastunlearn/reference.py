@@ -59,3 +59,73 @@ def combine_(outs: list[Tensor], weights: Tensor, shards: list[Tensor], num_vect
             results.append(acc)
         for m, result in enumerate(results):
             outs[m * n + i].copy_(result)
+
+
+def _weighted_gradient(weights: Tensor, grads: list[Tensor], num_vectors: int, i: int, comp: torch.dtype) -> Tensor:
+    n = len(grads) // num_vectors
+    w = weights.reshape(-1).to(comp)
+    d = grads[i].to(comp) * w[0]
+    for v in range(1, num_vectors):
+        d = d + grads[v * n + i].to(comp) * w[v]
+    return d
+
+
+def sgd_step_(
+    params: list[Tensor],
+    momentum_buffers: list[Tensor],
+    weights: Tensor,
+    grads: list[Tensor],
+    num_vectors: int,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    weight_decay: float,
+    maximize: bool,
+    first_step: bool,
+) -> None:
+    """``torch.optim.SGD``'s update with gradient ``d = sum_k weights[k] * grads[k][i]`` per param."""
+    for i, p in enumerate(params):
+        comp = compute_dtype(p.dtype)
+        d = _weighted_gradient(weights, grads, num_vectors, i, comp)
+        if maximize:
+            d = -d
+        if weight_decay != 0:
+            d = d + weight_decay * p.to(comp)
+        if momentum != 0:
+            buf = d if first_step else momentum * momentum_buffers[i].to(comp) + (1 - dampening) * d
+            momentum_buffers[i].copy_(buf)
+            d = d + momentum * buf if nesterov else buf
+        p.copy_(p.to(comp) - lr * d)
+
+
+def adamw_step_(
+    params: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    weights: Tensor,
+    grads: list[Tensor],
+    num_vectors: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    step: int,
+    maximize: bool,
+) -> None:
+    """``torch.optim.AdamW``'s update (no amsgrad) with gradient ``d = sum_k weights[k] * grads[k][i]``."""
+    bias_correction1 = 1 - beta1**step
+    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+    for i, p in enumerate(params):
+        comp = compute_dtype(p.dtype)
+        d = _weighted_gradient(weights, grads, num_vectors, i, comp)
+        if maximize:
+            d = -d
+        m = exp_avgs[i].to(comp)
+        m = m + (1 - beta1) * (d - m)
+        v = beta2 * exp_avg_sqs[i].to(comp) + (1 - beta2) * d * d
+        denom = v.sqrt() / bias_correction2_sqrt + eps
+        exp_avgs[i].copy_(m)
+        exp_avg_sqs[i].copy_(v)
+        p.copy_(p.to(comp) * (1 - lr * weight_decay) - (lr / bias_correction1) * (m / denom))

@@ -1,0 +1,225 @@
+// Fused optimizer steps: the combined gradient lives in a block buffer in L1, not in memory.
+#include "fused_step.h"
+
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <vector>
+
+#include "kernel_support.h"
+#include "shards.h"
+
+namespace fastunlearn {
+namespace {
+
+struct SgdRule {
+  double lr, momentum, dampening, weight_decay;
+  bool nesterov, maximize, first_step;
+};
+
+struct AdamWRule {
+  double lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2_sqrt;
+  bool maximize;
+};
+
+// d[0:len] = sum_v w[v] * grads[v][shard][pos:pos+len], in the compute type.
+template <typename scalar_t, typename comp_t>
+FU_INLINE void weighted_gradient(comp_t* __restrict d, const void* const* grads, int64_t k,
+                                 int64_t n, int64_t shard, int64_t pos, int64_t len,
+                                 const comp_t* w, bool negate) {
+  const auto* __restrict x0 = static_cast<const scalar_t*>(grads[shard]) + pos;
+  for (int64_t t = 0; t < len; ++t) d[t] = w[0] * static_cast<comp_t>(x0[t]);
+  for (int64_t v = 1; v < k; ++v) {
+    const auto* __restrict x = static_cast<const scalar_t*>(grads[v * n + shard]) + pos;
+    const comp_t wv = w[v];
+    for (int64_t t = 0; t < len; ++t) d[t] += wv * static_cast<comp_t>(x[t]);
+  }
+  if (negate) {
+    for (int64_t t = 0; t < len; ++t) d[t] = -d[t];
+  }
+}
+
+template <typename scalar_t>
+FU_INLINE void sgd_chunk(const ChunkPlan& plan, int64_t chunk, void* const* params, void* const* bufs,
+                         const void* const* grads, int64_t k, int64_t n, const double* weights,
+                         const SgdRule& rule) {
+  using comp_t = typename Compute<scalar_t>::type;
+  std::vector<comp_t> w(weights, weights + k);
+  comp_t d[kBlock];
+  const comp_t lr = rule.lr, mu = rule.momentum, keep = 1.0 - rule.dampening, wd = rule.weight_decay;
+  for_each_piece(plan, chunk, [&](int64_t shard, int64_t begin, int64_t end) __attribute__((always_inline)) {
+    for (int64_t pos = begin; pos < end; pos += kBlock) {
+      const int64_t len = std::min(kBlock, end - pos);
+      weighted_gradient<scalar_t>(d, grads, k, n, shard, pos, len, w.data(), rule.maximize);
+      auto* __restrict p = static_cast<scalar_t*>(params[shard]) + pos;
+      if (rule.weight_decay != 0) {
+        for (int64_t t = 0; t < len; ++t) d[t] += wd * static_cast<comp_t>(p[t]);
+      }
+      if (rule.momentum != 0) {
+        auto* __restrict b = static_cast<scalar_t*>(bufs[shard]) + pos;
+        for (int64_t t = 0; t < len; ++t) {
+          const comp_t buf = rule.first_step ? d[t] : mu * static_cast<comp_t>(b[t]) + keep * d[t];
+          b[t] = static_cast<scalar_t>(buf);
+          d[t] = rule.nesterov ? d[t] + mu * buf : buf;
+        }
+      }
+      for (int64_t t = 0; t < len; ++t) p[t] = static_cast<scalar_t>(static_cast<comp_t>(p[t]) - lr * d[t]);
+    }
+  });
+}
+
+template <typename scalar_t>
+FU_INLINE void adamw_chunk(const ChunkPlan& plan, int64_t chunk, void* const* params, void* const* avgs,
+                           void* const* sqs, const void* const* grads, int64_t k, int64_t n,
+                           const double* weights, const AdamWRule& rule) {
+  using comp_t = typename Compute<scalar_t>::type;
+  std::vector<comp_t> w(weights, weights + k);
+  comp_t d[kBlock];
+  const comp_t decay = 1.0 - rule.lr * rule.weight_decay, b1 = 1.0 - rule.beta1, beta2 = rule.beta2,
+               b2 = 1.0 - rule.beta2, step_size = rule.lr / rule.bias_correction1,
+               bc2_sqrt = rule.bias_correction2_sqrt, eps = rule.eps;
+  for_each_piece(plan, chunk, [&](int64_t shard, int64_t begin, int64_t end) __attribute__((always_inline)) {
+    for (int64_t pos = begin; pos < end; pos += kBlock) {
+      const int64_t len = std::min(kBlock, end - pos);
+      weighted_gradient<scalar_t>(d, grads, k, n, shard, pos, len, w.data(), rule.maximize);
+      auto* __restrict p = static_cast<scalar_t*>(params[shard]) + pos;
+      auto* __restrict m = static_cast<scalar_t*>(avgs[shard]) + pos;
+      auto* __restrict v = static_cast<scalar_t*>(sqs[shard]) + pos;
+      for (int64_t t = 0; t < len; ++t) {
+        const comp_t g = d[t];
+        comp_t mt = static_cast<comp_t>(m[t]);
+        mt = mt + b1 * (g - mt);
+        const comp_t vt = beta2 * static_cast<comp_t>(v[t]) + b2 * g * g;
+        const comp_t denom = std::sqrt(vt) / bc2_sqrt + eps;
+        const comp_t pt = static_cast<comp_t>(p[t]) * decay;
+        m[t] = static_cast<scalar_t>(mt);
+        v[t] = static_cast<scalar_t>(vt);
+        p[t] = static_cast<scalar_t>(pt - step_size * (mt / denom));
+      }
+    }
+  });
+}
+
+#define FU_STEP_CHUNKS(suffix, scalar_t)                                                          \
+  FU_MULTIVERSION void sgd_chunk_##suffix(const ChunkPlan& plan, int64_t c, void* const* p,      \
+                                          void* const* b, const void* const* g, int64_t k,       \
+                                          int64_t n, const double* w, const SgdRule& r) {        \
+    sgd_chunk<scalar_t>(plan, c, p, b, g, k, n, w, r);                                           \
+  }                                                                                               \
+  FU_MULTIVERSION void adamw_chunk_##suffix(const ChunkPlan& plan, int64_t c, void* const* p,    \
+                                            void* const* m, void* const* v, const void* const* g, \
+                                            int64_t k, int64_t n, const double* w,               \
+                                            const AdamWRule& r) {                                 \
+    adamw_chunk<scalar_t>(plan, c, p, m, v, g, k, n, w, r);                                      \
+  }
+FU_STEP_CHUNKS(f64, double)
+FU_STEP_CHUNKS(f32, float)
+FU_STEP_CHUNKS(bf16, c10::BFloat16)
+FU_STEP_CHUNKS(f16, c10::Half)
+#undef FU_STEP_CHUNKS
+
+using SgdChunkFn = void (*)(const ChunkPlan&, int64_t, void* const*, void* const*, const void* const*,
+                            int64_t, int64_t, const double*, const SgdRule&);
+using AdamWChunkFn = void (*)(const ChunkPlan&, int64_t, void* const*, void* const*, void* const*,
+                              const void* const*, int64_t, int64_t, const double*, const AdamWRule&);
+
+template <typename Fn>
+Fn pick(at::ScalarType dtype, Fn f64, Fn f32, Fn bf16, Fn f16) {
+  switch (dtype) {
+    case at::kDouble: return f64;
+    case at::kFloat: return f32;
+    case at::kBFloat16: return bf16;
+    case at::kHalf: return f16;
+    default: TORCH_CHECK_TYPE(false, "fastunlearn: unsupported dtype ", dtype);
+  }
+}
+
+// Writable tensors of a step (params and state) must be dense, and state must share each param's
+// layout, so all of them can be walked as flat memory with one index.
+void check_state(at::TensorList params, at::TensorList state, const char* what) {
+  TORCH_CHECK_VALUE(state.size() == params.size(), "fastunlearn: ", state.size(), " ", what,
+                    " tensors for ", params.size(), " params");
+  for (size_t i = 0; i < params.size(); ++i) {
+    TORCH_CHECK_VALUE(params[i].is_non_overlapping_and_dense(), "fastunlearn: param ", i,
+                      " is not dense");
+    TORCH_CHECK_VALUE(same_dense_layout(state[i], params[i]) && state[i].dtype() == params[i].dtype(),
+                      "fastunlearn: ", what, " ", i, " does not share param ", i, "'s layout and dtype");
+  }
+}
+
+struct StepInputs {
+  int64_t n;
+  std::vector<at::Tensor> dense_grads;
+  std::vector<const void*> grad_ptrs;
+  at::Tensor weights;
+  ChunkPlan plan;
+};
+
+StepInputs step_inputs(at::TensorList params, const at::Tensor& weights, at::TensorList grads,
+                       int64_t k) {
+  const int64_t n = static_cast<int64_t>(params.size());
+  TORCH_CHECK_VALUE(k > 0 && static_cast<int64_t>(grads.size()) == k * n, "fastunlearn: ",
+                    grads.size(), " gradient shards for ", k, " vectors of ", n, " params");
+  TORCH_CHECK_VALUE(weights.numel() == k, "fastunlearn: weights must have ", k, " entries, got ",
+                    weights.numel());
+  StepInputs in{n, dense_inputs(grads, n, std::vector<at::Tensor>(params.begin(), params.end())), {},
+                weights.to(at::kDouble).contiguous(), plan_chunks(params)};
+  in.grad_ptrs.reserve(in.dense_grads.size());
+  for (const auto& t : in.dense_grads) in.grad_ptrs.push_back(t.data_ptr());
+  return in;
+}
+
+std::vector<void*> pointers(at::TensorList tensors) {
+  std::vector<void*> out;
+  out.reserve(tensors.size());
+  for (const auto& t : tensors) out.push_back(t.data_ptr());
+  return out;
+}
+
+}  // namespace
+
+void sgd_step_cpu(at::TensorList params, at::TensorList momentum_buffers, const at::Tensor& weights,
+                  at::TensorList grads, int64_t num_vectors, double lr, double momentum,
+                  double dampening, bool nesterov, double weight_decay, bool maximize,
+                  bool first_step) {
+  if (params.empty()) return;
+  if (momentum != 0) check_state(params, momentum_buffers, "momentum buffer");
+  else check_state(params, params, "param");
+  const StepInputs in = step_inputs(params, weights, grads, num_vectors);
+  const std::vector<void*> p = pointers(params);
+  const std::vector<void*> b = momentum != 0 ? pointers(momentum_buffers) : p;
+  const SgdRule rule{lr, momentum, dampening, weight_decay, nesterov, maximize, first_step};
+  const SgdChunkFn fn = pick<SgdChunkFn>(params[0].scalar_type(), sgd_chunk_f64, sgd_chunk_f32,
+                                         sgd_chunk_bf16, sgd_chunk_f16);
+  at::parallel_for(0, in.plan.num_chunks(), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      fn(in.plan, c, p.data(), b.data(), in.grad_ptrs.data(), num_vectors, in.n,
+         in.weights.data_ptr<double>(), rule);
+    }
+  });
+}
+
+void adamw_step_cpu(at::TensorList params, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                    const at::Tensor& weights, at::TensorList grads, int64_t num_vectors,
+                    double lr, double beta1, double beta2, double eps, double weight_decay,
+                    int64_t step, bool maximize) {
+  if (params.empty()) return;
+  TORCH_CHECK_VALUE(step >= 1, "fastunlearn: AdamW step count must be >= 1, got ", step);
+  check_state(params, exp_avgs, "exp_avg");
+  check_state(params, exp_avg_sqs, "exp_avg_sq");
+  const StepInputs in = step_inputs(params, weights, grads, num_vectors);
+  const std::vector<void*> p = pointers(params), m = pointers(exp_avgs), v = pointers(exp_avg_sqs);
+  const AdamWRule rule{lr, beta1, beta2, eps, weight_decay,
+                       1.0 - std::pow(beta1, static_cast<double>(step)),
+                       std::sqrt(1.0 - std::pow(beta2, static_cast<double>(step))), maximize};
+  const AdamWChunkFn fn = pick<AdamWChunkFn>(params[0].scalar_type(), adamw_chunk_f64, adamw_chunk_f32,
+                                             adamw_chunk_bf16, adamw_chunk_f16);
+  at::parallel_for(0, in.plan.num_chunks(), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      fn(in.plan, c, p.data(), m.data(), v.data(), in.grad_ptrs.data(), num_vectors, in.n,
+         in.weights.data_ptr<double>(), rule);
+    }
+  });
+}
+
+}  // namespace fastunlearn

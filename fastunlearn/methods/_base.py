@@ -1,0 +1,251 @@
+"""What every unlearning method shares: gradient capture, the update, a runner, per-step stats."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fastunlearn import ops, optim
+from fastunlearn.methods._capture import GradientStash
+from fastunlearn.optim import FusedOptimizer
+
+#: ``loss_fn(model, batch) -> scalar tensor``: how a method turns a batch into a loss.
+LossFn = Callable[[nn.Module, Any], Tensor]
+#: Per-step statistics: 0-d tensors on the model's device, never read back inside a step.
+StepStats = dict[str, Tensor]
+
+
+def cross_entropy(model: nn.Module, batch: Sequence[Tensor]) -> Tensor:
+    """The default loss: mean cross-entropy of ``model(batch[0])`` against labels ``batch[1]``."""
+    return F.cross_entropy(model(batch[0]), batch[1])
+
+
+def split_batch(batch: Any, parts: int) -> list[Any]:
+    """Splits a batch (a tensor, or a tuple/list/dict of tensors) into ``parts`` along dim 0."""
+    if isinstance(batch, Tensor):
+        pieces = torch.tensor_split(batch, parts)
+        if any(p.shape[0] == 0 for p in pieces):
+            raise ValueError(f"a batch of {batch.shape[0]} samples cannot be split into {parts} non-empty parts")
+        return list(pieces)
+    if isinstance(batch, dict):
+        split = {key: split_batch(value, parts) for key, value in batch.items()}
+        return [{key: split[key][j] for key in batch} for j in range(parts)]
+    if isinstance(batch, (tuple, list)):
+        columns = [split_batch(item, parts) for item in batch]
+        return [type(batch)(column[j] for column in columns) for j in range(parts)]
+    raise TypeError(f"cannot split a batch of type {type(batch).__name__}; use tensors, tuples, lists or dicts")
+
+
+class History(dict):
+    """Stats of a run: name -> 1-D tensor over steps (on the model's device).
+
+    Built with one ``torch.stack`` per stat at the end of a run. ``len(history)`` counts steps.
+    """
+
+    def __init__(self, steps: list[StepStats]) -> None:
+        super().__init__()
+        self.num_steps = len(steps)
+        for key in dict.fromkeys(k for step in steps for k in step):
+            values = [step[key] for step in steps if key in step]
+            self[key] = torch.stack([v.detach().float() for v in values])
+
+    def __len__(self) -> int:
+        return self.num_steps
+
+    def last(self) -> dict[str, float]:
+        """The final value of every stat, as Python floats (reads them back: call outside a loop)."""
+        return {key: float(values[-1]) for key, values in self.items() if len(values)}
+
+
+def cycle(loader: Iterable) -> Iterator:
+    """Endless batches, restarting ``loader`` (so a shuffling loader reshuffles) when it runs out."""
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("the data loader yielded no batches")
+
+
+class UnlearningMethod:
+    """Base class: a method holds a model, its optimizer and a :class:`GradientStash`.
+
+    Use it either way:
+
+    * ``stats = method.step(forget_batch, retain_batch)`` inside your own loop, or
+    * ``history = method.run(forget_loader, retain_loader, epochs=...)``.
+
+    The optimizer is a fused one (:mod:`fastunlearn.optim`, default) or any ``torch.optim``
+    optimizer over the model's parameters: with a fused one the combined gradient is applied inside
+    the update; with another, it is written over the forget gradient's buffer, handed to ``.grad``
+    for ``optimizer.step()``, and ``.grad`` is restored afterwards.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+        lr: float = 1e-3,
+        loss_fn: LossFn = cross_entropy,
+        forget_loss_fn: LossFn | None = None,
+        backend: str = "auto",
+    ) -> None:
+        self.model = model
+        self.backend = backend
+        self.stash = GradientStash(model.parameters())
+        self.params = self.stash.params
+        self.optimizer = optimizer if optimizer is not None else self.default_optimizer(lr)
+        if isinstance(self.optimizer, FusedOptimizer):
+            theirs = self.optimizer.params
+            if len(theirs) != len(self.params) or any(a is not b for a, b in zip(theirs, self.params)):
+                raise ValueError(
+                    "a fused optimizer must hold exactly the model's trainable parameters, in model.parameters() order"
+                )
+        self.loss_fn = loss_fn
+        self.forget_loss_fn = forget_loss_fn or loss_fn
+
+    def default_optimizer(self, lr: float) -> torch.optim.Optimizer:
+        return optim.SGD(self.params, lr=lr, backend=self.backend)
+
+    # -- one step ------------------------------------------------------------------------------
+
+    def step(self, forget_batch: Any, retain_batch: Any) -> StepStats:
+        raise NotImplementedError
+
+    def gradient(self, name: str, loss_fn: LossFn, batch: Any) -> tuple[Tensor, list[Tensor]]:
+        """Forward + backward of ``loss_fn`` on ``batch``; returns the detached loss and gradient."""
+        loss = loss_fn(self.model, batch)
+        return loss.detach(), self.stash.capture(name, loss)
+
+    def apply(self, weights: Tensor, vectors: Sequence[Sequence[Tensor]]) -> None:
+        """One optimizer step along the descent direction ``sum_k weights[k] * vectors[k]``."""
+        if isinstance(self.optimizer, FusedOptimizer):
+            self.optimizer.step_combined(weights, vectors)
+            return
+        # The first vector's buffer becomes the combined gradient (combine_ may write over an input).
+        out = vectors[0]
+        ops.combine_(out, weights, vectors, backend=self.backend)
+        saved = [p.grad for p in self.params]
+        try:
+            for p, g in zip(self.params, out):
+                p.grad = g
+            self.optimizer.step()
+        finally:
+            for p, g in zip(self.params, saved):
+                p.grad = g
+
+    def gram(self, vectors: Sequence[Sequence[Tensor]]) -> Tensor:
+        """Gram matrix of gradient vectors in float64 (coefficients are derived from it)."""
+        return ops.gram(vectors, dtype=torch.float64, backend=self.backend)
+
+    # -- a whole run ---------------------------------------------------------------------------
+
+    def run(
+        self,
+        forget_loader: Iterable,
+        retain_loader: Iterable | None = None,
+        *,
+        epochs: int = 1,
+        steps: int | None = None,
+        progress: bool = False,
+        log_every: int = 10,
+    ) -> History:
+        """Runs ``epochs`` passes over the forget loader (or exactly ``steps`` steps), drawing a
+        retain batch per step from a restarting retain iterator. Returns the per-step stats.
+
+        With ``progress=True`` a progress bar shows the latest losses; it reads them back from the
+        device every ``log_every`` steps (the steps themselves never synchronise).
+        """
+        records: list[StepStats] = []
+        total = steps if steps is not None else epochs * _length(forget_loader)
+        with _Progress(type(self).__name__, total, progress, log_every) as bar:
+            for epoch in itertools.count():
+                if steps is None and epoch >= epochs:
+                    break
+                self.on_epoch_start(epoch)
+                for forget_batch, retain_batch in self.epoch_batches(forget_loader, retain_loader):
+                    if steps is not None and len(records) >= steps:
+                        break
+                    records.append(self.step(forget_batch, retain_batch))
+                    bar.advance(records[-1])
+                self.on_epoch_end(epoch)
+                if steps is not None and len(records) >= steps:
+                    break
+        return History(records)
+
+    def epoch_batches(self, forget_loader: Iterable, retain_loader: Iterable | None) -> Iterator[tuple[Any, Any]]:
+        """(forget, retain) pairs for one epoch: one pass over the forget loader."""
+        retain = self._retain_iter(retain_loader)
+        for forget_batch in forget_loader:
+            yield forget_batch, next(retain) if retain is not None else None
+
+    def _retain_iter(self, retain_loader: Iterable | None) -> Iterator | None:
+        if retain_loader is None:
+            return None
+        if getattr(self, "_retain_source", None) is not retain_loader:
+            self._retain_source, self._retain_batches = retain_loader, cycle(retain_loader)
+        return self._retain_batches
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Hook: called before each epoch of :meth:`run` (schedules, refreshed targets)."""
+
+    def on_epoch_end(self, epoch: int) -> None:
+        """Hook: called after each epoch of :meth:`run`."""
+
+
+def _length(loader: Iterable) -> int:
+    try:
+        return len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError("pass steps= for a data loader without a length") from None
+
+
+class _Progress:
+    """A rich progress bar (when asked for) that shows the loss stats every ``log_every`` steps."""
+
+    def __init__(self, name: str, total: int, enabled: bool, log_every: int) -> None:
+        self.enabled, self.log_every, self.count = enabled, max(1, log_every), 0
+        self.name, self.total = name, total
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import Progress
+
+            self.progress = Progress(*Progress.get_default_columns(), "{task.fields[stats]}")
+            self.progress.start()
+            self.task = self.progress.add_task(self.name, total=self.total, stats="")
+        return self
+
+    def advance(self, stats: StepStats) -> None:
+        self.count += 1
+        if not self.enabled:
+            return
+        fields = {}
+        if self.count % self.log_every == 0 or self.count == self.total:
+            losses = {k: v for k, v in stats.items() if k.endswith("loss")}
+            fields["stats"] = "  ".join(f"{k} {float(v):.4g}" for k, v in losses.items())
+        self.progress.update(self.task, advance=1, **fields)
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.progress.stop()
+
+
+def pair_stats(gram: Tensor, forget_loss: Tensor, retain_loss: Tensor) -> StepStats:
+    """Losses and the geometry of g_f (row 0) against g_r (row 1) from their Gram matrix."""
+    dot, f_sq, r_sq = gram[0, 1], gram[0, 0], gram[1, 1]
+    return {
+        "forget_loss": forget_loss,
+        "retain_loss": retain_loss,
+        "dot": dot,
+        "cosine": dot / (f_sq * r_sq).sqrt().clamp_min(torch.finfo(gram.dtype).tiny),
+        "forget_grad_norm": f_sq.sqrt(),
+        "retain_grad_norm": r_sq.sqrt(),
+    }

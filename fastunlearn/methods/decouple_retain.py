@@ -1,0 +1,175 @@
+"""Decoupling + knowledge retention: bounded, clipped gradient ascent until the forget outputs have
+moved far enough, then fine-tuning on the retain set."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fastunlearn import ops, optim
+from fastunlearn.methods._base import History, LossFn, StepStats, UnlearningMethod, _Progress, cycle
+
+OutputFn = Callable[[nn.Module, Any], Tensor]
+
+
+def model_output(model: nn.Module, batch: Any) -> Tensor:
+    """The default output for the distance test: ``model(batch[0])`` (or ``model(batch)``)."""
+    return model(batch if isinstance(batch, Tensor) else batch[0])
+
+
+class DecoupleRetain(UnlearningMethod):
+    """Decoupling and knowledge retention (Varshney & Torra, arXiv 2502.04260, 2025; no code published).
+
+    Known: phase 1 ascends the loss on the forget samples until the model's outputs on (corrupted)
+    forget inputs differ from the original model's by at least ``threshold`` (λ), for at most
+    ``max_steps`` (T) steps; phase 2 fine-tunes on the retain samples. The paper states an
+    (ε, δ)-unlearning guarantee for its gradient-ascent updates.
+
+    Inferred, as documented options: every phase-1 step clips the forget gradient to norm
+    ``clip_norm`` (C; the same coefficient as ``torch.nn.utils.clip_grad_norm_``), optionally adds
+    Gaussian noise of std ``noise_multiplier * clip_norm`` (σC) per element, and moves by plain SGD
+    with ``lr`` (η)::
+
+        theta <- theta + η (min(1, C / (|g_f| + 1e-6)) g_f + σ C ξ),   ξ ~ N(0, I)
+
+    fastunlearn does not turn these into an (ε, δ) figure -- no formula is stated where it could be
+    cited -- and reports the knobs such a statement depends on: :meth:`guarantee_knobs`.
+
+    The distance test caches the original outputs on the forget inputs once (:meth:`cache_reference`)
+    and measures ``mean_x |h_theta0(x) - h_theta(x)|_2`` (per sample, outputs flattened). ``corrupt``
+    maps a forget batch to its corrupted version before both are evaluated. Phase 2 uses
+    ``retain_optimizer`` (default SGD, momentum 0.9, lr ``retain_lr``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        threshold: float,
+        max_steps: int = 100,
+        clip_norm: float = 1.0,
+        noise_multiplier: float = 0.0,
+        lr: float = 1e-2,
+        retain_optimizer: torch.optim.Optimizer | None = None,
+        retain_lr: float = 1e-2,
+        output_fn: OutputFn = model_output,
+        corrupt: Callable[[Any], Any] | None = None,
+        generator: torch.Generator | None = None,
+        loss_fn: LossFn | None = None,
+        forget_loss_fn: LossFn | None = None,
+        backend: str = "auto",
+    ) -> None:
+        if not threshold > 0:
+            raise ValueError(f"threshold must be > 0, got {threshold}")
+        if max_steps < 1 or not clip_norm > 0 or noise_multiplier < 0 or not lr > 0:
+            raise ValueError("need max_steps >= 1, clip_norm > 0, noise_multiplier >= 0 and lr > 0")
+        kwargs = {} if loss_fn is None else {"loss_fn": loss_fn}
+        super().__init__(model, lr=lr, forget_loss_fn=forget_loss_fn, backend=backend, **kwargs)
+        self.threshold, self.max_steps, self.clip_norm = float(threshold), max_steps, float(clip_norm)
+        self.noise_multiplier, self.lr = float(noise_multiplier), float(lr)
+        self.retain_optimizer = retain_optimizer or optim.SGD(self.params, lr=retain_lr, momentum=0.9, backend=backend)
+        self.output_fn, self.corrupt, self.generator = output_fn, corrupt, generator
+        self.reference: list[tuple[Any, Tensor]] | None = None
+        self.steps_taken = 0
+        self.reached_threshold = False
+
+    @torch.no_grad()
+    def cache_reference(self, forget_loader: Iterable) -> None:
+        """Keeps the (corrupted) forget inputs and the current model's outputs on them."""
+        self.reference = []
+        for batch in forget_loader:
+            batch = self.corrupt(batch) if self.corrupt is not None else batch
+            self.reference.append((batch, self.output_fn(self.model, batch).detach()))
+        if not self.reference:
+            raise ValueError("the forget loader yielded no batches")
+
+    @torch.no_grad()
+    def output_distance(self) -> Tensor:
+        """Mean per-sample L2 distance of the outputs from the cached original ones (0-d, device)."""
+        if self.reference is None:
+            raise RuntimeError("call cache_reference(forget_loader) first (run() does it)")
+        total, count = None, 0
+        for batch, original in self.reference:
+            diff = (self.output_fn(self.model, batch) - original).flatten(1).float()
+            dist = diff.norm(dim=1).sum()
+            total = dist if total is None else total + dist
+            count += diff.shape[0]
+        return total / count
+
+    def step(self, forget_batch: Any, retain_batch: Any = None) -> StepStats:
+        """One phase-1 step (``retain_batch`` is ignored): clipped, optionally noisy, ascent."""
+        forget_loss, g_f = self.gradient("forget", self.forget_loss_fn, forget_batch)
+        norm = ops.sq_norm(g_f, backend=self.backend).double().sqrt()
+        scale = (self.clip_norm / (norm + 1e-6)).clamp(max=1.0)
+        if self.noise_multiplier > 0:
+            noise = [torch.randn(p.shape, dtype=p.dtype, device=p.device, generator=self.generator) for p in g_f]
+            sigma = torch.full_like(scale, self.noise_multiplier * self.clip_norm)
+            self.apply(torch.stack([-scale, sigma]), [g_f, noise])
+        else:
+            self.apply(-scale.reshape(1), [g_f])
+        self.steps_taken += 1
+        return {"forget_loss": forget_loss, "grad_norm": norm, "clip_scale": scale, "clipped_norm": scale * norm}
+
+    def retain_step(self, retain_batch: Any) -> StepStats:
+        """One phase-2 step: descent on the retain loss with ``retain_optimizer``."""
+        retain_loss, g_r = self.gradient("retain", self.loss_fn, retain_batch)
+        optimizer, self.optimizer = self.optimizer, self.retain_optimizer
+        try:
+            self.apply(torch.ones(1, dtype=torch.float64, device=g_r[0].device), [g_r])
+        finally:
+            self.optimizer = optimizer
+        return {"retain_loss": retain_loss}
+
+    def run(
+        self,
+        forget_loader: Iterable,
+        retain_loader: Iterable | None = None,
+        *,
+        retain_epochs: int = 1,
+        check_every: int = 1,
+        progress: bool = False,
+        log_every: int = 10,
+    ) -> History:
+        """Phase 1 until the output distance reaches ``threshold`` or ``max_steps``, then
+        ``retain_epochs`` passes of phase 2. The distance is read back every ``check_every`` steps
+        (that decision needs the host); the stats of both phases are returned, with ``phase``."""
+        if self.reference is None:
+            self.cache_reference(forget_loader)
+        records: list[StepStats] = []
+        forget_batches = cycle(forget_loader)
+        with _Progress("DecoupleRetain: decouple", self.max_steps, progress, log_every) as bar:
+            for t in range(self.max_steps):
+                stats = self.step(next(forget_batches))
+                stats["phase"] = torch.ones_like(stats["forget_loss"])
+                records.append(stats)
+                bar.advance(stats)
+                if (t + 1) % check_every == 0 or t + 1 == self.max_steps:
+                    distance = self.output_distance()
+                    stats["output_distance"] = distance
+                    if float(distance) >= self.threshold:
+                        self.reached_threshold = True
+                        break
+        if retain_loader is not None and retain_epochs > 0:
+            total = retain_epochs * len(retain_loader)
+            with _Progress("DecoupleRetain: retain", total, progress, log_every) as bar:
+                for _ in range(retain_epochs):
+                    for batch in retain_loader:
+                        stats = self.retain_step(batch)
+                        stats["phase"] = torch.full_like(stats["retain_loss"], 2.0)
+                        records.append(stats)
+                        bar.advance(stats)
+        return History(records)
+
+    def guarantee_knobs(self) -> dict[str, float]:
+        """The quantities an (ε, δ) statement for phase 1 depends on, as configured and as run."""
+        return {
+            "clip_norm": self.clip_norm,
+            "max_steps": self.max_steps,
+            "steps_taken": self.steps_taken,
+            "noise_multiplier": self.noise_multiplier,
+            "noise_std": self.noise_multiplier * self.clip_norm,
+            "lr": self.lr,
+        }

@@ -1,0 +1,302 @@
+"""SGD and AdamW whose update takes a weighted combination of gradient vectors, fused.
+
+Unlearning methods step along ``d = sum_k w_k g_k`` (e.g. ``-(g_f - c g_r)`` for Gradient Surgery,
+with ``w`` computed on the device from a Gram matrix). The usual route writes ``d`` into ``.grad``
+and lets ``torch.optim`` read it back; :meth:`FusedOptimizer.step_combined` forms ``d`` element by
+element inside the update instead, so the combined gradient is never written to memory. The update
+arithmetic is ``torch.optim.SGD``'s and ``torch.optim.AdamW``'s (``maximize`` included), and both
+classes are ordinary ``torch.optim.Optimizer`` subclasses: param groups, ``state_dict`` and LR
+schedulers work as usual, and :meth:`step` on ``.grad`` behaves like the torch optimizer.
+
+>>> import torch, fastunlearn as fu
+>>> w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+>>> opt = fu.optim.SGD([w], lr=0.5)
+>>> g_f, g_r = [torch.tensor([1.0, 0.0])], [torch.tensor([0.0, 1.0])]
+>>> opt.step_combined(torch.tensor([1.0, -2.0]), [g_f, g_r])  # d = g_f - 2 g_r
+>>> w.data
+tensor([0.5000, 3.0000])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from fastunlearn import _backend, _validate
+
+Vector = Sequence[Tensor]
+
+__all__ = ["SGD", "AdamW", "FusedOptimizer"]
+
+
+# --------------------------------------------------------------------------------------------
+# torch.library registrations (gradients travel flat and vector-major, as in fastunlearn.ops)
+# --------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("fastunlearn::sgd_step_", mutates_args=("params", "momentum_buffers"))
+def _sgd_step_(
+    params: list[Tensor],
+    momentum_buffers: list[Tensor],
+    weights: Tensor,
+    grads: list[Tensor],
+    num_vectors: int,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    nesterov: bool,
+    weight_decay: float,
+    maximize: bool,
+    first_step: bool,
+    backend: str,
+) -> None:
+    _backend.get(backend).sgd_step_(
+        params, momentum_buffers, weights, grads, num_vectors, lr, momentum, dampening, nesterov, weight_decay,
+        maximize, first_step,
+    )  # fmt: skip
+
+
+@_sgd_step_.register_fake
+def _(params, momentum_buffers, weights, grads, num_vectors, *args):
+    return None
+
+
+@torch.library.custom_op("fastunlearn::adamw_step_", mutates_args=("params", "exp_avgs", "exp_avg_sqs"))
+def _adamw_step_(
+    params: list[Tensor],
+    exp_avgs: list[Tensor],
+    exp_avg_sqs: list[Tensor],
+    weights: Tensor,
+    grads: list[Tensor],
+    num_vectors: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    step: int,
+    maximize: bool,
+    backend: str,
+) -> None:
+    _backend.get(backend).adamw_step_(
+        params, exp_avgs, exp_avg_sqs, weights, grads, num_vectors, lr, beta1, beta2, eps, weight_decay, step,
+        maximize,
+    )  # fmt: skip
+
+
+@_adamw_step_.register_fake
+def _(params, exp_avgs, exp_avg_sqs, weights, grads, *args):
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Optimizers
+# --------------------------------------------------------------------------------------------
+
+
+class FusedOptimizer(torch.optim.Optimizer):
+    """Base of the fused optimizers: :meth:`step` on ``.grad``, :meth:`step_combined` on K vectors."""
+
+    backend: str
+
+    def __init__(self, params, defaults: dict, backend: str) -> None:
+        _backend.check_name(backend)
+        super().__init__(params, defaults)
+        self.backend = backend
+
+    @property
+    def params(self) -> list[Tensor]:
+        """Every parameter, in param-group order: the shard order of ``step_combined``'s vectors."""
+        return [p for group in self.param_groups for p in group["params"]]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update from each parameter's ``.grad`` (parameters whose grad is None are skipped)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        with_grad = [[p for p in group["params"] if p.grad is not None] for group in self.param_groups]
+        params = [p for group in with_grad for p in group]
+        if params:
+            grads = _checked_vectors([[p.grad for p in params]], params)
+            self._update_groups(with_grad, params[0].new_ones(1), grads)
+        return loss
+
+    @torch.no_grad()
+    def step_combined(self, weights: Tensor, vectors: Sequence[Vector]) -> None:
+        """One update along ``d = sum_k weights[k] * vectors[k]``, never materialising ``d``.
+
+        ``vectors`` are K gradient vectors, each with one shard per parameter in :attr:`params`
+        order (same shapes and dtypes); ``weights`` is a (K,) tensor on their device, read there,
+        never by the host. Everything is checked before any parameter or state is written.
+        """
+        params = self.params
+        grads = _checked_vectors(vectors, params)
+        _validate.check_weights(weights, (len(grads),), params[0].device)
+        self._update_groups([group["params"] for group in self.param_groups], weights, grads)
+
+    def _update_groups(self, group_params: list[list[Tensor]], weights: Tensor, grads: list[list[Tensor]]) -> None:
+        start = 0
+        for group, params in zip(self.param_groups, group_params):
+            stop = start + len(params)
+            vectors = [vector[start:stop] for vector in grads]
+            for index in _buckets(params, self._bucket_key):
+                bucket = [params[i] for i in index]
+                name = _backend.resolve(self.backend, bucket[0].device)
+                if name == "cpp" and not all(_validate.is_dense(p) for p in bucket):
+                    name = "torch"  # the C++ kernels walk params as flat memory
+                bucket_grads = [vector[i] for vector in vectors for i in index]
+                self._apply(group, bucket, weights, bucket_grads, len(grads), name)
+            start = stop
+
+    def _bucket_key(self, p: Tensor) -> tuple:
+        return (p.dtype, p.device)
+
+    def _apply(self, group: dict, params: list[Tensor], weights: Tensor, grads: list[Tensor], k: int, name: str):
+        raise NotImplementedError
+
+
+def _checked_vectors(vectors: Sequence[Vector], params: list[Tensor]) -> list[list[Tensor]]:
+    """K gradient vectors, each pairing shard i with parameter i (shape, dtype, device), and no
+    shard sharing memory with a parameter other than itself."""
+    if isinstance(vectors, Tensor) or not isinstance(vectors, Sequence) or not vectors:
+        raise TypeError("vectors must be a non-empty sequence of gradient vectors (each a sequence of tensors)")
+    checked = []
+    for k, vector in enumerate(vectors):
+        if isinstance(vector, Tensor) or not isinstance(vector, Sequence):
+            raise TypeError(f"vectors[{k}] must be a sequence of tensors, one per parameter")
+        if len(vector) != len(params):
+            raise ValueError(f"vectors[{k}] has {len(vector)} shards but the optimizer has {len(params)} parameters")
+        for i, (g, p) in enumerate(zip(vector, params)):
+            if not isinstance(g, Tensor):
+                raise TypeError(f"vectors[{k}] shard {i} is a {type(g).__name__}, not a Tensor")
+            if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
+                raise ValueError(
+                    f"vectors[{k}] shard {i} is {tuple(g.shape)} {g.dtype} on {g.device} but parameter {i} is "
+                    f"{tuple(p.shape)} {p.dtype} on {p.device}"
+                )
+        checked.append(list(vector))
+    _validate.check_overlaps(params, [g for vector in checked for g in vector], len(params), what="parameter")
+    return checked
+
+
+def _buckets(params: list[Tensor], key) -> list[list[int]]:
+    """Indices of params grouped so that one kernel call takes each group (one dtype, device, state)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, p in enumerate(params):
+        groups.setdefault(key(p), []).append(i)
+    return list(groups.values())
+
+
+class SGD(FusedOptimizer):
+    """``torch.optim.SGD`` (momentum, dampening, Nesterov, weight decay, ``maximize``), fused.
+
+    >>> import torch, fastunlearn as fu
+    >>> model = torch.nn.Linear(4, 1)
+    >>> opt = fu.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    >>> model(torch.ones(2, 4)).sum().backward()
+    >>> opt.step()
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        _check_nonnegative(lr=lr, momentum=momentum, weight_decay=weight_decay)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires momentum > 0 and dampening = 0")
+        defaults = dict(
+            lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov,
+            maximize=maximize,
+        )  # fmt: skip
+        super().__init__(params, defaults, backend)
+
+    def _bucket_key(self, p: Tensor) -> tuple:
+        return (p.dtype, p.device, "momentum_buffer" in self.state[p])
+
+    def _apply(self, group, params, weights, grads, k, name):
+        momentum = group["momentum"]
+        buffers, first_step = [], False
+        if momentum != 0:
+            first_step = "momentum_buffer" not in self.state[params[0]]
+            buffers = [
+                torch.zeros_like(p, memory_format=torch.preserve_format)
+                if first_step
+                else self.state[p]["momentum_buffer"]
+                for p in params
+            ]
+        _sgd_step_(
+            params, buffers, weights, grads, k, float(group["lr"]), float(momentum), float(group["dampening"]),
+            bool(group["nesterov"]), float(group["weight_decay"]), bool(group["maximize"]), first_step, name,
+        )  # fmt: skip
+        if first_step:
+            for p, buffer in zip(params, buffers):
+                self.state[p]["momentum_buffer"] = buffer
+
+
+class AdamW(FusedOptimizer):
+    """``torch.optim.AdamW`` (decoupled weight decay, bias correction, ``maximize``; no amsgrad), fused.
+
+    >>> import torch, fastunlearn as fu
+    >>> model = torch.nn.Linear(4, 1)
+    >>> opt = fu.optim.AdamW(model.parameters(), lr=1e-3)
+    >>> model(torch.ones(2, 4)).sum().backward()
+    >>> opt.step()
+    >>> opt.state[model.weight]["step"]
+    1
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        *,
+        maximize: bool = False,
+        backend: str = "auto",
+    ) -> None:
+        _check_nonnegative(lr=lr, eps=eps, weight_decay=weight_decay)
+        if not all(0.0 <= b < 1.0 for b in betas) or len(betas) != 2:
+            raise ValueError(f"betas must be two values in [0, 1), got {betas}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, maximize=maximize)
+        super().__init__(params, defaults, backend)
+
+    def _bucket_key(self, p: Tensor) -> tuple:
+        # torch.optim keeps one step count per parameter; a bucket shares its bias correction.
+        return (p.dtype, p.device, int(self.state[p].get("step", 0)))
+
+    def _apply(self, group, params, weights, grads, k, name):
+        # State is created and counted only once the update went through: a failed step loses nothing.
+        if "exp_avg" in self.state[params[0]]:
+            avgs = [self.state[p]["exp_avg"] for p in params]
+            sqs = [self.state[p]["exp_avg_sq"] for p in params]
+        else:
+            avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
+            sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
+        step = int(self.state[params[0]].get("step", 0)) + 1
+        beta1, beta2 = group["betas"]
+        _adamw_step_(
+            params, avgs, sqs, weights, grads, k, float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
+            float(group["weight_decay"]), step, bool(group["maximize"]), name,
+        )  # fmt: skip
+        for p, avg, sq in zip(params, avgs, sqs):
+            self.state[p].update(step=step, exp_avg=avg, exp_avg_sq=sq)
+
+
+def _check_nonnegative(**values: float) -> None:
+    for name, value in values.items():
+        if not value >= 0.0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
