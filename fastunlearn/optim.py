@@ -112,12 +112,21 @@ class FusedOptimizer(torch.optim.Optimizer):
         return [p for group in self.param_groups for p in group["params"]]
 
     @torch.no_grad()
-    def step(self, closure=None):
-        """One update from each parameter's ``.grad`` (parameters whose grad is None are skipped)."""
+    def step(self, closure=None, *, weights: Tensor | None = None, vectors: Sequence[Vector] | None = None):
+        """One update: from each parameter's ``.grad`` (those whose grad is None are skipped), or,
+        given ``weights`` and ``vectors``, along their combination (see :meth:`step_combined`)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if (weights is None) != (vectors is None):
+            raise ValueError("give both weights and vectors, or neither")
+        if vectors is not None:
+            params = self.params
+            grads = _checked_vectors(vectors, params)
+            _validate.check_weights(weights, (len(grads),), params[0].device)
+            self._update_groups([group["params"] for group in self.param_groups], weights, grads)
+            return loss
         with_grad = [[p for p in group["params"] if p.grad is not None] for group in self.param_groups]
         params = [p for group in with_grad for p in group]
         if params:
@@ -125,18 +134,15 @@ class FusedOptimizer(torch.optim.Optimizer):
             self._update_groups(with_grad, params[0].new_ones(1), grads)
         return loss
 
-    @torch.no_grad()
     def step_combined(self, weights: Tensor, vectors: Sequence[Vector]) -> None:
         """One update along ``d = sum_k weights[k] * vectors[k]``, never materialising ``d``.
 
         ``vectors`` are K gradient vectors, each with one shard per parameter in :attr:`params`
         order (same shapes and dtypes); ``weights`` is a (K,) tensor on their device, read there,
-        never by the host. Everything is checked before any parameter or state is written.
+        never by the host. Everything is checked before any parameter or state is written. (This is
+        ``step(weights=..., vectors=...)``, so step hooks and LR schedulers see it as a step.)
         """
-        params = self.params
-        grads = _checked_vectors(vectors, params)
-        _validate.check_weights(weights, (len(grads),), params[0].device)
-        self._update_groups([group["params"] for group in self.param_groups], weights, grads)
+        self.step(weights=weights, vectors=vectors)
 
     def _update_groups(self, group_params: list[list[Tensor]], weights: Tensor, grads: list[list[Tensor]]) -> None:
         start = 0

@@ -86,7 +86,7 @@ def test_backends_report_and_selection(monkeypatch):
 def test_unavailable_backend_is_an_error(monkeypatch):
     from fastunlearn import _backend
 
-    broken = _backend.Backend("cpp", None, None, ("cpu",), unavailable_reason="not built")
+    broken = _backend.Backend("cpp", None, None, None, None, ("cpu",), unavailable_reason="not built")
     monkeypatch.setitem(_backend._BACKENDS, "cpp", broken)
     with pytest.raises(RuntimeError, match="'cpp' is unavailable: not built"):
         fu.gram([[torch.ones(2)]], backend="cpp")

@@ -1,0 +1,198 @@
+"""Fused SGD/AdamW: parity with torch.optim on the unfused path, state handling, bad input."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from helpers import BACKENDS
+
+import fastunlearn as fu
+
+SGD_CONFIGS = [
+    dict(lr=0.1),
+    dict(lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=True),
+    dict(lr=0.05, momentum=0.5, dampening=0.3, maximize=True),
+]
+ADAMW_CONFIGS = [
+    dict(lr=1e-2),
+    dict(lr=3e-3, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.1, maximize=True),
+]
+CASES = [(fu.optim.SGD, torch.optim.SGD, c) for c in SGD_CONFIGS] + [
+    (fu.optim.AdamW, torch.optim.AdamW, c) for c in ADAMW_CONFIGS
+]
+# 20 steps of fp32 updates, each rounding a few times per element, relative to O(1) parameters.
+FP32_TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def small_model(dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(7, 33), torch.nn.Tanh(), torch.nn.Linear(33, 5)).to(dtype)
+
+
+def gradient_pairs(model, steps, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        tuple([torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in model.parameters()] for _ in range(2))
+        for _ in range(steps)
+    ]
+
+
+def assert_params_close(a, b, **tol):
+    for x, y in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(x, y, **tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fused_cls,torch_cls,config", CASES)
+def test_projected_step_matches_project_then_torch_optim(backend, fused_cls, torch_cls, config):
+    fused, unfused = small_model(), small_model()
+    fused_opt = fused_cls(fused.parameters(), backend=backend, **config)
+    torch_opt = torch_cls(unfused.parameters(), **config)
+    for g_f, g_r in gradient_pairs(fused, 20):
+        # fused: coefficient from the Gram on the device, update along g_f - c g_r, never written out
+        gram = fu.gram([g_f, g_r], dtype=torch.float64)
+        coef = gram[0, 1] / (gram[1, 1] + fu.ops.DEFAULT_EPS)
+        fused_opt.step_combined(torch.stack([torch.ones_like(coef), -coef]), [g_f, g_r])
+        # unfused: project_ writes g_f - c g_r, torch.optim reads it from .grad
+        projected = [g.clone() for g in g_f]
+        fu.project_(projected, g_r, backend=backend)
+        for p, g in zip(unfused.parameters(), projected):
+            p.grad = g
+        torch_opt.step()
+    assert_params_close(fused, unfused, **FP32_TOL)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fused_cls,torch_cls,config", CASES)
+def test_step_on_grad_matches_torch_optim_and_skips_missing_grads(backend, fused_cls, torch_cls, config):
+    fused, reference = small_model(torch.float64), small_model(torch.float64)
+    fused_opt = fused_cls(fused.parameters(), backend=backend, **config)
+    torch_opt = torch_cls(reference.parameters(), **config)
+    for t, (g, _) in enumerate(gradient_pairs(fused, 8)):
+        for model in (fused, reference):
+            for i, (p, gi) in enumerate(zip(model.parameters(), g)):
+                p.grad = None if (i == 1 and t % 3 == 0) else gi.clone()
+        fused_opt.step()
+        torch_opt.step()
+    assert_params_close(fused, reference, rtol=1e-12, atol=1e-12)
+
+
+def test_param_groups_keep_their_own_hyperparameters_and_schedulers_work():
+    fused, reference = small_model(), small_model()
+
+    def groups(model):
+        first, second = list(model[0].parameters()), list(model[2].parameters())
+        return [{"params": first}, {"params": second, "lr": 0.01, "momentum": 0.0}]
+
+    fused_opt = fu.optim.SGD(groups(fused), lr=0.1, momentum=0.9)
+    torch_opt = torch.optim.SGD(groups(reference), lr=0.1, momentum=0.9)
+    schedulers = [torch.optim.lr_scheduler.LinearLR(o, 1.0, 0.1, total_iters=5) for o in (fused_opt, torch_opt)]
+    for g, _ in gradient_pairs(fused, 6):
+        fused_opt.step_combined(torch.ones(1), [g])
+        for p, gi in zip(reference.parameters(), g):
+            p.grad = gi
+        torch_opt.step()
+        for s in schedulers:
+            s.step()
+    assert fused_opt.param_groups[0]["lr"] == pytest.approx(0.01)
+    assert_params_close(fused, reference, **FP32_TOL)
+
+
+def test_backends_agree_on_bf16_params():
+    models = [small_model(torch.bfloat16) for _ in BACKENDS]
+    opts = [fu.optim.AdamW(m.parameters(), lr=1e-2, backend=b) for m, b in zip(models, BACKENDS)]
+    for g_f, g_r in gradient_pairs(models[0], 5):
+        for opt in opts:
+            opt.step_combined(torch.tensor([1.0, -0.5]), [g_f, g_r])
+    # Both compute in fp32 and round once per stored value: at most a bf16 ulp or two apart.
+    assert_params_close(models[0], models[1], rtol=2**-7, atol=2**-7)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradients_with_other_strides_are_paired_by_index(backend):
+    model = small_model(torch.float64)
+    reference = copy.deepcopy(model)
+    g = [
+        torch.randn(p.shape[::-1], dtype=p.dtype).mT if p.dim() == 2 else torch.randn_like(p)
+        for p in model.parameters()
+    ]
+    fu.optim.SGD(model.parameters(), lr=0.5, backend=backend).step_combined(torch.ones(1, dtype=torch.float64), [g])
+    for p, q, gi in zip(model.parameters(), reference.parameters(), g):
+        torch.testing.assert_close(p, q - 0.5 * gi, rtol=1e-14, atol=1e-14)
+
+
+def test_non_dense_params_fall_back_and_stay_correct():
+    base = torch.randn(6, 8, dtype=torch.float64)
+    param = torch.nn.Parameter(base[:, ::2])  # a strided view: not dense
+    expected = param.detach().clone()
+    grad = torch.randn(6, 4, dtype=torch.float64)
+    fu.optim.SGD([param], lr=0.25).step_combined(torch.ones(1, dtype=torch.float64), [[grad]])
+    torch.testing.assert_close(param.detach(), expected - 0.25 * grad)
+
+
+def snapshot(model, opt):
+    params = [p.detach().clone() for p in model.parameters()]
+    state = {id(p): {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()} for p, s in opt.state.items()}
+    return params, state
+
+
+@pytest.mark.parametrize("make_opt", [lambda ps: fu.optim.SGD(ps, lr=0.1, momentum=0.9), fu.optim.AdamW])
+def test_bad_input_raises_before_anything_changes(make_opt):
+    model = small_model()
+    opt = make_opt(model.parameters())
+    g_f, g_r = gradient_pairs(model, 1)[0]
+    opt.step_combined(torch.tensor([1.0, -1.0]), [g_f, g_r])  # state exists now
+    before = snapshot(model, opt)
+    bad_calls = [
+        (ValueError, torch.tensor([1.0, -1.0]), [g_f, g_r[:-1]]),  # a shard missing
+        (ValueError, torch.tensor([1.0, -1.0]), [g_f, [*g_r[:-1], g_r[-1].double()]]),  # dtype differs
+        (ValueError, torch.tensor([1.0, -1.0]), [g_f, [*g_r[:-1], torch.zeros(2, 2)]]),  # shape differs
+        (ValueError, torch.tensor([1.0]), [g_f, g_r]),  # one weight for two vectors
+        (TypeError, torch.tensor([1, 2]), [g_f, g_r]),  # integer weights
+        (TypeError, torch.tensor([1.0]), g_f),  # a vector, not a list of vectors
+        (ValueError, torch.tensor([1.0]), [list(model.parameters())[::-1]]),  # shards out of order
+    ]
+    for error, weights, vectors in bad_calls:
+        with pytest.raises(error):
+            opt.step_combined(weights, vectors)
+    with pytest.raises(ValueError, match="overlaps"):
+        column = list(model.parameters())[0].detach()[:, 0]  # a view into parameter 0, given for parameter 1
+        opt.step_combined(torch.ones(1), [[g_f[0], column, *g_f[2:]]])
+    after = snapshot(model, opt)
+    for a, b in zip(before[0], after[0]):
+        assert torch.equal(a, b)
+    for key, state in before[1].items():
+        for name, value in state.items():
+            other = after[1][key][name]
+            assert torch.equal(value, other) if torch.is_tensor(value) else value == other
+
+
+def test_bad_hyperparameters_and_backend_names():
+    params = list(small_model().parameters())
+    with pytest.raises(ValueError, match="lr"):
+        fu.optim.SGD(params, lr=-1.0)
+    with pytest.raises(ValueError, match="Nesterov"):
+        fu.optim.SGD(params, lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="betas"):
+        fu.optim.AdamW(params, betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="unknown backend"):
+        fu.optim.AdamW(params, backend="cuda-ish")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fused_step_ops_pass_opcheck(backend):
+    params = [torch.randn(5, 3), torch.randn(4)]
+    grads = [torch.randn_like(p) for p in params for _ in range(1)] * 2
+    weights = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    torch.library.opcheck(
+        torch.ops.fastunlearn.sgd_step_.default,
+        ([p.clone() for p in params], [torch.randn_like(p) for p in params], weights, grads, 2, 0.1, 0.9, 0.0, False,
+         0.01, False, False, backend),
+    )  # fmt: skip
+    torch.library.opcheck(
+        torch.ops.fastunlearn.adamw_step_.default,
+        ([p.clone() for p in params], [torch.randn_like(p) for p in params], [torch.rand_like(p) for p in params],
+         weights, grads, 2, 1e-2, 0.9, 0.999, 1e-8, 0.01, 3, True, backend),
+    )  # fmt: skip
