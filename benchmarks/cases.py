@@ -15,7 +15,7 @@ import torch
 import fastunlearn as fu
 
 # Bytes per element each op must move at the least, fp32 (DESIGN.md's roofline).
-ROOFLINE_BYTES = {"gram": 8, "project_": 20, "pcgrad_": 20}
+ROOFLINE_BYTES = {"gram": 8, "project_": 20, "pcgrad_": 20, "surgery_step": 32}
 
 SHAPES = {
     # ~157M parameters in LLaMA-7B-like shards.
@@ -115,6 +115,44 @@ _ORDER = torch.tensor([[1, 0], [0, 1]])
 
 def fused_pcgrad_(out, g, r, backend="auto"):
     return fu.pcgrad_(out, [g, r], order=_ORDER, backend=backend)
+
+
+# --- a Gradient Surgery update with SGD(momentum): the vector algebra and the optimizer step ------
+# Minimum traffic: Gram reads g_f, g_r (8 B/element); the update reads g_f, g_r, param, momentum and
+# writes param, momentum (24 B/element).
+
+SURGERY_SGD = dict(lr=1e-3, momentum=0.9)
+
+
+def surgery_params(shapes):
+    return [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+
+
+def fused_surgery_step(opt, g, r, backend="auto"):
+    """fastunlearn: Gram on the device, then the fused SGD step along -(g - c r)."""
+    gram = fu.gram([g, r], dtype=torch.float64, backend=backend)
+    coef = gram[0, 1] / (gram[1, 1] + fu.ops.DEFAULT_EPS)
+    opt.step_combined(torch.stack([-torch.ones_like(coef), coef]), [g, r])
+
+
+def unfused_surgery_step(opt, params, g, r):
+    """fastunlearn's project_ into .grad, then torch.optim.SGD reads it back."""
+    fu.project_(g, r)
+    for p, gi in zip(params, g):
+        p.grad = gi
+    opt.step()  # a torch.optim.SGD with maximize=True: ascent along g - c r
+
+
+def cat_surgery_step(opt, params, g, r):
+    """Public surgery code: flatten, .item() the coefficient, unflatten into .grad, torch.optim step."""
+    flat_g, flat_r = _flat(g), _flat(r)
+    coef = torch.dot(flat_g, flat_r).item() / (flat_r.norm().item() ** 2)
+    flat_u = flat_g - coef * flat_r
+    offset = 0
+    for p in params:
+        p.grad = -flat_u[offset : offset + p.numel()].view_as(p)
+        offset += p.numel()
+    opt.step()
 
 
 def bandwidth_proxy(n):

@@ -24,7 +24,8 @@ from fastunlearn._timing import median_seconds  # noqa: E402
 
 
 def measure(size: str, repeats: int) -> tuple[list[dict], float, int]:
-    g, r = cases.make_pair(cases.SHAPES[size])
+    shapes = cases.SHAPES[size]
+    g, r = cases.make_pair(shapes)
     out = [torch.empty_like(s) for s in g]
     n = cases.numel(g)
     proxy_s = median_seconds(cases.bandwidth_proxy(n), repeats)
@@ -48,6 +49,7 @@ def measure(size: str, repeats: int) -> tuple[list[dict], float, int]:
             "cat": lambda: cases.cat_pcgrad_(out, g, r),
             "composition": lambda: cases.composition_pcgrad_(out, g, r),
         },
+        "surgery_step": surgery_peers(shapes, g, r),
     }
     rows = []
     for op, impls in peers.items():
@@ -67,9 +69,34 @@ def measure(size: str, repeats: int) -> tuple[list[dict], float, int]:
     return rows, proxy_gbs, n
 
 
+def surgery_peers(shapes, g, r) -> dict:
+    """A Gradient Surgery update with SGD(momentum=0.9), each peer on its own parameters."""
+    fused = fu.optim.SGD(cases.surgery_params(shapes), **cases.SURGERY_SGD)
+    on_torch = fu.optim.SGD(cases.surgery_params(shapes), backend="torch", **cases.SURGERY_SGD)
+    cat_params, composed_params = cases.surgery_params(shapes), cases.surgery_params(shapes)
+    cat_opt = torch.optim.SGD(cat_params, **cases.SURGERY_SGD)
+    composed_opt = torch.optim.SGD(composed_params, maximize=True, **cases.SURGERY_SGD)
+
+    def composed():
+        cases.composition_project_(g, r)
+        for p, gi in zip(composed_params, g):
+            p.grad = gi
+        composed_opt.step()
+
+    return {
+        "fastunlearn": lambda: cases.fused_surgery_step(fused, g, r),
+        "reference.py": lambda: cases.fused_surgery_step(on_torch, g, r, backend="torch"),
+        "cat": lambda: cases.cat_surgery_step(cat_opt, cat_params, g, r),
+        "composition": composed,
+    }
+
+
 def markdown(rows, proxy_gbs, n, size, repeats) -> str:
     lines = [
         f"### CPU, {size} ({n / 1e6:.0f}M fp32 elements per vector, K=2)",
+        "",
+        "surgery_step = Gram + SGD(momentum 0.9) update along -(g_f - c g_r); its peers write the projected "
+        "gradient to .grad and call torch.optim.SGD.",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}, fastunlearn {fu.__version__}, median of {repeats}. "

@@ -6,6 +6,8 @@ import cases
 import pytest
 import torch
 
+import fastunlearn as fu
+
 PEERS = {
     "gram": {
         "fastunlearn": lambda g, r, out: cases.fused_gram(g, r),
@@ -42,3 +44,26 @@ def test_op(benchmark, pair, op, peer):
 def test_bandwidth_proxy(benchmark, pair):
     benchmark.group = "gram"
     benchmark(cases.bandwidth_proxy(cases.numel(pair[0])))
+
+
+@pytest.fixture(scope="module")
+def surgery_inputs():
+    shapes = cases.SHAPES["quick16m"]
+    g, r = cases.make_pair(shapes)
+    return shapes, g, r
+
+
+@pytest.mark.parametrize("peer", ["fastunlearn", "unfused", "cat"])
+def test_surgery_step(benchmark, surgery_inputs, peer):
+    benchmark.group = "surgery_step"
+    shapes, g, r = surgery_inputs
+    params = cases.surgery_params(shapes)
+    if peer == "fastunlearn":
+        opt = fu.optim.SGD(params, **cases.SURGERY_SGD)
+        benchmark(cases.fused_surgery_step, opt, g, r)
+    elif peer == "unfused":
+        opt = torch.optim.SGD(params, maximize=True, **cases.SURGERY_SGD)
+        benchmark(cases.unfused_surgery_step, opt, params, [s.clone() for s in g], r)
+    else:
+        opt = torch.optim.SGD(params, **cases.SURGERY_SGD)
+        benchmark(cases.cat_surgery_step, opt, params, g, r)

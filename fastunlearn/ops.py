@@ -392,4 +392,7 @@ def _checked_order(order: Tensor | None, k: int, device: torch.device, generator
         raise TypeError("order must be an integer tensor of shape (K, K)")
     if tuple(order.shape) != (k, k):
         raise ValueError(f"order must have shape ({k}, {k}), got {tuple(order.shape)}")
+    # Checking the values needs them on the host: done for CPU orders only, never a device sync.
+    if order.device.type == "cpu" and not torch.equal(order.sort(dim=1).values.long(), torch.arange(k).expand(k, k)):
+        raise ValueError("each row of order must be a permutation of 0..K-1")
     return order.to(device=device, dtype=torch.int64)

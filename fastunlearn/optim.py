@@ -145,7 +145,8 @@ class FusedOptimizer(torch.optim.Optimizer):
         self.step(weights=weights, vectors=vectors)
 
     def _update_groups(self, group_params: list[list[Tensor]], weights: Tensor, grads: list[list[Tensor]]) -> None:
-        start = 0
+        # Every bucket's backend is resolved (and may raise) before the first one is updated.
+        plan, start = [], 0
         for group, params in zip(self.param_groups, group_params):
             stop = start + len(params)
             vectors = [vector[start:stop] for vector in grads]
@@ -154,9 +155,10 @@ class FusedOptimizer(torch.optim.Optimizer):
                 name = _backend.resolve(self.backend, bucket[0].device)
                 if name == "cpp" and not all(_validate.is_dense(p) for p in bucket):
                     name = "torch"  # the C++ kernels walk params as flat memory
-                bucket_grads = [vector[i] for vector in vectors for i in index]
-                self._apply(group, bucket, weights, bucket_grads, len(grads), name)
+                plan.append((group, bucket, [vector[i] for vector in vectors for i in index], name))
             start = stop
+        for group, bucket, bucket_grads, name in plan:
+            self._apply(group, bucket, weights, bucket_grads, len(grads), name)
 
     def _bucket_key(self, p: Tensor) -> tuple:
         return (p.dtype, p.device)

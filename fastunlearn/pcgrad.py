@@ -41,8 +41,6 @@ class PCGrad:
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         self._optim, self._reduction = optimizer, reduction
         self.generator, self.backend = generator, backend
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        self._stash = GradientStash(params)
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -58,17 +56,19 @@ class PCGrad:
         """Sets ``.grad`` to the PCGrad-merged gradient of the task losses ``objectives``.
 
         ``order`` (K x K, row i: the order task i meets the tasks) replaces the random order.
-        Returns the task Gram matrix and the task weights of the merged gradient.
+        Returns the task Gram matrix and the task weights of the merged gradient. The trainable
+        parameters are read from the optimizer at each call. Unlike the reference, the graph is
+        freed after the last objective's backward (as a plain ``backward()`` would).
         """
         if len(objectives) == 0:
             raise ValueError("pc_backward needs at least one objective")
+        stash = GradientStash(p for group in self._optim.param_groups for p in group["params"])
         names = [f"task{k}" for k in range(len(objectives))]
         vectors = [
-            self._stash.capture(name, loss, retain_graph=k < len(objectives) - 1)
+            stash.capture(name, loss, retain_graph=k < len(objectives) - 1)
             for k, (name, loss) in enumerate(zip(names, objectives))
         ]
-        params = self._stash.params
-        shared = [all(flags) for flags in zip(*(self._stash.reached(name) for name in names))]
+        shared = [all(flags) for flags in zip(*(stash.reached(name) for name in names))]
         gram = ops.gram(vectors, dtype=torch.float64, backend=self.backend)
         weights = ops.pcgrad_weights(gram, reduction=self._reduction, order=order, generator=self.generator)
         summed = weights * len(vectors) if self._reduction == "mean" else weights
@@ -79,7 +79,6 @@ class PCGrad:
                 ops.combine_(
                     [vectors[0][i] for i in index], w, [[v[i] for i in index] for v in vectors], backend=self.backend
                 )
-        for p, g in zip(params, vectors[0]):
+        for p, g in zip(stash.params, vectors[0]):
             p.grad = g
-        self._stash.clear()
         return ops.PCGradStats(gram, weights)
