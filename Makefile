@@ -18,11 +18,11 @@ $(BIN)/python:
 $(STAMP): $(SOURCES) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=69" wheel ninja
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --no-build-isolation -e ".[dev]"
+	$(BIN)/python -m pip install --no-build-isolation -e ".[dev,demo]"
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/fastunlearn showcase
+	$(BIN)/fastunlearn demo --out fastunlearn-demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest --doctest-modules fastunlearn tests

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastunlearn import ops, optim
+from fastunlearn._phases import PhaseTimer
 from fastunlearn.methods._capture import GradientStash
 from fastunlearn.optim import FusedOptimizer
 
@@ -110,6 +112,8 @@ class UnlearningMethod:
                 )
         self.loss_fn = loss_fn
         self.forget_loss_fn = forget_loss_fn or loss_fn
+        #: Set a :class:`PhaseTimer` to time forward / backward / vector_algebra / optimizer phases.
+        self.timer: PhaseTimer | None = None
 
     def default_optimizer(self, lr: float) -> torch.optim.Optimizer:
         return optim.SGD(self.params, lr=lr, backend=self.backend)
@@ -119,13 +123,23 @@ class UnlearningMethod:
     def step(self, forget_batch: Any, retain_batch: Any) -> StepStats:
         raise NotImplementedError
 
+    def phase(self, name: str) -> contextlib.AbstractContextManager:
+        """Charges the enclosed work to phase ``name`` of :attr:`timer` (a no-op without one)."""
+        return self.timer.phase(name) if self.timer is not None else contextlib.nullcontext()
+
     def gradient(self, name: str, loss_fn: LossFn, batch: Any) -> tuple[Tensor, list[Tensor]]:
         """Forward + backward of ``loss_fn`` on ``batch``; returns the detached loss and gradient."""
-        loss = loss_fn(self.model, batch)
-        return loss.detach(), self.stash.capture(name, loss)
+        with self.phase("forward"):
+            loss = loss_fn(self.model, batch)
+        with self.phase("backward"):
+            return loss.detach(), self.stash.capture(name, loss)
 
     def apply(self, weights: Tensor, vectors: Sequence[Sequence[Tensor]]) -> None:
         """One optimizer step along the descent direction ``sum_k weights[k] * vectors[k]``."""
+        with self.phase("optimizer"):
+            self._apply(weights, vectors)
+
+    def _apply(self, weights: Tensor, vectors: Sequence[Sequence[Tensor]]) -> None:
         if isinstance(self.optimizer, FusedOptimizer):
             self.optimizer.step_combined(weights, vectors)
             return
@@ -143,7 +157,8 @@ class UnlearningMethod:
 
     def gram(self, vectors: Sequence[Sequence[Tensor]]) -> Tensor:
         """Gram matrix of gradient vectors in float64 (coefficients are derived from it)."""
-        return ops.gram(vectors, dtype=torch.float64, backend=self.backend)
+        with self.phase("vector_algebra"):
+            return ops.gram(vectors, dtype=torch.float64, backend=self.backend)
 
     # -- a whole run ---------------------------------------------------------------------------
 

@@ -102,7 +102,8 @@ class DecoupleRetain(UnlearningMethod):
     def step(self, forget_batch: Any, retain_batch: Any = None) -> StepStats:
         """One phase-1 step (``retain_batch`` is ignored): clipped, optionally noisy, ascent."""
         forget_loss, g_f = self.gradient("forget", self.forget_loss_fn, forget_batch)
-        norm = ops.sq_norm(g_f, backend=self.backend).double().sqrt()
+        with self.phase("vector_algebra"):
+            norm = ops.sq_norm(g_f, backend=self.backend).double().sqrt()
         scale = (self.clip_norm / (norm + 1e-6)).clamp(max=1.0)
         if self.noise_multiplier > 0:
             noise = [torch.randn(p.shape, dtype=p.dtype, device=p.device, generator=self.generator) for p in g_f]
