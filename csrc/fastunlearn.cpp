@@ -6,6 +6,7 @@
 #include "cpu/combine.h"
 #include "cpu/fused_step.h"
 #include "cpu/gram.h"
+#include "overlap.h"
 
 extern "C" {
 // Importing fastunlearn._C runs the static registrations below; the module itself is empty.
@@ -26,6 +27,11 @@ TORCH_LIBRARY(fastunlearn_cpu, m) {
       "adamw_step_(Tensor(a!)[] params, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, Tensor weights, "
       "Tensor[] grads, int num_vectors, float lr, float beta1, float beta2, float eps, float weight_decay, "
       "int step, bool maximize) -> ()");
+}
+
+// Metadata only: one kernel for every device.
+TORCH_LIBRARY_FRAGMENT(fastunlearn_cpu, m) {
+  m.def("find_overlap(Tensor[] outs, Tensor[] inputs, int n) -> int[]", &fastunlearn::find_overlap);
 }
 
 TORCH_LIBRARY_IMPL(fastunlearn_cpu, CPU, m) {

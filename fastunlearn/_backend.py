@@ -82,6 +82,11 @@ def backends() -> dict[str, str]:
     return {name: b.unavailable_reason or "available" for name, b in _BACKENDS.items()}
 
 
+def native_available() -> bool:
+    """Whether the C++ extension loaded (its metadata helpers serve every device)."""
+    return _CPP_ERROR is None
+
+
 def check_name(name: str) -> None:
     """Raises ValueError unless ``name`` is ``"auto"`` or a known backend (available or not)."""
     if name != "auto" and name not in _BACKENDS:

@@ -103,6 +103,12 @@ def is_dense(t: Tensor) -> bool:
     return True
 
 
+def _native_overlap_check() -> bool:
+    from fastunlearn import _backend
+
+    return _backend.native_available()
+
+
 def _span(t: Tensor) -> tuple[int, int]:
     start = t.data_ptr()
     last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
@@ -115,8 +121,13 @@ def check_overlaps(outs: list[Tensor], shards: list[Tensor], n: int, what: str =
 
     An output may be exactly the input at the same shard index (an in-place update reads each
     element before writing it); any other overlap would make the result depend on the order in
-    which the kernel visits memory. Runs on real tensors only (fake tensors have no memory).
+    which the kernel visits memory. Runs on real tensors only (fake tensors have no memory). The C++
+    sweep (metadata only, any device) answers first; the Python one below finds the same conflict
+    and words the error, and is the fallback without the extension.
     """
+    if _native_overlap_check() and not torch.compiler.is_compiling():
+        if not torch.ops.fastunlearn_cpu.find_overlap(outs, shards, n):
+            return
     for i, t in enumerate(outs):
         if t.numel() > 1 and torch._debug_has_internal_overlap(t) == 1:
             raise ValueError(f"{what} shard {i} has elements that share memory (e.g. an expand()ed view)")

@@ -86,36 +86,28 @@ void combine_cpu(at::TensorList outs, const at::Tensor& weights, at::TensorList 
 
   // Each shard index is computed in the layout of its first output (if dense); outputs that are
   // not in it are computed into a temporary and copied back after the pass.
-  std::vector<at::Tensor> layout_of;
-  layout_of.reserve(n);
-  for (int64_t i = 0; i < n; ++i) layout_of.push_back(dense_layout_of(outs[i]));
-  std::vector<at::Tensor> targets;
+  const Layouts layouts = layouts_of(outs.slice(0, n));
+  std::vector<void*> out_ptrs;
+  out_ptrs.reserve(outs.size());
   std::vector<std::pair<at::Tensor, at::Tensor>> copy_back;
-  targets.reserve(outs.size());
   for (size_t s = 0; s < outs.size(); ++s) {
-    const at::Tensor& ref = layout_of[s % n];
+    const at::Tensor& ref = *layouts.of[s % n];
     if (same_dense_layout(outs[s], ref)) {
-      targets.push_back(outs[s]);
+      out_ptrs.push_back(outs[s].data_ptr());
     } else {
       at::Tensor tmp = at::empty_like(ref);
-      copy_back.emplace_back(outs[s], tmp);
-      targets.push_back(tmp);
+      out_ptrs.push_back(tmp.data_ptr());
+      copy_back.emplace_back(outs[s], std::move(tmp));
     }
   }
-  const std::vector<at::Tensor> dense = dense_inputs(shards, n, layout_of);
-  std::vector<void*> out_ptrs;
-  out_ptrs.reserve(targets.size());
-  for (const auto& t : targets) out_ptrs.push_back(t.data_ptr());
-  std::vector<const void*> in_ptrs;
-  in_ptrs.reserve(dense.size());
-  for (const auto& t : dense) in_ptrs.push_back(t.data_ptr());
+  const InputPointers in = input_pointers(shards, n, layouts);
   const at::Tensor w = weights.to(at::kDouble).contiguous();
 
-  const ChunkPlan plan = plan_chunks(at::TensorList(dense).slice(0, n));
+  const ChunkPlan plan = plan_chunks(outs.slice(0, n));
   const CombineChunkFn chunk_fn = combine_chunk_for(shards[0].scalar_type());
   at::parallel_for(0, plan.num_chunks(), 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      chunk_fn(plan, c, out_ptrs.data(), num_outs, in_ptrs.data(), k, n, w.data_ptr<double>());
+      chunk_fn(plan, c, out_ptrs.data(), num_outs, in.ptrs.data(), k, n, w.data_ptr<double>());
     }
   });
   for (auto& [out, tmp] : copy_back) out.copy_(tmp);

@@ -149,12 +149,12 @@ void check_state(at::TensorList params, at::TensorList state, const char* what) 
 
 struct StepInputs {
   int64_t n;
-  std::vector<at::Tensor> dense_grads;
-  std::vector<const void*> grad_ptrs;
+  InputPointers grads;
   at::Tensor weights;
   ChunkPlan plan;
 };
 
+// Params are dense (checked), so each is its own layout and gradients pair with it by index.
 StepInputs step_inputs(at::TensorList params, const at::Tensor& weights, at::TensorList grads,
                        int64_t k) {
   const int64_t n = static_cast<int64_t>(params.size());
@@ -162,11 +162,8 @@ StepInputs step_inputs(at::TensorList params, const at::Tensor& weights, at::Ten
                     grads.size(), " gradient shards for ", k, " vectors of ", n, " params");
   TORCH_CHECK_VALUE(weights.numel() == k, "fastunlearn: weights must have ", k, " entries, got ",
                     weights.numel());
-  StepInputs in{n, dense_inputs(grads, n, std::vector<at::Tensor>(params.begin(), params.end())), {},
-                weights.to(at::kDouble).contiguous(), plan_chunks(params)};
-  in.grad_ptrs.reserve(in.dense_grads.size());
-  for (const auto& t : in.dense_grads) in.grad_ptrs.push_back(t.data_ptr());
-  return in;
+  return StepInputs{n, input_pointers(grads, n, layouts_of(params)), weights.to(at::kDouble).contiguous(),
+                    plan_chunks(params)};
 }
 
 std::vector<void*> pointers(at::TensorList tensors) {
@@ -193,7 +190,7 @@ void sgd_step_cpu(at::TensorList params, at::TensorList momentum_buffers, const 
                                          sgd_chunk_bf16, sgd_chunk_f16);
   at::parallel_for(0, in.plan.num_chunks(), 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      fn(in.plan, c, p.data(), b.data(), in.grad_ptrs.data(), num_vectors, in.n,
+      fn(in.plan, c, p.data(), b.data(), in.grads.ptrs.data(), num_vectors, in.n,
          in.weights.data_ptr<double>(), rule);
     }
   });
@@ -216,7 +213,7 @@ void adamw_step_cpu(at::TensorList params, at::TensorList exp_avgs, at::TensorLi
                                              adamw_chunk_bf16, adamw_chunk_f16);
   at::parallel_for(0, in.plan.num_chunks(), 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      fn(in.plan, c, p.data(), m.data(), v.data(), in.grad_ptrs.data(), num_vectors, in.n,
+      fn(in.plan, c, p.data(), m.data(), v.data(), in.grads.ptrs.data(), num_vectors, in.n,
          in.weights.data_ptr<double>(), rule);
     }
   });

@@ -80,8 +80,10 @@ FU_INLINE typename Vec<typename Acc<scalar_t>::type>::type load_vec_tail(const s
   return load_vec(x);
 }
 
+// `next[a]` is where vector a continues after this piece (the next shard), so the prefetch runs
+// ahead across shard boundaries: with many small shards every piece would otherwise start cold.
 template <typename scalar_t, int K>
-FU_INLINE void gram_piece_interleaved(const scalar_t* const* src, int64_t len,
+FU_INLINE void gram_piece_interleaved(const scalar_t* const* src, const scalar_t* const* next, int64_t len,
                                       typename Vec<typename Acc<scalar_t>::type>::type* acc) {
   using V = typename Vec<typename Acc<scalar_t>::type>::type;
   constexpr int P = K * (K + 1) / 2;
@@ -96,7 +98,8 @@ FU_INLINE void gram_piece_interleaved(const scalar_t* const* src, int64_t len,
     V xl[K], xh[K];
 #pragma GCC unroll 16
     for (int a = 0; a < K; ++a) {
-      __builtin_prefetch(src[a] + t + kPrefetchElements, 0, 0);
+      const int64_t ahead = t + kPrefetchElements;
+      __builtin_prefetch(ahead < len ? src[a] + ahead : next[a] + (ahead - len), 0, 0);
       xl[a] = load_vec(src[a] + t);
       xh[a] = load_vec(src[a] + t + kVecWidth);
     }
@@ -139,8 +142,13 @@ FU_INLINE void gram_chunk_interleaved(const ChunkPlan& plan, int64_t chunk, cons
   V acc[2 * P] = {};
   for_each_piece(plan, chunk, [&](int64_t shard, int64_t begin, int64_t end) __attribute__((always_inline)) {
     const scalar_t* src[K];
-    for (int v = 0; v < K; ++v) src[v] = static_cast<const scalar_t*>(ptrs[v * n + shard]) + begin;
-    gram_piece_interleaved<scalar_t, K>(src, end - begin, acc);
+    const scalar_t* next[K];
+    const int64_t following = shard + 1 < n ? shard + 1 : shard;
+    for (int v = 0; v < K; ++v) {
+      src[v] = static_cast<const scalar_t*>(ptrs[v * n + shard]) + begin;
+      next[v] = static_cast<const scalar_t*>(ptrs[v * n + following]);
+    }
+    gram_piece_interleaved<scalar_t, K>(src, next, end - begin, acc);
   });
   for (int p = 0; p < P; ++p) {
     double sum = 0.0;
@@ -235,15 +243,11 @@ at::Tensor gram_cpu(at::TensorList shards, int64_t num_vectors) {
       accumulation_dtype(n > 0 ? shards[0].scalar_type() : at::kFloat);
   if (n == 0) return at::zeros({k, k}, at::TensorOptions().dtype(acc_dtype));
 
-  std::vector<at::Tensor> layout_of;
-  layout_of.reserve(n);
-  for (int64_t i = 0; i < n; ++i) layout_of.push_back(dense_layout_of(shards[i]));
-  const std::vector<at::Tensor> dense = dense_inputs(shards, n, layout_of);
-  std::vector<const void*> ptrs;
-  ptrs.reserve(dense.size());
-  for (const auto& t : dense) ptrs.push_back(t.data_ptr());
+  const Layouts layouts = layouts_of(shards.slice(0, n));
+  const InputPointers in = input_pointers(shards, n, layouts);
+  const std::vector<const void*>& ptrs = in.ptrs;
 
-  const ChunkPlan plan = plan_chunks(at::TensorList(dense).slice(0, n));
+  const ChunkPlan plan = plan_chunks(shards.slice(0, n));
   const int64_t pairs = num_pairs(k);
   const int64_t chunks = plan.num_chunks();
   std::vector<double> partials(chunks * pairs);

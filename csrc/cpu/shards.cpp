@@ -27,25 +27,36 @@ bool same_dense_layout(const at::Tensor& a, const at::Tensor& b) {
   return true;
 }
 
-at::Tensor dense_layout_of(const at::Tensor& t) {
-  return t.is_non_overlapping_and_dense() ? t : at::empty(t.sizes(), t.options());
-}
-
-std::vector<at::Tensor> dense_inputs(at::TensorList shards, int64_t n,
-                                     const std::vector<at::Tensor>& layout_of) {
-  std::vector<at::Tensor> out;
-  out.reserve(shards.size());
-  for (size_t s = 0; s < shards.size(); ++s) {
-    const at::Tensor& t = shards[s];
-    const at::Tensor& ref = layout_of[s % n];
-    if (same_dense_layout(t, ref)) {
-      out.push_back(t);
+Layouts layouts_of(at::TensorList first_vector) {
+  Layouts layouts;
+  layouts.of.reserve(first_vector.size());
+  layouts.owned.reserve(first_vector.size());
+  for (const auto& t : first_vector) {
+    if (t.is_non_overlapping_and_dense()) {
+      layouts.of.push_back(&t);
     } else {
-      // empty_like keeps a dense reference's strides, so the copy pairs with it element by element.
-      out.push_back(at::empty_like(ref).copy_(t));
+      layouts.owned.push_back(at::empty(t.sizes(), t.options()));
+      layouts.of.push_back(&layouts.owned.back());
     }
   }
-  return out;
+  return layouts;
+}
+
+InputPointers input_pointers(at::TensorList shards, int64_t n, const Layouts& layouts) {
+  InputPointers in;
+  in.ptrs.reserve(shards.size());
+  for (size_t s = 0; s < shards.size(); ++s) {
+    const at::Tensor& t = shards[s];
+    const at::Tensor& ref = *layouts.of[s % n];
+    if (same_dense_layout(t, ref)) {
+      in.ptrs.push_back(t.const_data_ptr());
+    } else {
+      // empty_like keeps a dense reference's strides, so the copy pairs with it element by element.
+      in.copies.push_back(at::empty_like(ref).copy_(t));
+      in.ptrs.push_back(in.copies.back().const_data_ptr());
+    }
+  }
+  return in;
 }
 
 }  // namespace fastunlearn

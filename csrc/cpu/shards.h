@@ -43,15 +43,22 @@ inline __attribute__((always_inline)) void for_each_piece(const ChunkPlan& plan,
   }
 }
 
-// Read-only inputs in a layout the kernels can walk as flat memory: for each shard index, every
-// vector's tensor shares `layout_of[i]`'s strides and is dense. Tensors that are not get a dense
-// copy in that layout (pairing elements by logical index, never by memory position).
-std::vector<at::Tensor> dense_inputs(at::TensorList shards, int64_t n,
-                                     const std::vector<at::Tensor>& layout_of);
+// The layout each shard index is computed in: the first vector's tensor where it is dense, else an
+// (unfilled) contiguous tensor of its shape. Held by pointer, so dense lists cost no refcounting.
+struct Layouts {
+  std::vector<const at::Tensor*> of;  // n entries
+  std::vector<at::Tensor> owned;      // the contiguous stand-ins (reserved: pointers stay valid)
+};
+Layouts layouts_of(at::TensorList first_vector);
 
-// A tensor carrying the layout a shard index is computed in: `t` itself if it is dense, else an
-// (unfilled) contiguous tensor of its shape.
-at::Tensor dense_layout_of(const at::Tensor& t);
+// Read-only inputs as flat memory: for each shard index i, every vector's tensor that shares
+// `layouts.of[i]`'s strides and is dense is read in place; any other gets a dense copy in that
+// layout (pairing elements by logical index, never by memory position), kept alive in `copies`.
+struct InputPointers {
+  std::vector<const void*> ptrs;  // vector-major, like the shards
+  std::vector<at::Tensor> copies;
+};
+InputPointers input_pointers(at::TensorList shards, int64_t n, const Layouts& layouts);
 
 bool same_dense_layout(const at::Tensor& a, const at::Tensor& b);
 
