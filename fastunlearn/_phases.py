@@ -23,9 +23,15 @@ class PhaseTimer:
         self.sync = sync
         self.seconds: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
+        self._depth = 0
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
+        """Times the enclosed block as ``name``; a phase inside another is charged to the outer one."""
+        if self._depth:
+            yield
+            return
+        self._depth += 1
         if self.sync is not None:
             self.sync()
         start = time.perf_counter()
@@ -36,6 +42,11 @@ class PhaseTimer:
                 self.sync()
             self.seconds[name] += time.perf_counter() - start
             self.counts[name] += 1
+            self._depth -= 1
+
+    def snapshot(self) -> dict[str, float]:
+        """The seconds accumulated so far, per phase (subtract two snapshots to time one step)."""
+        return dict(self.seconds)
 
     def per_step(self, steps: int) -> dict[str, float]:
         """Mean seconds per step of every phase."""

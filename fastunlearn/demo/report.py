@@ -24,8 +24,10 @@ VAE_COLUMNS = [
 COST_COLUMNS = [
     ("seconds", "run s"),
     ("steps", "steps"),
-    ("forward_ms", "forward ms/step"),
-    ("backward_ms", "backward ms/step"),
+    ("forward_forget_ms", "fwd forget ms/step"),
+    ("backward_forget_ms", "bwd forget ms/step"),
+    ("forward_retain_ms", "fwd retain ms/step"),
+    ("backward_retain_ms", "bwd retain ms/step"),
     ("vector_algebra_ms", "vector algebra ms/step"),
     ("optimizer_ms", "optimizer ms/step"),
     ("reference_vector_algebra_ms", "reference algebra ms/step"),

@@ -128,10 +128,15 @@ class UnlearningMethod:
         return self.timer.phase(name) if self.timer is not None else contextlib.nullcontext()
 
     def gradient(self, name: str, loss_fn: LossFn, batch: Any) -> tuple[Tensor, list[Tensor]]:
-        """Forward + backward of ``loss_fn`` on ``batch``; returns the detached loss and gradient."""
-        with self.phase("forward"):
+        """Forward + backward of ``loss_fn`` on ``batch``; returns the detached loss and gradient.
+
+        Timed as ``forward_forget`` / ``backward_forget`` for the forget gradient and
+        ``forward_retain`` / ``backward_retain`` for every other one.
+        """
+        side = "forget" if name == "forget" else "retain"
+        with self.phase(f"forward_{side}"):
             loss = loss_fn(self.model, batch)
-        with self.phase("backward"):
+        with self.phase(f"backward_{side}"):
             return loss.detach(), self.stash.capture(name, loss)
 
     def apply(self, weights: Tensor, vectors: Sequence[Sequence[Tensor]]) -> None:

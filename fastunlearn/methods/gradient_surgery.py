@@ -81,9 +81,10 @@ class GradientSurgery(UnlearningMethod):
             loss, g = self.gradient(f"retain{j}", self.loss_fn, part)
             retain_losses.append(loss)
             g_rs.append(g)
-        gram = self.gram([g_f, *g_rs])
-        coefs = self._coefficients(gram)
-        weights = torch.cat([-torch.ones_like(coefs[:1]), coefs + self.retain_weight / m])
+        with self.phase("vector_algebra"):
+            gram = self.gram([g_f, *g_rs])
+            coefs = self._coefficients(gram)
+            weights = torch.cat([-torch.ones_like(coefs[:1]), coefs + self.retain_weight / m])
         self.apply(weights, [g_f, *g_rs])
 
         # Stats of g_f against the mean retain gradient (the whole batch's, for equal parts).

@@ -1,0 +1,110 @@
+"""The profiler's accounting: phases, bytes, host reads, overhead, outputs, and its reference ops."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+from fastunlearn import methods
+from fastunlearn import profile as fp
+from fastunlearn.cli import main as cli_main
+
+
+@pytest.fixture(scope="module")
+def report():
+    return fp.profile_unlearning(size="tiny", steps=3, warmup=1, compare=True, progress=False)
+
+
+def test_every_phase_is_timed_and_they_cover_the_step(report):
+    for run in (report.fused, report.reference):
+        assert list(run.phases) == list(fp.PHASES)
+        covered = sum(p.median_ms for p in run.phases.values())
+        # medians of parts need not add up exactly; what is outside every phase must stay small
+        assert 0 <= run.other_ms < 0.25 * run.step_median_ms
+        assert covered == pytest.approx(run.step_median_ms - run.other_ms, rel=0.25)
+        for stats in run.phases.values():
+            assert stats.min_ms <= stats.median_ms <= stats.max_ms
+
+
+def test_byte_counts_follow_the_model(report):
+    model = fp.transformer_target("tiny").model
+    numel = sum(p.numel() for p in model.parameters())
+    assert report.parameters == numel
+    assert report.fused.phases["vector_algebra"].bytes == 8 * numel  # Gram reads g_f and g_r (fp32)
+    assert report.fused.phases["optimizer"].bytes == 24 * numel  # fused SGD: 4 reads, 2 writes
+    stats = report.fused.phases["vector_algebra"]
+    assert stats.gbs == pytest.approx(stats.bytes / (stats.median_ms / 1e3) / 1e9)
+
+
+def test_host_reads_speedups_and_overhead_are_reported(report):
+    assert report.fused.host_reads_per_step == 0
+    assert report.reference.host_reads_per_step == 2  # the dot product and the norm
+    assert set(report.speedups) == {"step", "vector_algebra", "optimizer", "vector_algebra+optimizer"}
+    assert report.profile_overhead == pytest.approx(report.fused.step_median_ms / report.unprofiled_step_median_ms - 1)
+    assert report.fused.peak_rss_mb > 0
+
+
+def test_reference_ops_compute_the_same_update_as_the_fused_method():
+    target = fp.transformer_target("tiny")
+    initial = {k: v.clone() for k, v in target.model.state_dict().items()}
+    gen = torch.Generator().manual_seed(0)
+    batches = [(target.make_batch(gen), target.make_batch(gen)) for _ in range(3)]
+    results = []
+    for reference in (False, True):
+        target.model.load_state_dict(initial)
+        method = fp._method("surgery", target.model, target, 1e-2, 0.9, reference)
+        for forget_batch, retain_batch in batches:
+            method.step(forget_batch, retain_batch)
+        results.append(torch.cat([p.detach().reshape(-1) for p in target.model.parameters()]))
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_user_module_by_import_path(tmp_path, monkeypatch):
+    (tmp_path / "my_unlearning_target.py").write_text(
+        "import torch\n"
+        "from fastunlearn.profile import ProfileTarget\n"
+        "from fastunlearn.methods import cross_entropy\n"
+        "def build():\n"
+        "    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))\n"
+        "    def batch(g):\n"
+        "        return torch.randn(4, 8, generator=g), torch.randint(0, 3, (4,), generator=g)\n"
+        "    return ProfileTarget(model, cross_entropy, batch)\n"
+        "def wrong():\n"
+        "    return torch.nn.Linear(2, 2)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    report = fp.profile_unlearning("my_unlearning_target:build", steps=2, warmup=0, progress=False)
+    assert report.parameters == 8 * 16 + 16 + 16 * 3 + 3
+    with pytest.raises(TypeError, match="ProfileTarget"):
+        fp.profile_unlearning("my_unlearning_target:wrong", steps=1, progress=False)
+    sys.modules.pop("my_unlearning_target", None)
+
+
+def test_cli_writes_json_and_a_trace(tmp_path, capsys):
+    out, trace = tmp_path / "report.json", tmp_path / "trace.json"
+    cli_main(["profile", "--size", "tiny", "--steps", "2", "--warmup", "0", "--json", str(out), "--trace", str(trace)])
+    saved = json.loads(out.read_text())
+    assert saved["config"]["size"] == "tiny" and "vector_algebra" in saved["fused"]["phases"]
+    assert "traceEvents" in json.loads(trace.read_text())
+    assert "profiler overhead" in capsys.readouterr().out
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="size"):
+        fp.profile_unlearning(size="5t", progress=False)
+    with pytest.raises(ValueError, match="surgery"):
+        fp.profile_unlearning(size="tiny", method="pcgrad", compare=True, steps=1, progress=False)
+    with pytest.raises(SystemExit):
+        cli_main(["profile", "--model", "no_colon_here", "--steps", "1"])
+
+
+def test_count_host_reads_counts_and_restores():
+    with fp.count_host_reads() as counter:
+        torch.ones(1).item()
+        bool(torch.ones(1))
+    assert counter[0] == 2
+    assert torch.Tensor.item.__name__ == "item"
+    assert isinstance(methods.GradientSurgery, type)
