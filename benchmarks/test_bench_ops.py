@@ -67,3 +67,40 @@ def test_surgery_step(benchmark, surgery_inputs, peer):
     else:
         opt = torch.optim.SGD(params, **cases.SURGERY_SGD)
         benchmark(cases.cat_surgery_step, opt, params, g, r)
+
+
+# --- shard count and K at ~1e6 elements per vector (the sweep's case builders, see sweep.py) ------
+
+SWEEP_TOTAL = 10**6
+SWEEP_PEERS = ["fastunlearn", "cat", "composition"]
+
+
+@pytest.mark.parametrize("peer", SWEEP_PEERS)
+@pytest.mark.parametrize("count", [1, 1_000, 10_000])
+def test_gram_shard_count(benchmark, count, peer):
+    benchmark.group = f"gram, {count} shards"
+    vectors = cases.make_vectors(cases.equal_shapes(SWEEP_TOTAL, count), 2)
+    benchmark(cases.peers("gram", vectors)[peer])
+
+
+@pytest.mark.parametrize("peer", SWEEP_PEERS)
+@pytest.mark.parametrize("k", [2, 8, 16])
+def test_gram_k(benchmark, k, peer):
+    benchmark.group = f"gram, K={k}"
+    vectors = cases.make_vectors(cases.llama_shapes(SWEEP_TOTAL), k)
+    benchmark(cases.peers("gram", vectors, k=k)[peer])
+
+
+@pytest.mark.parametrize("op,k", [(op, 2) for op in cases.CORE_OPS] + [("gram", 4), ("combine_", 4), ("pcgrad_", 4)])
+def test_sweep_peers_agree(op, k):
+    """Every peer the sweep times computes what fastunlearn computes (fp64, fresh inputs per peer)."""
+    base = cases.make_vectors(cases.llama_shapes(10**4), cases.vectors_read(op, k), dtype=torch.float64)
+    results = {}
+    for name in cases.peers(op, base, [torch.empty_like(s) for s in base[0]], k):
+        vectors = [[s.clone() for s in v] for v in base]
+        out = [torch.zeros_like(s) for s in vectors[0]]
+        value = cases.peers(op, vectors, out, k)[name]()
+        written = out if op in ("combine_", "pcgrad_") else vectors[0]
+        results[name] = torch.cat([s.reshape(-1) for s in written]) if op.endswith("_") else value
+    for name, value in results.items():
+        torch.testing.assert_close(value, results["fastunlearn"], msg=f"{op}: {name}")
