@@ -30,6 +30,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-columns=median,iqr,rounds
 	$(BIN)/python benchmarks/report.py
+	$(BIN)/python benchmarks/sweep.py
 
 clean:
 	rm -rf build $(VENV) fastunlearn/*.so *.egg-info
