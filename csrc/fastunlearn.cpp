@@ -6,12 +6,15 @@
 #include "cpu/combine.h"
 #include "cpu/fused_step.h"
 #include "cpu/gram.h"
+#include "fast_path.h"
 #include "overlap.h"
 
 extern "C" {
-// Importing fastunlearn._C runs the static registrations below; the module itself is empty.
+// Importing fastunlearn._C runs the static registrations below; the module itself only holds the
+// fast paths for long shard lists (fast_path.h).
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
+                                          fastunlearn::fast_path_methods()};
   return PyModule_Create(&module_def);
 }
 }

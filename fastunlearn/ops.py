@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from fastunlearn import _backend, _validate
+from fastunlearn import _backend, _fast, _validate
 from fastunlearn.reference import accumulation_dtype
 
 Vector = Sequence[Tensor]
@@ -218,6 +218,10 @@ def gram(vectors: Sequence[Vector], *, dtype: torch.dtype | None = None, backend
     tensor([[10.,  8.],
             [ 8., 16.]])
     """
+    flat = _fast.flat_list(vectors, backend)
+    result = _fast.gram(flat, len(vectors)) if flat is not None else None
+    if result is not None:
+        return result.to(dtype or _result_dtype(flat[0].dtype))
     shards, _ = _validate.flatten_vectors(vectors)
     name = _backend.resolve(backend, shards[0].device)
     return _gram(shards, len(vectors), name).to(dtype or _result_dtype(shards[0].dtype))
@@ -254,6 +258,9 @@ def combine_(out: Vector, weights: Tensor, vectors: Sequence[Vector], *, backend
     >>> fu.combine_(g, torch.tensor([2.0, -1.0]), [g, r])
     [tensor([2., 1., 0.])]
     """
+    flat = _fast.flat_list(vectors, backend)
+    if flat is not None and _fast.combine_(out, weights, flat, len(vectors)):
+        return out
     shards, n = _validate.flatten_vectors(vectors)
     out_shards = _validate.check_vector(out, "out")
     _validate.check_matches(out_shards, shards[:n], "out", "vectors[0]")
@@ -287,6 +294,12 @@ def project_(
     [tensor([0., 1.])]
     """
     _validate.check_choice(mode, _validate.MODES, "mode")
+    flat = _fast.flat_list([g, r], backend)
+    gram = _fast.gram(flat, 2) if flat is not None else None
+    if gram is not None:
+        coef = _projection_coefficient(gram, mode, float(eps))
+        if _fast.combine_(flat[: len(g)], torch.stack([torch.ones_like(coef), -coef]), flat, 2):
+            return ProjectionStats(gram[0, 1], gram[0, 0], gram[1, 1], coef)
     shards, n = _validate.flatten_vectors([g, r])
     _validate.check_writable(shards[:n], "g")
     name = _backend.resolve(backend, shards[0].device)
@@ -311,6 +324,13 @@ def project_normal_(
     """
     if isinstance(directions, Tensor) or not isinstance(directions, Sequence) or not directions:
         raise ValueError("directions must be a non-empty sequence of vectors")
+    flat = _fast.flat_list([g, *directions], backend)
+    gram = _fast.gram(flat, len(directions) + 1) if flat is not None else None
+    if gram is not None:
+        coefs = _span_coefficients(gram, float(eps))
+        weights = torch.cat([torch.ones_like(coefs[:1]), -coefs])
+        if _fast.combine_(flat[: len(g)], weights, flat, len(directions) + 1):
+            return coefs
     shards, n = _validate.flatten_vectors([g, *directions], what="[g, *directions]")
     _validate.check_writable(shards[:n], "g")
     name = _backend.resolve(backend, shards[0].device)
@@ -375,6 +395,13 @@ def pcgrad_(
     [tensor([0.8000, 2.4000])]
     """
     _validate.check_choice(reduction, _validate.REDUCTIONS, "reduction")
+    flat = _fast.flat_list(vectors, backend)
+    gram = _fast.gram(flat, len(vectors)) if flat is not None else None
+    if gram is not None:
+        order_ = _checked_order(order, len(vectors), flat[0].device, generator)
+        weights = _pcgrad_weights(gram, order_, reduction, float(eps))
+        if _fast.combine_(out, weights, flat, len(vectors)):
+            return PCGradStats(gram, weights)
     shards, n = _validate.flatten_vectors(vectors)
     out_shards = _validate.check_vector(out, "out")
     _validate.check_matches(out_shards, shards[:n], "out", "vectors[0]")

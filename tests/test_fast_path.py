@@ -1,0 +1,122 @@
+"""The fast path for long shard lists: same bits as the ordinary route, and every input it does
+not accept falls back to the ordinary route's error (or result) with nothing written."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import assert_same_bits, clone, make_vectors
+
+import fastunlearn as fu
+from fastunlearn import _fast
+
+SHAPES = [(17,), (3, 5), (0,), (64,)] * 25  # 100 shards, over the fast path's threshold
+
+
+@pytest.fixture
+def ordinary_route(monkeypatch):
+    """Run a call with the fast path switched off."""
+
+    def run(fn):
+        with monkeypatch.context() as m:
+            m.setattr(_fast, "MIN_SHARDS", 10**9)
+            return fn()
+
+    return run
+
+
+def test_the_fast_path_is_taken_for_long_lists(monkeypatch):
+    calls = []
+    original = _fast.gram
+    monkeypatch.setattr(_fast, "gram", lambda flat, k: calls.append(len(flat)) or original(flat, k))
+    fu.gram(make_vectors(SHAPES, 2))
+    fu.gram(make_vectors(SHAPES[:8], 2))
+    assert calls == [200]
+
+
+def every_op(run, g, r, h):
+    """Each in-place op once on fresh copies, through `run`; returns everything they produced."""
+    a, b, out = clone(g), clone(r), [torch.empty_like(s) for s in g]
+    stats = run(lambda: fu.project_(a, b, mode="conflict"))
+    run(lambda: fu.combine_(out, torch.tensor([0.5, -2.0, 1.0]), [a, b, h]))
+    alpha = run(lambda: fu.project_normal_(b, [a, h]))
+    pc = run(lambda: fu.pcgrad_(a, [a, b, h], order=torch.tensor([[1, 2, 0], [0, 2, 1], [2, 1, 0]])))
+    return a, b, out, torch.stack(list(stats)), alpha, pc.weights
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_same_bits_as_the_ordinary_route(ordinary_route, dtype):
+    g, r, h = make_vectors(SHAPES, 3, dtype=dtype)
+    assert torch.equal(fu.gram([g, r, h]), ordinary_route(lambda: fu.gram([g, r, h])))
+    fast = every_op(lambda f: f(), g, r, h)
+    ordinary = every_op(ordinary_route, g, r, h)
+    for x, y in zip(fast, ordinary):
+        if isinstance(x, list):
+            assert_same_bits(x, y)
+        else:
+            assert torch.equal(x, y)
+
+
+def bad_calls():
+    def vectors():
+        return make_vectors(SHAPES, 2)
+
+    def shape_mismatch():
+        g, r = vectors()
+        r[80] = torch.zeros(18)
+        return lambda: fu.project_(g, r), g, ValueError
+
+    def dtype_mismatch():
+        g, r = vectors()
+        r[50] = r[50].double()
+        return lambda: fu.combine_(g, torch.tensor([1.0, 1.0]), [g, r]), g, TypeError
+
+    def not_a_tensor():
+        g, r = vectors()
+        r[70] = [1.0]
+        return lambda: fu.gram([g, r]), g, TypeError
+
+    def overlapping_out():
+        g, r = vectors()
+        out = [torch.empty_like(s) for s in g]
+        out[89] = g[85]  # same shape, another shard index: a real overlap
+        return lambda: fu.combine_(out, torch.tensor([1.0, 1.0]), [g, r]), g, ValueError
+
+    def wrong_weights():
+        g, r = vectors()
+        return lambda: fu.combine_(g, torch.tensor([1.0, 1.0, 1.0]), [g, r]), g, ValueError
+
+    def meta_shard():
+        g, r = vectors()
+        r[10] = torch.empty(17, device="meta")
+        return lambda: fu.project_(g, r), g, ValueError
+
+    return [shape_mismatch, dtype_mismatch, not_a_tensor, overlapping_out, wrong_weights, meta_shard]
+
+
+@pytest.mark.parametrize("make", bad_calls(), ids=lambda f: f.__name__)
+def test_bad_input_gets_the_ordinary_error_and_nothing_is_written(make):
+    call, written, error = make()
+    before = clone(written)
+    with pytest.raises(error):
+        call()
+    assert_same_bits(before, written)
+
+
+def test_inputs_that_need_autograd_take_the_ordinary_route():
+    g, r = make_vectors(SHAPES, 2)
+    g = [s.requires_grad_() for s in g]
+    fu.gram([g, r])[0, 1].backward()
+    for grad, shard in zip((s.grad for s in g), r):
+        torch.testing.assert_close(grad, shard)
+    with pytest.raises(ValueError, match="requires grad"):
+        fu.project_(g, r)
+    with torch.no_grad():
+        fu.project_(g, r)  # allowed outside grad mode, as on the ordinary route
+
+
+def test_in_place_writes_bump_version_counters():
+    g, r = make_vectors(SHAPES, 2)
+    versions = [s._version for s in g]
+    fu.project_(g, r)
+    assert all(s._version > v for s, v in zip(g, versions))
