@@ -21,6 +21,9 @@ std::vector<at::Tensor> unpack_tensors(PyObject* list) {
     PyObject* item = PyList_GET_ITEM(list, i);
     TORCH_CHECK_TYPE(THPVariable_Check(item), "fastunlearn: element ", i, " is not a tensor");
     tensors.push_back(THPVariable_Unpack(item));
+    // Tensor subclasses with their own dispatch (DTensor) take the ordinary route.
+    TORCH_CHECK_TYPE(!tensors.back().key_set().has(c10::DispatchKey::Python), "fastunlearn: element ", i,
+                     " is a tensor subclass");
   }
   return tensors;
 }

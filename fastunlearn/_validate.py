@@ -41,6 +41,7 @@ def check_vector(vector: Sequence[Tensor], what: str) -> list[Tensor]:
         if not isinstance(shard, Tensor):
             raise TypeError(f"{what} shard {i} is a {type(shard).__name__}, not a Tensor")
     dtype, device = shards[0].dtype, shards[0].device
+    _check_no_dtensor(shards, what)
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"{what} shard 0 has dtype {dtype}; fastunlearn ops take floating-point tensors")
     for i, shard in enumerate(shards):
@@ -49,6 +50,16 @@ def check_vector(vector: Sequence[Tensor], what: str) -> list[Tensor]:
         if shard.device != device:
             raise ValueError(f"{what} shard {i} is on {shard.device} but shard 0 is on {device}")
     return shards
+
+
+def _check_no_dtensor(shards: list[Tensor], what: str) -> None:
+    from fastunlearn.distributed import is_dtensor
+
+    for i, shard in enumerate(shards):
+        if is_dtensor(shard):
+            raise TypeError(
+                f"{what} shard {i} is a DTensor among plain tensors; pass every shard as a DTensor or as a local tensor"
+            )
 
 
 def check_matches(vector: list[Tensor], ref: list[Tensor], what: str, ref_what: str) -> None:

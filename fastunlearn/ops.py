@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from fastunlearn import _backend, _fast, _validate
+from fastunlearn import _backend, _fast, _validate, distributed
 from fastunlearn.reference import accumulation_dtype
 
 Vector = Sequence[Tensor]
@@ -205,11 +205,13 @@ def _result_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in (torch.float32, torch.float64) else torch.float32
 
 
-def gram(vectors: Sequence[Vector], *, dtype: torch.dtype | None = None, backend: str = "auto") -> Tensor:
+def gram(vectors: Sequence[Vector], *, dtype: torch.dtype | None = None, backend: str = "auto", group=None) -> Tensor:
     """K x K matrix of pairwise dot products of K vectors, reading every shard once.
 
     Differentiable; fp32/fp64 inputs give the input dtype (accumulated in fp64), bf16/fp16 give fp32.
     Pass ``dtype=torch.float64`` to keep the full accumulator (e.g. to derive coefficients from it).
+    DTensor shards (FSDP2) or plain shards with ``group=`` give the Gram of the whole, sharded
+    vectors: one all-reduce of the K x K result per sharded mesh dimension (not differentiable).
 
     >>> import torch, fastunlearn as fu
     >>> g_f = [torch.ones(2, 3), torch.ones(4)]
@@ -218,6 +220,8 @@ def gram(vectors: Sequence[Vector], *, dtype: torch.dtype | None = None, backend
     tensor([[10.,  8.],
             [ 8., 16.]])
     """
+    if distributed.needs_unwrap(vectors, group):
+        return _sharded_gram(vectors, group, backend).to(dtype or _result_dtype(vectors[0][0].dtype))
     flat = _fast.flat_list(vectors, backend)
     result = _fast.gram(flat, len(vectors)) if flat is not None else None
     if result is not None:
@@ -227,24 +231,31 @@ def gram(vectors: Sequence[Vector], *, dtype: torch.dtype | None = None, backend
     return _gram(shards, len(vectors), name).to(dtype or _result_dtype(shards[0].dtype))
 
 
-def dot(a: Vector, b: Vector, *, backend: str = "auto") -> Tensor:
+def _sharded_gram(vectors, group, backend: str) -> Tensor:
+    """The reduced Gram of sharded vectors, in the accumulation dtype (local pass, then all-reduce)."""
+    local, reduction = distributed.unwrap(vectors, group)
+    result = gram(local, dtype=accumulation_dtype(local[0][0].dtype), backend=backend)
+    return reduction.all_reduce_(result) if reduction is not None else result
+
+
+def dot(a: Vector, b: Vector, *, backend: str = "auto", group=None) -> Tensor:
     """Dot product of two vectors as a 0-d device tensor (one pass over both).
 
     >>> import torch, fastunlearn as fu
     >>> fu.dot([torch.ones(3)], [torch.arange(3.0)])
     tensor(3.)
     """
-    return gram([a, b], backend=backend)[0, 1]
+    return gram([a, b], backend=backend, group=group)[0, 1]
 
 
-def sq_norm(a: Vector, *, backend: str = "auto") -> Tensor:
+def sq_norm(a: Vector, *, backend: str = "auto", group=None) -> Tensor:
     """Squared Euclidean norm of a vector as a 0-d device tensor.
 
     >>> import torch, fastunlearn as fu
     >>> fu.sq_norm([torch.full((2, 2), 0.5), torch.ones(1)])
     tensor(2.)
     """
-    return gram([a], backend=backend)[0, 0]
+    return gram([a], backend=backend, group=group)[0, 0]
 
 
 def combine_(out: Vector, weights: Tensor, vectors: Sequence[Vector], *, backend: str = "auto") -> Vector:
@@ -258,6 +269,10 @@ def combine_(out: Vector, weights: Tensor, vectors: Sequence[Vector], *, backend
     >>> fu.combine_(g, torch.tensor([2.0, -1.0]), [g, r])
     [tensor([2., 1., 0.])]
     """
+    if distributed.needs_unwrap(vectors, None) or distributed.needs_unwrap([out], None):
+        local, _ = distributed.unwrap([out, *vectors])  # purely local: no collective
+        combine_(local[0], weights, local[1:], backend=backend)
+        return out
     flat = _fast.flat_list(vectors, backend)
     if flat is not None and _fast.combine_(out, weights, flat, len(vectors)):
         return out
@@ -272,7 +287,7 @@ def combine_(out: Vector, weights: Tensor, vectors: Sequence[Vector], *, backend
 
 
 def project_(
-    g: Vector, r: Vector, *, mode: str = "always", eps: float = DEFAULT_EPS, backend: str = "auto"
+    g: Vector, r: Vector, *, mode: str = "always", eps: float = DEFAULT_EPS, backend: str = "auto", group=None
 ) -> ProjectionStats:
     """Removes from ``g``, in place, its component along ``r``: ``g <- g - c r``.
 
@@ -294,6 +309,14 @@ def project_(
     [tensor([0., 1.])]
     """
     _validate.check_choice(mode, _validate.MODES, "mode")
+    if distributed.needs_unwrap([g, r], group):
+        (g_local, r_local), reduction = distributed.unwrap([g, r], group)
+        _validate.check_writable(_validate.check_vector(g_local, "g"), "g")
+        gram = _sharded_gram([g_local, r_local], None, backend)
+        gram = reduction.all_reduce_(gram) if reduction is not None else gram
+        coef = _projection_coefficient(gram, mode, float(eps))
+        combine_(g_local, torch.stack([torch.ones_like(coef), -coef]), [g_local, r_local], backend=backend)
+        return ProjectionStats(gram[0, 1], gram[0, 0], gram[1, 1], coef)
     flat = _fast.flat_list([g, r], backend)
     gram = _fast.gram(flat, 2) if flat is not None else None
     if gram is not None:
@@ -307,7 +330,7 @@ def project_(
 
 
 def project_normal_(
-    g: Vector, directions: Sequence[Vector], *, eps: float = DEFAULT_EPS, backend: str = "auto"
+    g: Vector, directions: Sequence[Vector], *, eps: float = DEFAULT_EPS, backend: str = "auto", group=None
 ) -> Tensor:
     """Removes from ``g``, in place, its component in the span of ``directions`` (m vectors).
 
@@ -324,6 +347,14 @@ def project_normal_(
     """
     if isinstance(directions, Tensor) or not isinstance(directions, Sequence) or not directions:
         raise ValueError("directions must be a non-empty sequence of vectors")
+    if distributed.needs_unwrap([g, *directions], group):
+        local, reduction = distributed.unwrap([g, *directions], group)
+        _validate.check_writable(_validate.check_vector(local[0], "g"), "g")
+        gram = _sharded_gram(local, None, backend)
+        gram = reduction.all_reduce_(gram) if reduction is not None else gram
+        coefs = _span_coefficients(gram, float(eps))
+        combine_(local[0], torch.cat([torch.ones_like(coefs[:1]), -coefs]), local, backend=backend)
+        return coefs
     flat = _fast.flat_list([g, *directions], backend)
     gram = _fast.gram(flat, len(directions) + 1) if flat is not None else None
     if gram is not None:
@@ -382,6 +413,7 @@ def pcgrad_(
     generator: torch.Generator | None = None,
     eps: float = DEFAULT_EPS,
     backend: str = "auto",
+    group=None,
 ) -> PCGradStats:
     """PCGrad over K task gradients into ``out``: Gram pass, weights on the device, combine pass.
 
@@ -395,6 +427,8 @@ def pcgrad_(
     [tensor([0.8000, 2.4000])]
     """
     _validate.check_choice(reduction, _validate.REDUCTIONS, "reduction")
+    if distributed.needs_unwrap(vectors, group) or distributed.needs_unwrap([out], None):
+        return _sharded_pcgrad_(out, vectors, reduction, order, generator, float(eps), backend, group)
     flat = _fast.flat_list(vectors, backend)
     gram = _fast.gram(flat, len(vectors)) if flat is not None else None
     if gram is not None:
@@ -410,6 +444,18 @@ def pcgrad_(
     name = _backend.resolve(backend, device)
     order = _checked_order(order, len(vectors), device, generator)
     return PCGradStats(*_pcgrad_(out_shards, shards, len(vectors), order, reduction, float(eps), name))
+
+
+def _sharded_pcgrad_(out, vectors, reduction, order, generator, eps, backend, group) -> PCGradStats:
+    if order is None and generator is None:
+        raise ValueError("pcgrad_ on sharded vectors needs order= or a generator seeded alike on every rank")
+    local, shard_reduction = distributed.unwrap([out, *vectors], group)
+    _validate.check_writable(_validate.check_vector(local[0], "out"), "out")
+    gram = _sharded_gram(local[1:], None, backend)
+    gram = shard_reduction.all_reduce_(gram) if shard_reduction is not None else gram
+    weights = _pcgrad_weights(gram, _checked_order(order, len(vectors), gram.device, generator), reduction, eps)
+    combine_(local[0], weights, local[1:], backend=backend)
+    return PCGradStats(gram, weights)
 
 
 def _checked_order(order: Tensor | None, k: int, device: torch.device, generator: torch.Generator | None) -> Tensor:

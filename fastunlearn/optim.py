@@ -1,5 +1,8 @@
 """SGD and AdamW whose update takes a weighted combination of gradient vectors, fused.
 
+Parameters, state and gradients may be DTensors (FSDP2): the update is elementwise, so it runs on
+the local shards.
+
 Unlearning methods step along ``d = sum_k w_k g_k`` (e.g. ``-(g_f - c g_r)`` for Gradient Surgery,
 with ``w`` computed on the device from a Gram matrix). The usual route writes ``d`` into ``.grad``
 and lets ``torch.optim`` read it back; :meth:`FusedOptimizer.step_combined` forms ``d`` element by
@@ -25,6 +28,7 @@ import torch
 from torch import Tensor
 
 from fastunlearn import _backend, _validate
+from fastunlearn.distributed import to_local
 
 Vector = Sequence[Tensor]
 
@@ -153,7 +157,7 @@ class FusedOptimizer(torch.optim.Optimizer):
             for index in _buckets(params, self._bucket_key):
                 bucket = [params[i] for i in index]
                 name = _backend.resolve(self.backend, bucket[0].device)
-                if name == "cpp" and not all(_validate.is_dense(p) for p in bucket):
+                if name == "cpp" and not all(_validate.is_dense(p) for p in to_local(bucket)):
                     name = "torch"  # the C++ kernels walk params as flat memory
                 plan.append((group, bucket, [vector[i] for vector in vectors for i in index], name))
             start = stop
@@ -187,7 +191,8 @@ def _checked_vectors(vectors: Sequence[Vector], params: list[Tensor]) -> list[li
                     f"{tuple(p.shape)} {p.dtype} on {p.device}"
                 )
         checked.append(list(vector))
-    _validate.check_overlaps(params, [g for vector in checked for g in vector], len(params), what="parameter")
+    grads = to_local([g for vector in checked for g in vector])
+    _validate.check_overlaps(to_local(params), grads, len(params), what="parameter")
     return checked
 
 
@@ -244,10 +249,9 @@ class SGD(FusedOptimizer):
                 else self.state[p]["momentum_buffer"]
                 for p in params
             ]
-        _sgd_step_(
-            params, buffers, weights, grads, k, float(group["lr"]), float(momentum), float(group["dampening"]),
-            bool(group["nesterov"]), float(group["weight_decay"]), bool(group["maximize"]), first_step, name,
-        )  # fmt: skip
+        hyper = (float(group["lr"]), float(momentum), float(group["dampening"]), bool(group["nesterov"]))
+        rest = (float(group["weight_decay"]), bool(group["maximize"]), first_step, name)
+        _sgd_step_(to_local(params), to_local(buffers), weights, to_local(grads), k, *hyper, *rest)
         if first_step:
             for p, buffer in zip(params, buffers):
                 self.state[p]["momentum_buffer"] = buffer
@@ -296,10 +300,9 @@ class AdamW(FusedOptimizer):
             sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
         step = int(self.state[params[0]].get("step", 0)) + 1
         beta1, beta2 = group["betas"]
-        _adamw_step_(
-            params, avgs, sqs, weights, grads, k, float(group["lr"]), float(beta1), float(beta2), float(group["eps"]),
-            float(group["weight_decay"]), step, bool(group["maximize"]), name,
-        )  # fmt: skip
+        hyper = (float(group["lr"]), float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]))
+        state = (to_local(params), to_local(avgs), to_local(sqs))
+        _adamw_step_(*state, weights, to_local(grads), k, *hyper, step, bool(group["maximize"]), name)
         for p, avg, sq in zip(params, avgs, sqs):
             self.state[p].update(step=step, exp_avg=avg, exp_avg_sq=sq)
 
