@@ -141,18 +141,42 @@ def worker(rank, out_dir, init_file):
         record[name + "_errors"] = bad_calls(fu, g_f, g_r, other_mesh=keep if name == "hsdp" else None)
         keep = g_f  # the 1-D mesh's vector, to mix with the 2-D mesh's
 
-    # Gradient Surgery steps on the FSDP2 model against the same steps in one process.
-    steps = batches(4)
-    plain = model_factory()
-    sharded = fully_shard(model_factory(), mesh=init_device_mesh("cpu", (WORLD,)))
-    for model in (plain, sharded):
-        method = fu.methods.GradientSurgery(
-            model, optimizer=fu.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), loss_fn=mse
-        )
-        for forget_batch, retain_batch in steps:
-            method.step(forget_batch, retain_batch)
-    record["surgery_plain"] = flat([p.detach() for p in plain.parameters()])
-    record["surgery_fsdp"] = flat(full([p.detach() for p in sharded.parameters()]))
+    # Hand-sharded plain tensors with group=: each rank holds a slice of every parameter.
+    full_f, full_r = full_gradients(reference, forget), full_gradients(reference, retain)
+    mine = [[t.reshape(-1).tensor_split(WORLD)[rank] for t in v] for v in (full_f, full_r)]
+    record["group_gram"] = fu.gram(mine, group=dist.group.WORLD).tolist()
+
+    # Each method's steps on an FSDP2 model against the same steps in one process.
+    steps = batches(3)
+    methods = {
+        "surgery": lambda m: fu.methods.GradientSurgery(
+            m, optimizer=fu.optim.SGD(m.parameters(), lr=0.05, momentum=0.9), loss_fn=mse
+        ),
+        "nabla_tau": lambda m: fu.methods.NablaTau(m, [steps[0][1]], alpha0=0.3, lr=1e-2, loss_fn=mse),
+        "decouple": lambda m: fu.methods.DecoupleRetain(m, threshold=1e9, clip_norm=0.1, lr=0.1, loss_fn=mse),
+        "pcgrad": lambda m: fu.methods.PCGradUnlearn(
+            m, retain_tasks=2, generator=torch.Generator().manual_seed(3), lr=0.05, loss_fn=mse
+        ),
+    }
+    for name, make in methods.items():
+        plain = model_factory()
+        sharded = fully_shard(model_factory(), mesh=init_device_mesh("cpu", (WORLD,)))
+        for model in (plain, sharded):
+            method = make(model)
+            for forget_batch, retain_batch in steps:
+                method.step(forget_batch, retain_batch)
+        record[name + "_plain"] = flat([p.detach() for p in plain.parameters()])
+        record[name + "_fsdp"] = flat(full([p.detach() for p in sharded.parameters()]))
+
+    noisy_model = fully_shard(model_factory(), mesh=init_device_mesh("cpu", (WORLD,)))
+    before = flat(full([p.detach() for p in noisy_model.parameters()]))
+    noisy = fu.methods.DecoupleRetain(
+        noisy_model, threshold=1e9, clip_norm=0.1, noise_multiplier=1.0, lr=0.1, loss_fn=mse
+    )
+    noisy.step(steps[0][0])
+    record["noisy_change"] = (
+        torch.tensor(flat(full([p.detach() for p in noisy_model.parameters()]))) - torch.tensor(before)
+    ).tolist()
 
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
         json.dump(record, f)
@@ -199,9 +223,22 @@ def test_one_all_reduce_per_sharded_mesh_dimension(records):
         assert all(shape in ([2, 2], [3, 3]) for shape in record["fsdp_all_reduces"])  # K x K only
 
 
-def test_gradient_surgery_on_fsdp2_matches_one_process(records):
+@pytest.mark.parametrize("method", ["surgery", "nabla_tau", "decouple", "pcgrad"])
+def test_methods_on_fsdp2_match_one_process(records, method):
     for record in records:
-        close(record["surgery_fsdp"], record["surgery_plain"])
+        close(record[method + "_fsdp"], record[method + "_plain"])
+
+
+def test_decouple_noise_on_dtensor_gradients(records):
+    for record in records:
+        change = torch.tensor(record["noisy_change"])
+        # clipped ascent moves by at most lr * C = 0.01; noise of std lr * sigma * C = 0.01 per element
+        assert change.isfinite().all() and 0.003 < change.std() < 0.03
+
+
+def test_hand_sharded_plain_tensors_with_a_group(records):
+    for record in records:
+        close(record["group_gram"], record["reference"]["gram"])
 
 
 def test_misuse_is_a_clear_error(records):

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from fastunlearn import ops, optim
+from fastunlearn.distributed import is_dtensor
 from fastunlearn.methods._base import History, LossFn, StepStats, UnlearningMethod, _Progress, cycle
 
 OutputFn = Callable[[nn.Module, Any], Tensor]
@@ -106,13 +107,19 @@ class DecoupleRetain(UnlearningMethod):
             norm = ops.sq_norm(g_f, backend=self.backend).double().sqrt()
         scale = (self.clip_norm / (norm + 1e-6)).clamp(max=1.0)
         if self.noise_multiplier > 0:
-            noise = [torch.randn(p.shape, dtype=p.dtype, device=p.device, generator=self.generator) for p in g_f]
+            noise = [self._noise_like(g) for g in g_f]
             sigma = torch.full_like(scale, self.noise_multiplier * self.clip_norm)
             self.apply(torch.stack([-scale, sigma]), [g_f, noise])
         else:
             self.apply(-scale.reshape(1), [g_f])
         self.steps_taken += 1
         return {"forget_loss": forget_loss, "grad_norm": norm, "clip_scale": scale, "clipped_norm": scale * norm}
+
+    def _noise_like(self, g: Tensor) -> Tensor:
+        # DTensor gradients (FSDP2) draw sharded noise from DTensor's own generator state.
+        if is_dtensor(g):
+            return torch.randn_like(g)
+        return torch.randn(g.shape, dtype=g.dtype, device=g.device, generator=self.generator)
 
     def retain_step(self, retain_batch: Any) -> StepStats:
         """One phase-2 step: descent on the retain loss with ``retain_optimizer``."""
