@@ -22,6 +22,7 @@ tensor([0.5000, 3.0000])
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -100,7 +101,7 @@ def _(params, exp_avgs, exp_avg_sqs, weights, grads, *args):
 # --------------------------------------------------------------------------------------------
 
 
-class FusedOptimizer(torch.optim.Optimizer):
+class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
     """Base of the fused optimizers: :meth:`step` on ``.grad``, :meth:`step_combined` on K vectors."""
 
     backend: str
@@ -167,8 +168,9 @@ class FusedOptimizer(torch.optim.Optimizer):
     def _bucket_key(self, p: Tensor) -> tuple:
         return (p.dtype, p.device)
 
+    @abc.abstractmethod
     def _apply(self, group: dict, params: list[Tensor], weights: Tensor, grads: list[Tensor], k: int, name: str):
-        raise NotImplementedError
+        """Updates one bucket of ``params`` (one dtype, device and state) with its kernel."""
 
 
 def _checked_vectors(vectors: Sequence[Vector], params: list[Tensor]) -> list[list[Tensor]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -75,7 +76,7 @@ def cycle(loader: Iterable) -> Iterator:
             raise ValueError("the data loader yielded no batches")
 
 
-class UnlearningMethod:
+class UnlearningMethod(abc.ABC):
     """Base class: a method holds a model, its optimizer and a :class:`GradientStash`.
 
     Use it either way:
@@ -120,8 +121,19 @@ class UnlearningMethod:
 
     # -- one step ------------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def step(self, forget_batch: Any, retain_batch: Any) -> StepStats:
-        raise NotImplementedError
+        """One unlearning step; returns its stats as 0-d device tensors."""
+
+    def retain_gradients(self, retain_batch: Any, parts: int) -> tuple[Tensor, list[list[Tensor]]]:
+        """The mean retain loss and one gradient per part of the batch (split along dim 0 if parts > 1)."""
+        batches = [retain_batch] if parts == 1 else split_batch(retain_batch, parts)
+        losses, gradients = [], []
+        for j, part in enumerate(batches):
+            loss, g = self.gradient(f"retain{j}", self.loss_fn, part)
+            losses.append(loss)
+            gradients.append(g)
+        return torch.stack(losses).mean(), gradients
 
     def phase(self, name: str) -> contextlib.AbstractContextManager:
         """Charges the enclosed work to phase ``name`` of :attr:`timer` (a no-op without one)."""
@@ -215,9 +227,11 @@ class UnlearningMethod:
 
     def on_epoch_start(self, epoch: int) -> None:
         """Hook: called before each epoch of :meth:`run` (schedules, refreshed targets)."""
+        return None
 
     def on_epoch_end(self, epoch: int) -> None:
         """Hook: called after each epoch of :meth:`run`."""
+        return None
 
 
 def _length(loader: Iterable) -> int:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from fastunlearn import optim
-from fastunlearn.methods._base import LossFn, StepStats, UnlearningMethod, pair_stats, split_batch
+from fastunlearn.methods._base import LossFn, StepStats, UnlearningMethod, pair_stats
 from fastunlearn.ops import DEFAULT_EPS, pcgrad_order, pcgrad_weights
 
 
@@ -125,18 +125,15 @@ class PCGradUnlearn(UnlearningMethod):
     ) -> None:
         if retain_tasks < 1:
             raise ValueError("retain_tasks must be >= 1")
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         super().__init__(model, **kwargs)
         self.retain_tasks, self.reduction, self.eps, self.generator = retain_tasks, reduction, float(eps), generator
 
     def step(self, forget_batch: Any, retain_batch: Any) -> StepStats:
         forget_loss, g_f = self.gradient("forget", self.forget_loss_fn, forget_batch)
         m = self.retain_tasks
-        parts = [retain_batch] if m == 1 else split_batch(retain_batch, m)
-        losses, g_rs = [], []
-        for j, part in enumerate(parts):
-            loss, g = self.gradient(f"retain{j}", self.loss_fn, part)
-            losses.append(loss)
-            g_rs.append(g)
+        retain_loss, g_rs = self.retain_gradients(retain_batch, m)
         gram = self.gram([g_f, *g_rs])
         signs = torch.ones(m + 1, dtype=gram.dtype, device=gram.device)
         signs[0] = -1.0
@@ -145,7 +142,7 @@ class PCGradUnlearn(UnlearningMethod):
             signs[:, None] * gram * signs, reduction=self.reduction, order=order, eps=self.eps
         )
         self.apply(task_weights * signs, [g_f, *g_rs])
-        stats = pair_stats(gram[:2, :2], forget_loss, torch.stack(losses).mean())
+        stats = pair_stats(gram[:2, :2], forget_loss, retain_loss)
         stats["task_weights"] = task_weights
         return stats
 

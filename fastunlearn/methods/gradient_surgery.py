@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastunlearn.methods._base import LossFn, StepStats, UnlearningMethod, pair_stats, split_batch
+from fastunlearn.methods._base import LossFn, StepStats, UnlearningMethod, pair_stats
 from fastunlearn.ops import DEFAULT_EPS, _projection_coefficient, _span_coefficients
 
 PROJECTIONS = ("always", "on_conflict", "never")
@@ -75,12 +75,7 @@ class GradientSurgery(UnlearningMethod):
     def step(self, forget_batch: Any, retain_batch: Any) -> StepStats:
         forget_loss, g_f = self.gradient("forget", self.forget_loss_fn, forget_batch)
         m = self.retain_directions
-        parts = [retain_batch] if m == 1 else split_batch(retain_batch, m)
-        retain_losses, g_rs = [], []
-        for j, part in enumerate(parts):
-            loss, g = self.gradient(f"retain{j}", self.loss_fn, part)
-            retain_losses.append(loss)
-            g_rs.append(g)
+        retain_loss, g_rs = self.retain_gradients(retain_batch, m)
         with self.phase("vector_algebra"):
             gram = self.gram([g_f, *g_rs])
             coefs = self._coefficients(gram)
@@ -90,7 +85,7 @@ class GradientSurgery(UnlearningMethod):
         # Stats of g_f against the mean retain gradient (the whole batch's, for equal parts).
         pair = torch.zeros(2, m + 1, dtype=gram.dtype, device=gram.device)
         pair[0, 0], pair[1, 1:] = 1.0, 1.0 / m
-        stats = pair_stats(pair @ gram @ pair.mT, forget_loss, torch.stack(retain_losses).mean())
+        stats = pair_stats(pair @ gram @ pair.mT, forget_loss, retain_loss)
         # g_r . u with u = g_f - sum_j coef_j g_rj: ~0 after an "always" projection.
         stats["retain_dot_update"] = pair[1] @ gram @ torch.cat([torch.ones_like(coefs[:1]), -coefs])
         if m == 1:
