@@ -12,6 +12,18 @@
 namespace fastunlearn {
 namespace {
 
+// The dtypes the public ops take (fastunlearn/_validate.py FLOAT_DTYPES).
+bool supported_dtype(at::ScalarType dtype) {
+  return dtype == at::kDouble || dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf;
+}
+
+// Wrapper tensors (DTensor, fake and functional tensors, vmap batches) take the ordinary route.
+bool plain_tensor(const at::Tensor& t) {
+  const c10::DispatchKeySet keys = t.key_set();
+  return !keys.has(c10::DispatchKey::Python) && !keys.has(c10::DispatchKey::FuncTorchBatched) &&
+         !keys.has(c10::DispatchKey::Functionalize);
+}
+
 std::vector<at::Tensor> unpack_tensors(PyObject* list) {
   TORCH_CHECK_TYPE(PyList_Check(list), "fastunlearn: expected a list of tensors");
   const Py_ssize_t size = PyList_GET_SIZE(list);
@@ -21,24 +33,24 @@ std::vector<at::Tensor> unpack_tensors(PyObject* list) {
     PyObject* item = PyList_GET_ITEM(list, i);
     TORCH_CHECK_TYPE(THPVariable_Check(item), "fastunlearn: element ", i, " is not a tensor");
     tensors.push_back(THPVariable_Unpack(item));
-    // Tensor subclasses with their own dispatch (DTensor) take the ordinary route.
-    TORCH_CHECK_TYPE(!tensors.back().key_set().has(c10::DispatchKey::Python), "fastunlearn: element ", i,
-                     " is a tensor subclass");
+    TORCH_CHECK_TYPE(plain_tensor(tensors.back()), "fastunlearn: element ", i, " is a wrapper tensor");
   }
   return tensors;
 }
 
-// K vectors of n CPU shards: one floating dtype, shapes equal at each shard index, no shard that
-// needs autograd (the fast path has no backward). What fastunlearn/_validate.py checks, in C++.
+// K vectors of n CPU shards: one supported dtype, shapes equal at each shard index, and no shard
+// that needs autograd while grad mode is on (the fast path has no backward; outputs that require
+// grad may only be written under no_grad). What fastunlearn/_validate.py checks, in C++.
 void check_vectors(const std::vector<at::Tensor>& shards, int64_t k, bool allow_grad) {
   TORCH_CHECK_VALUE(k > 0 && !shards.empty() && shards.size() % k == 0, "fastunlearn: bad shard list");
   const int64_t n = static_cast<int64_t>(shards.size()) / k;
   const at::ScalarType dtype = shards[0].scalar_type();
-  TORCH_CHECK_TYPE(at::isFloatingType(dtype) && dtype != at::kFloat8_e4m3fn, "fastunlearn: dtype");
+  TORCH_CHECK_TYPE(supported_dtype(dtype), "fastunlearn: dtype");
+  const bool grad_mode = at::GradMode::is_enabled();
   for (size_t s = 0; s < shards.size(); ++s) {
     const at::Tensor& t = shards[s];
     TORCH_CHECK_VALUE(t.device().is_cpu() && t.scalar_type() == dtype, "fastunlearn: shard ", s);
-    TORCH_CHECK_VALUE(allow_grad || !t.requires_grad(), "fastunlearn: shard ", s, " requires grad");
+    TORCH_CHECK_VALUE(allow_grad || !grad_mode || !t.requires_grad(), "fastunlearn: shard ", s, " requires grad");
     TORCH_CHECK_VALUE(s < static_cast<size_t>(n) || t.sizes() == shards[s % n].sizes(), "fastunlearn: shard ", s);
   }
 }
@@ -64,8 +76,8 @@ PyObject* combine_list(PyObject* /*self*/, PyObject* args) {
   const std::vector<at::Tensor> shards = unpack_tensors(list);
   TORCH_CHECK_TYPE(THPVariable_Check(weights_obj), "fastunlearn: weights");
   const at::Tensor& weights = THPVariable_Unpack(weights_obj);
-  TORCH_CHECK_VALUE(weights.dim() == 1 && weights.size(0) == k && at::isFloatingType(weights.scalar_type()) &&
-                        weights.device().is_cpu(),
+  TORCH_CHECK_VALUE(weights.dim() == 1 && weights.size(0) == k && supported_dtype(weights.scalar_type()) &&
+                        weights.device().is_cpu() && plain_tensor(weights),
                     "fastunlearn: weights");
   check_vectors(shards, k, /*allow_grad=*/true);
   const int64_t n = static_cast<int64_t>(shards.size()) / k;

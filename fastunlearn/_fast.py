@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from fastunlearn import _backend
 
@@ -32,13 +33,13 @@ def _native():
 
 def flat_list(vectors: Sequence, backend: str) -> list[Tensor] | None:
     """The shards of ``vectors``, flat and vector-major, if the call may take the fast path."""
-    if not _backend.native_available() or torch.compiler.is_compiling():
+    if not _backend.native_available() or _traced():
         return None
     if type(vectors) not in (list, tuple) or not vectors:
         return None
     flat: list = []
     for vector in vectors:
-        if type(vector) not in (list, tuple):
+        if type(vector) not in (list, tuple) or len(vector) != len(vectors[0]):
             return None
         flat.extend(vector)
     if len(flat) < MIN_SHARDS or not isinstance(flat[0], Tensor):
@@ -49,6 +50,17 @@ def flat_list(vectors: Sequence, backend: str) -> list[Tensor] | None:
     except _ERRORS:
         return None
     return flat
+
+
+def _traced() -> bool:
+    """Whether something watches the dispatcher (compile, jit or make_fx tracing, a dispatch or
+    torch-function mode such as a profiler): the plain C++ entry points would go unseen."""
+    return (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or _get_current_dispatch_mode() is not None
+        or torch._C._is_torch_function_mode_enabled()
+    )
 
 
 def gram(flat: list[Tensor], num_vectors: int) -> Tensor | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 try:
@@ -93,7 +92,3 @@ def _first_tensor(vectors):
 def needs_unwrap(vectors, group) -> bool:
     """Whether a call involves sharding at all (cheap: looks at the first shard only)."""
     return group is not None or is_dtensor(_first_tensor(vectors))
-
-
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32

@@ -234,7 +234,8 @@ def gram(vectors: Sequence[Vector], *, dtype: torch.dtype | None = None, backend
 def _sharded_gram(vectors, group, backend: str) -> Tensor:
     """The reduced Gram of sharded vectors, in the accumulation dtype (local pass, then all-reduce)."""
     local, reduction = distributed.unwrap(vectors, group)
-    result = gram(local, dtype=accumulation_dtype(local[0][0].dtype), backend=backend)
+    with torch.no_grad():  # the all-reduce is not part of any autograd graph
+        result = gram(local, dtype=accumulation_dtype(local[0][0].dtype), backend=backend)
     return reduction.all_reduce_(result) if reduction is not None else result
 
 

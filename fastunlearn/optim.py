@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from fastunlearn import _backend, _validate
-from fastunlearn.distributed import to_local
+from fastunlearn.distributed import is_dtensor, to_local
 
 Vector = Sequence[Tensor]
 
@@ -136,7 +136,8 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
         params = [p for group in with_grad for p in group]
         if params:
             grads = _checked_vectors([[p.grad for p in params]], params)
-            self._update_groups(with_grad, params[0].new_ones(1), grads)
+            local = to_local(params[:1])[0]
+            self._update_groups(with_grad, torch.ones(1, dtype=local.dtype, device=local.device), grads)
         return loss
 
     def step_combined(self, weights: Tensor, vectors: Sequence[Vector]) -> None:
@@ -158,8 +159,8 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
             for index in _buckets(params, self._bucket_key):
                 bucket = [params[i] for i in index]
                 name = _backend.resolve(self.backend, bucket[0].device)
-                if name == "cpp" and not all(_validate.is_dense(p) for p in to_local(bucket)):
-                    name = "torch"  # the C++ kernels walk params as flat memory
+                if name == "cpp" and not all(self._flat_walkable(p) for p in bucket):
+                    name = "torch"  # the C++ kernels walk params and their state as flat memory
                 plan.append((group, bucket, [vector[i] for vector in vectors for i in index], name))
             start = stop
         for group, bucket, bucket_grads, name in plan:
@@ -167,6 +168,15 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
 
     def _bucket_key(self, p: Tensor) -> tuple:
         return (p.dtype, p.device)
+
+    def _flat_walkable(self, p: Tensor) -> bool:
+        """Whether the C++ kernels can take ``p``: dense, with state tensors in its layout and dtype
+        (state can drift, e.g. after ``p.data`` is replaced in another memory format)."""
+        local = to_local([p])[0]
+        if not _validate.is_dense(local):
+            return False
+        state = [to_local([v])[0] for v in self.state[p].values() if isinstance(v, Tensor)]
+        return all(v.dtype == local.dtype and v.shape == local.shape and v.stride() == local.stride() for v in state)
 
     @abc.abstractmethod
     def _apply(self, group: dict, params: list[Tensor], weights: Tensor, grads: list[Tensor], k: int, name: str):
@@ -187,15 +197,24 @@ def _checked_vectors(vectors: Sequence[Vector], params: list[Tensor]) -> list[li
         for i, (g, p) in enumerate(zip(vector, params)):
             if not isinstance(g, Tensor):
                 raise TypeError(f"vectors[{k}] shard {i} is a {type(g).__name__}, not a Tensor")
-            if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device:
-                raise ValueError(
-                    f"vectors[{k}] shard {i} is {tuple(g.shape)} {g.dtype} on {g.device} but parameter {i} is "
-                    f"{tuple(p.shape)} {p.dtype} on {p.device}"
-                )
+            if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device or not _same_sharding(g, p):
+                raise ValueError(f"vectors[{k}] shard {i} is {_describe(g)} but parameter {i} is {_describe(p)}")
         checked.append(list(vector))
     grads = to_local([g for vector in checked for g in vector])
     _validate.check_overlaps(to_local(params), grads, len(params), what="parameter")
     return checked
+
+
+def _describe(t: Tensor) -> str:
+    where = f" placed {tuple(t.placements)}" if is_dtensor(t) else ""
+    return f"{tuple(t.shape)} {t.dtype} on {t.device}{where}"
+
+
+def _same_sharding(g: Tensor, p: Tensor) -> bool:
+    """A DTensor gradient is laid out like its DTensor parameter (so their local shards pair up)."""
+    if is_dtensor(g) or is_dtensor(p):
+        return is_dtensor(g) and is_dtensor(p) and g.device_mesh == p.device_mesh and g.placements == p.placements
+    return True
 
 
 def _buckets(params: list[Tensor], key) -> list[list[int]]:

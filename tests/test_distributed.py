@@ -168,6 +168,23 @@ def worker(rank, out_dir, init_file):
         record[name + "_plain"] = flat([p.detach() for p in plain.parameters()])
         record[name + "_fsdp"] = flat(full([p.detach() for p in sharded.parameters()]))
 
+    # The .grad route of the fused optimizer on DTensor params, and grads that do not pair with them.
+    for name, model in (
+        ("plain", model_factory()),
+        ("fsdp", fully_shard(model_factory(), mesh=init_device_mesh("cpu", (WORLD,)))),
+    ):
+        opt = fu.optim.AdamW(model.parameters(), lr=0.05)
+        mse(model, steps[0][0]).backward()
+        opt.step()
+        record["grad_step_" + name] = flat(full([p.detach() for p in model.parameters()]))
+        if name == "fsdp":
+            local = [p.grad.to_local() for p in model.parameters()]
+            try:
+                opt.step_combined(torch.ones(1), [local])
+                record["local_grads_for_dtensor_params"] = "none"
+            except ValueError:
+                record["local_grads_for_dtensor_params"] = "ValueError"
+
     noisy_model = fully_shard(model_factory(), mesh=init_device_mesh("cpu", (WORLD,)))
     before = flat(full([p.detach() for p in noisy_model.parameters()]))
     noisy = fu.methods.DecoupleRetain(
@@ -227,6 +244,12 @@ def test_one_all_reduce_per_sharded_mesh_dimension(records):
 def test_methods_on_fsdp2_match_one_process(records, method):
     for record in records:
         close(record[method + "_fsdp"], record[method + "_plain"])
+
+
+def test_fused_optimizer_on_dtensor_params(records):
+    for record in records:
+        close(record["grad_step_fsdp"], record["grad_step_plain"])
+        assert record["local_grads_for_dtensor_params"] == "ValueError"
 
 
 def test_decouple_noise_on_dtensor_gradients(records):

@@ -120,3 +120,38 @@ def test_in_place_writes_bump_version_counters():
     versions = [s._version for s in g]
     fu.project_(g, r)
     assert all(s._version > v for s, v in zip(g, versions))
+
+
+def test_vectors_of_different_lengths_are_an_error_not_a_split_of_the_total():
+    a = [torch.ones(1) for _ in range(33)]
+    b = [torch.full((1,), 2.0) for _ in range(31)]
+    with pytest.raises(ValueError, match="31 shards"):
+        fu.gram([a, b])
+    out = [torch.zeros(1) for _ in range(32)]
+    with pytest.raises(ValueError):
+        fu.combine_(out, torch.tensor([1.0, 1.0]), [a, b])
+    assert all(torch.equal(t, torch.zeros(1)) for t in out)
+    with pytest.raises(ValueError, match="no shards"):
+        fu.gram([a + b, []])
+
+
+def test_tracing_sees_the_op_whatever_the_list_length():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    g, r = make_vectors(SHAPES, 2)
+    traced = make_fx(lambda g, r: fu.gram([g, r]), tracing_mode="real")(g, r)
+    assert any("fastunlearn" in str(node.target) for node in traced.graph.nodes)
+    h = [2 * s for s in r]
+    torch.testing.assert_close(traced(g, h), fu.gram([g, h]))
+
+
+def test_out_that_requires_grad_is_written_under_no_grad_like_the_ordinary_route(ordinary_route):
+    g, r = make_vectors(SHAPES, 2)
+    results = []
+    for run in (lambda f: f(), ordinary_route):
+        out = [torch.zeros_like(s).requires_grad_() for s in g]
+        gen = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            stats = run(lambda: fu.pcgrad_(out, [g, r], generator=gen))  # noqa: B023
+        results.append((stats.weights, gen.get_state()))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])

@@ -196,3 +196,21 @@ def test_fused_step_ops_pass_opcheck(backend):
         ([p.clone() for p in params], [torch.randn_like(p) for p in params], [torch.rand_like(p) for p in params],
          weights, grads, 2, 1e-2, 0.9, 0.999, 1e-8, 0.01, 3, True, backend),
     )  # fmt: skip
+
+
+def test_state_that_no_longer_matches_its_param_falls_back_instead_of_half_stepping():
+    first = torch.nn.Parameter(torch.randn(3, dtype=torch.float64))
+    second = torch.nn.Parameter(torch.randn(2, 3, 4, 5))
+    reference = [first.detach().clone(), second.detach().clone()]
+    opt = fu.optim.SGD([first, second], lr=0.1, momentum=0.9)
+    ref_opt = torch.optim.SGD([torch.nn.Parameter(t) for t in reference], lr=0.1, momentum=0.9)
+    for step in range(2):
+        if step == 1:
+            second.data = second.data.to(memory_format=torch.channels_last)
+        for p, q in zip([first, second], ref_opt.param_groups[0]["params"]):
+            p.grad = torch.ones_like(p)
+            q.grad = torch.ones_like(q)
+        opt.step()
+        ref_opt.step()
+    for p, q in zip([first, second], ref_opt.param_groups[0]["params"]):
+        torch.testing.assert_close(p.detach(), q.detach())

@@ -48,6 +48,13 @@ inline __attribute__((always_inline)) void for_each_piece(const ChunkPlan& plan,
 struct Layouts {
   std::vector<const at::Tensor*> of;  // n entries
   std::vector<at::Tensor> owned;      // the contiguous stand-ins (reserved: pointers stay valid)
+
+  // `of` points into `owned`: moving keeps the buffer, a copy would not.
+  Layouts() = default;
+  Layouts(Layouts&&) = default;
+  Layouts& operator=(Layouts&&) = default;
+  Layouts(const Layouts&) = delete;
+  Layouts& operator=(const Layouts&) = delete;
 };
 Layouts layouts_of(at::TensorList first_vector);
 

@@ -28,6 +28,17 @@ def cross_entropy(model: nn.Module, batch: Sequence[Tensor]) -> Tensor:
     return F.cross_entropy(model(batch[0]), batch[1])
 
 
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """``model.eval()`` for the block (no dropout, no BatchNorm statistics updates), then restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 def split_batch(batch: Any, parts: int) -> list[Any]:
     """Splits a batch (a tensor, or a tuple/list/dict of tensors) into ``parts`` along dim 0."""
     if isinstance(batch, Tensor):

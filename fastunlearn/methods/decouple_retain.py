@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from fastunlearn import ops, optim
 from fastunlearn.distributed import is_dtensor
-from fastunlearn.methods._base import History, LossFn, StepStats, UnlearningMethod, _Progress, cycle
+from fastunlearn.methods._base import History, LossFn, StepStats, UnlearningMethod, _Progress, cycle, evaluating
 
 OutputFn = Callable[[nn.Module, Any], Tensor]
 
@@ -81,9 +81,10 @@ class DecoupleRetain(UnlearningMethod):
     def cache_reference(self, forget_loader: Iterable) -> None:
         """Keeps the (corrupted) forget inputs and the current model's outputs on them."""
         self.reference = []
-        for batch in forget_loader:
-            batch = self.corrupt(batch) if self.corrupt is not None else batch
-            self.reference.append((batch, self.output_fn(self.model, batch).detach()))
+        with evaluating(self.model):
+            for batch in forget_loader:
+                batch = self.corrupt(batch) if self.corrupt is not None else batch
+                self.reference.append((batch, self.output_fn(self.model, batch).detach()))
         if not self.reference:
             raise ValueError("the forget loader yielded no batches")
 
@@ -93,11 +94,12 @@ class DecoupleRetain(UnlearningMethod):
         if self.reference is None:
             raise RuntimeError("call cache_reference(forget_loader) first (run() does it)")
         total, count = None, 0
-        for batch, original in self.reference:
-            diff = (self.output_fn(self.model, batch) - original).flatten(1).float()
-            dist = diff.norm(dim=1).sum()
-            total = dist if total is None else total + dist
-            count += diff.shape[0]
+        with evaluating(self.model):
+            for batch, original in self.reference:
+                diff = (self.output_fn(self.model, batch) - original).flatten(1).float()
+                dist = diff.norm(dim=1).sum()
+                total = dist if total is None else total + dist
+                count += diff.shape[0]
         return total / count
 
     def step(self, forget_batch: Any, retain_batch: Any = None) -> StepStats:

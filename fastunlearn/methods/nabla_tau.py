@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from fastunlearn import optim
-from fastunlearn.methods._base import History, LossFn, StepStats, UnlearningMethod, pair_stats
+from fastunlearn.methods._base import History, LossFn, StepStats, UnlearningMethod, evaluating, pair_stats
 from fastunlearn.ops import DEFAULT_EPS, _projection_coefficient
 
 PROJECTIONS = ("none", "always", "on_conflict")
@@ -110,17 +110,23 @@ class NablaTau(UnlearningMethod):
 
     @torch.no_grad()
     def refresh_tau(self) -> Tensor:
-        """τ = the mean per-sample loss over the validation loader, kept on the device."""
+        """τ = the mean per-sample loss over the validation loader (eval mode), kept on the device."""
+        with evaluating(self.model):
+            total, count = self._validation_loss()
+        if total is None:
+            raise ValueError("the validation loader yielded no batches")
+        self.tau = total / count
+        return self.tau
+
+    def _validation_loss(self) -> tuple[Tensor | None, int]:
+        """Sum of per-sample losses over the validation loader, and the number of samples."""
         total, count = None, 0
         for batch in self.val_loader:
             size = _batch_size(batch)
             loss = self.loss_fn(self.model, batch).detach() * size
             total = loss if total is None else total + loss
             count += size
-        if total is None:
-            raise ValueError("the validation loader yielded no batches")
-        self.tau = total / count
-        return self.tau
+        return total, count
 
     def step(self, forget_batch: Any, retain_batch: Any) -> StepStats:
         if self.tau is None:
@@ -155,7 +161,7 @@ class NablaTau(UnlearningMethod):
         log_every: int = 10,
     ) -> History:
         """The authors' schedule: ``epochs`` defaults to :func:`nabla_tau_epochs`; α decays and τ is
-        refreshed per epoch; the default optimizer gets LinearLR(1.0 → ``lr_end_factor``)."""
+        refreshed per epoch; the optimizer gets a LinearLR(1.0 → ``lr_end_factor``) over this run."""
         if retain_loader is None:
             raise ValueError("NablaTau needs a retain loader")
         self.epochs = epochs or nabla_tau_epochs(len(retain_loader), len(forget_loader))
