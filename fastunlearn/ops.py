@@ -234,6 +234,11 @@ def gram(vectors: Sequence[Vector], *, dtype: torch.dtype | None = None, backend
 def _sharded_gram(vectors, group, backend: str) -> Tensor:
     """The reduced Gram of sharded vectors, in the accumulation dtype (local pass, then all-reduce)."""
     local, reduction = distributed.unwrap(vectors, group)
+    return _reduced_gram(local, reduction, backend)
+
+
+def _reduced_gram(local: list[list[Tensor]], reduction, backend: str) -> Tensor:
+    """Gram of local shards in the accumulation dtype, summed over ranks by ``reduction`` (if any)."""
     with torch.no_grad():  # the all-reduce is not part of any autograd graph
         result = gram(local, dtype=accumulation_dtype(local[0][0].dtype), backend=backend)
     return reduction.all_reduce_(result) if reduction is not None else result
@@ -313,8 +318,7 @@ def project_(
     if distributed.needs_unwrap([g, r], group):
         (g_local, r_local), reduction = distributed.unwrap([g, r], group)
         _validate.check_writable(_validate.check_vector(g_local, "g"), "g")
-        gram = _sharded_gram([g_local, r_local], None, backend)
-        gram = reduction.all_reduce_(gram) if reduction is not None else gram
+        gram = _reduced_gram([g_local, r_local], reduction, backend)
         coef = _projection_coefficient(gram, mode, float(eps))
         combine_(g_local, torch.stack([torch.ones_like(coef), -coef]), [g_local, r_local], backend=backend)
         return ProjectionStats(gram[0, 1], gram[0, 0], gram[1, 1], coef)
@@ -351,8 +355,7 @@ def project_normal_(
     if distributed.needs_unwrap([g, *directions], group):
         local, reduction = distributed.unwrap([g, *directions], group)
         _validate.check_writable(_validate.check_vector(local[0], "g"), "g")
-        gram = _sharded_gram(local, None, backend)
-        gram = reduction.all_reduce_(gram) if reduction is not None else gram
+        gram = _reduced_gram(local, reduction, backend)
         coefs = _span_coefficients(gram, float(eps))
         combine_(local[0], torch.cat([torch.ones_like(coefs[:1]), -coefs]), local, backend=backend)
         return coefs
@@ -452,8 +455,7 @@ def _sharded_pcgrad_(out, vectors, reduction, order, generator, eps, backend, gr
         raise ValueError("pcgrad_ on sharded vectors needs order= or a generator seeded alike on every rank")
     local, shard_reduction = distributed.unwrap([out, *vectors], group)
     _validate.check_writable(_validate.check_vector(local[0], "out"), "out")
-    gram = _sharded_gram(local[1:], None, backend)
-    gram = shard_reduction.all_reduce_(gram) if shard_reduction is not None else gram
+    gram = _reduced_gram(local[1:], shard_reduction, backend)
     weights = _pcgrad_weights(gram, _checked_order(order, len(vectors), gram.device, generator), reduction, eps)
     combine_(local[0], weights, local[1:], backend=backend)
     return PCGradStats(gram, weights)
