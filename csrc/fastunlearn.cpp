@@ -9,12 +9,37 @@
 #include "fast_path.h"
 #include "overlap.h"
 
+#include <vector>
+
+namespace {
+
+// Whether this build holds the CUDA kernels (csrc/cuda), registered as torch.ops.fastunlearn_cuda.
+PyObject* has_cuda(PyObject*, PyObject*) {
+#ifdef FASTUNLEARN_WITH_CUDA
+  Py_RETURN_TRUE;
+#else
+  Py_RETURN_FALSE;
+#endif
+}
+
+PyMethodDef* module_methods() {
+  static std::vector<PyMethodDef> methods = [] {
+    std::vector<PyMethodDef> all;
+    for (PyMethodDef* m = fastunlearn::fast_path_methods(); m->ml_name != nullptr; ++m) all.push_back(*m);
+    all.push_back({"has_cuda", has_cuda, METH_NOARGS, "Whether the CUDA kernels were built."});
+    all.push_back({nullptr, nullptr, 0, nullptr});
+    return all;
+  }();
+  return methods.data();
+}
+
+}  // namespace
+
 extern "C" {
-// Importing fastunlearn._C runs the static registrations below; the module itself only holds the
-// fast paths for long shard lists (fast_path.h).
+// Importing fastunlearn._C runs the static registrations below; the module itself holds the fast
+// paths for long shard lists (fast_path.h) and has_cuda().
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
-                                          fastunlearn::fast_path_methods()};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, module_methods()};
   return PyModule_Create(&module_def);
 }
 }

@@ -7,7 +7,9 @@ never a silent fallback.
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,7 +19,7 @@ from torch import Tensor
 from fastunlearn import reference
 
 try:
-    from fastunlearn import _C  # noqa: F401  (registers torch.ops.fastunlearn_cpu)
+    from fastunlearn import _C  # registers torch.ops.fastunlearn_cpu (and fastunlearn_cuda)
 
     _CPP_ERROR: str | None = None
 except ImportError as exc:  # a source checkout without a build, or an incompatible torch
@@ -35,6 +37,8 @@ class Backend:
     adamw_step_: Callable[..., None]
     devices: tuple[str, ...]
     unavailable_reason: str | None = None
+    #: Why the backend cannot take tensors on a device it otherwise runs on (None: it can).
+    device_error: Callable[[torch.device], str | None] = lambda device: None
 
 
 def _cpp_gram(shards: list[Tensor], num_vectors: int) -> Tensor:
@@ -53,6 +57,73 @@ def _cpp_adamw_step_(*args) -> None:
     torch.ops.fastunlearn_cpu.adamw_step_(*args)
 
 
+# Triton is imported on first use only: `import fastunlearn` stays fast and never needs it.
+def _triton_gram(shards: list[Tensor], num_vectors: int) -> Tensor:
+    from fastunlearn.kernels import gram
+
+    return gram.gram(shards, num_vectors)
+
+
+def _triton_combine_(outs: list[Tensor], weights: Tensor, shards: list[Tensor], num_vectors: int) -> None:
+    from fastunlearn.kernels import combine
+
+    combine.combine_(outs, weights, shards, num_vectors)
+
+
+def _triton_sgd_step_(*args) -> None:
+    from fastunlearn.kernels import fused_step
+
+    fused_step.sgd_step_(*args)
+
+
+def _triton_adamw_step_(*args) -> None:
+    from fastunlearn.kernels import fused_step
+
+    fused_step.adamw_step_(*args)
+
+
+def _triton_unavailable() -> str | None:
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed (pip install 'fastunlearn[triton]')"
+    return None
+
+
+def _triton_device_error(device: torch.device) -> str | None:
+    """CPU tensors run under Triton's interpreter, which must be chosen before Triton is imported."""
+    if device.type != "cpu":
+        return None
+    if os.environ.get("TRITON_INTERPRET", "0") != "1":
+        return "the triton backend takes CPU tensors only under TRITON_INTERPRET=1 (set before Triton is imported)"
+    kernels = sys.modules.get("fastunlearn.kernels._support")
+    if kernels is not None and not kernels.INTERPRETED:
+        return "the triton kernels were compiled before TRITON_INTERPRET=1 was set; set it before the first call"
+    return None
+
+
+def _cuda_gram(shards: list[Tensor], num_vectors: int) -> Tensor:
+    return torch.ops.fastunlearn_cuda.gram(shards, num_vectors)
+
+
+def _cuda_combine_(outs: list[Tensor], weights: Tensor, shards: list[Tensor], num_vectors: int) -> None:
+    torch.ops.fastunlearn_cuda.combine_(outs, weights, shards, num_vectors)
+
+
+def _cuda_sgd_step_(*args) -> None:
+    torch.ops.fastunlearn_cuda.sgd_step_(*args)
+
+
+def _cuda_adamw_step_(*args) -> None:
+    torch.ops.fastunlearn_cuda.adamw_step_(*args)
+
+
+def _cuda_unavailable() -> str | None:
+    if _CPP_ERROR is not None:
+        return _CPP_ERROR
+    if not _C.has_cuda():
+        return "fastunlearn._C was built without its CUDA kernels (a CPU-only torch, or no nvcc at build time)"
+    return None
+
+
 _BACKENDS: dict[str, Backend] = {
     "torch": Backend(
         "torch", reference.gram, reference.combine_, reference.sgd_step_, reference.adamw_step_, devices=("*",)
@@ -66,10 +137,32 @@ _BACKENDS: dict[str, Backend] = {
         devices=("cpu",),
         unavailable_reason=_CPP_ERROR,
     ),
+    "triton": Backend(
+        "triton",
+        _triton_gram,
+        _triton_combine_,
+        _triton_sgd_step_,
+        _triton_adamw_step_,
+        devices=("cuda", "cpu"),
+        unavailable_reason=_triton_unavailable(),
+        device_error=_triton_device_error,
+    ),
+    "cuda": Backend(
+        "cuda",
+        _cuda_gram,
+        _cuda_combine_,
+        _cuda_sgd_step_,
+        _cuda_adamw_step_,
+        devices=("cuda",),
+        unavailable_reason=_cuda_unavailable(),
+    ),
 }
 
 # Preference order of ``auto`` per device type.
-_AUTO_ORDER = {"cpu": ("cpp", "torch")}
+_AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("triton", "cuda", "torch")}
+
+#: Backends that walk parameters and their state as flat memory (the optimizers check for that).
+NATIVE = ("cpp", "triton", "cuda")
 
 
 def backends() -> dict[str, str]:
@@ -101,7 +194,8 @@ def resolve(requested: str | None, device: torch.device) -> str:
         name = os.environ.get(ENV_VAR, "auto") or "auto"
     if name == "auto":
         for candidate in _AUTO_ORDER.get(device.type, ("torch",)):
-            if _BACKENDS[candidate].unavailable_reason is None:
+            backend = _BACKENDS[candidate]
+            if backend.unavailable_reason is None and backend.device_error(device) is None:
                 return candidate
         return "torch"
     check_name(name)
@@ -110,6 +204,9 @@ def resolve(requested: str | None, device: torch.device) -> str:
         raise RuntimeError(f"backend {name!r} is unavailable: {backend.unavailable_reason}")
     if "*" not in backend.devices and device.type not in backend.devices:
         raise ValueError(f"backend {name!r} runs on {', '.join(backend.devices)} tensors, not on {device.type} tensors")
+    error = backend.device_error(device)
+    if error is not None:
+        raise ValueError(error)
     return name
 
 

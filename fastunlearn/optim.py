@@ -159,8 +159,8 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
             for index in _buckets(params, self._bucket_key):
                 bucket = [params[i] for i in index]
                 name = _backend.resolve(self.backend, bucket[0].device)
-                if name == "cpp" and not all(self._flat_walkable(p) for p in bucket):
-                    name = "torch"  # the C++ kernels walk params and their state as flat memory
+                if name in _backend.NATIVE and not all(self._flat_walkable(p) for p in bucket):
+                    name = "torch"  # the native kernels walk params and their state as flat memory
                 plan.append((group, bucket, [vector[i] for vector in vectors for i in index], name))
             start = stop
         for group, bucket, bucket_grads, name in plan:
@@ -170,7 +170,7 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
         return (p.dtype, p.device)
 
     def _flat_walkable(self, p: Tensor) -> bool:
-        """Whether the C++ kernels can take ``p``: dense, with state tensors in its layout and dtype
+        """Whether the native kernels can take ``p``: dense, with state tensors in its layout and dtype
         (state can drift, e.g. after ``p.data`` is replaced in another memory format)."""
         local = to_local([p])[0]
         if not _validate.is_dense(local):

@@ -29,3 +29,11 @@ def elementwise_tol(dtype: torch.dtype, num_terms: int) -> dict[str, float]:
     """rtol/atol for a weighted sum of `num_terms` inputs stored in `dtype` (relative to the terms)."""
     eps = _STORE_EPS[dtype]
     return {"rtol": 4 * num_terms * eps, "atol": 4 * num_terms * eps}
+
+
+def triton_reduction_atol(dtype: torch.dtype, length: int, chunk: int, scale: float) -> float:
+    """Like ``reduction_atol`` for the Triton Gram: within a chunk, products are summed in fp32 lanes
+    (fp64 for fp64 input) and only chunk sums are added in fp64, so fp32 input sees fp32 error over
+    at most ``chunk`` terms."""
+    acc_eps = 2.0**-53 if dtype == torch.float64 else 2.0**-24
+    return scale * (acc_eps * (math.sqrt(max(min(length, chunk), 1)) + 16) + 4 * _RESULT_EPS[dtype])
