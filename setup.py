@@ -1,4 +1,4 @@
-"""Builds fastunlearn._C, the C++ kernels of the `cpp` backend (and, with a CUDA torch, CUDA ones).
+"""Builds fastunlearn._C: the C++ kernels of the `cpp` backend, and with a CUDA torch the `cuda` backend.
 
 Run with ``pip install --no-build-isolation -e .`` so the extension compiles against the torch
 already installed. Everything else about the package is declared in pyproject.toml.
@@ -7,26 +7,40 @@ already installed. Everything else about the package is declared in pyproject.to
 import glob
 import os
 
+import torch
 from setuptools import setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# -fopenmp: at::parallel_for expands to an OpenMP region in the extension's own code.
+# -ffp-contract=off: no FMA contraction, so every ISA clone of a kernel gives the same bits.
+CXX_FLAGS = ["-O3", "-fopenmp", "-ffp-contract=off", "-std=c++17"]
 
 
-def cpu_extension() -> CppExtension:
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    return CppExtension(
-        name="fastunlearn._C",
-        sources=sources,
-        include_dirs=[os.path.join(HERE, "csrc")],
-        # -fopenmp: at::parallel_for expands to an OpenMP region in the extension's own code.
-        # -ffp-contract=off: no FMA contraction, so every ISA clone of a kernel gives the same bits.
-        extra_compile_args=["-O3", "-fopenmp", "-ffp-contract=off", "-std=c++17"],
-        extra_link_args=["-fopenmp"],
+def sources(*patterns: str) -> list[str]:
+    return sorted(path for pattern in patterns for path in glob.glob(os.path.join("csrc", pattern)))
+
+
+def with_cuda() -> bool:
+    """CUDA kernels are built when torch has CUDA and nvcc is found (FASTUNLEARN_NO_CUDA=1 opts out)."""
+    return torch.version.cuda is not None and CUDA_HOME is not None and os.environ.get("FASTUNLEARN_NO_CUDA") != "1"
+
+
+def extension():
+    common = dict(name="fastunlearn._C", include_dirs=[os.path.join(HERE, "csrc")], extra_link_args=["-fopenmp"])
+    cpu_sources = sources("*.cpp", "cpu/*.cpp")
+    if not with_cuda():
+        return CppExtension(sources=cpu_sources, extra_compile_args=CXX_FLAGS, **common)
+    return CUDAExtension(
+        sources=cpu_sources + sources("cuda/*.cpp", "cuda/*.cu"),
+        define_macros=[("FASTUNLEARN_WITH_CUDA", None)],
+        # Target architectures follow TORCH_CUDA_ARCH_LIST (default: the GPUs of the build machine).
+        extra_compile_args={"cxx": CXX_FLAGS, "nvcc": ["-O3", "-std=c++17"]},
+        **common,
     )
 
 
 setup(
-    ext_modules=[cpu_extension()],
+    ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

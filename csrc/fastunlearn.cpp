@@ -8,6 +8,7 @@
 #include "cpu/gram.h"
 #include "fast_path.h"
 #include "overlap.h"
+#include "schemas.h"
 
 #include <vector>
 
@@ -45,16 +46,10 @@ PyObject* PyInit__C(void) {
 }
 
 TORCH_LIBRARY(fastunlearn_cpu, m) {
-  m.def("gram(Tensor[] shards, int num_vectors) -> Tensor");
-  m.def("combine_(Tensor(a!)[] outs, Tensor weights, Tensor[] shards, int num_vectors) -> ()");
-  m.def(
-      "sgd_step_(Tensor(a!)[] params, Tensor(b!)[] momentum_buffers, Tensor weights, Tensor[] grads, "
-      "int num_vectors, float lr, float momentum, float dampening, bool nesterov, float weight_decay, "
-      "bool maximize, bool first_step) -> ()");
-  m.def(
-      "adamw_step_(Tensor(a!)[] params, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, Tensor weights, "
-      "Tensor[] grads, int num_vectors, float lr, float beta1, float beta2, float eps, float weight_decay, "
-      "int step, bool maximize) -> ()");
+  m.def(fastunlearn::schema::kGram);
+  m.def(fastunlearn::schema::kCombine);
+  m.def(fastunlearn::schema::kSgdStep);
+  m.def(fastunlearn::schema::kAdamwStep);
 }
 
 // Metadata only: one kernel for every device.

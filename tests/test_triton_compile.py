@@ -44,7 +44,8 @@ SCRIPT = textwrap.dedent(
     gram_configs = [
         gram.launch_config(k, k, True, dtype) for k in (1, 2, 5, 16) for dtype in dtypes
     ] + [gram.launch_config(16, 4, False, torch.float32)]
-    combine_configs = [combine.launch_config(k, m, dtype) for k, m in ((1, 1), (2, 1), (5, 1), (16, 16)) for dtype in dtypes]
+    shapes = ((1, 1), (2, 1), (5, 1), (16, 16))
+    combine_configs = [combine.launch_config(k, m, dtype) for k, m in shapes for dtype in dtypes]
     sgd_flags = [
         dict(HAS_MOMENTUM=m, FIRST_STEP=f, NESTEROV=n, HAS_WEIGHT_DECAY=True, MAXIMIZE=True)
         for m, f, n in ((False, False, False), (True, True, False), (True, False, True))

@@ -87,19 +87,7 @@ void combine_cpu(at::TensorList outs, const at::Tensor& weights, at::TensorList 
   // Each shard index is computed in the layout of its first output (if dense); outputs that are
   // not in it are computed into a temporary and copied back after the pass.
   const Layouts layouts = layouts_of(outs.slice(0, n));
-  std::vector<void*> out_ptrs;
-  out_ptrs.reserve(outs.size());
-  std::vector<std::pair<at::Tensor, at::Tensor>> copy_back;
-  for (size_t s = 0; s < outs.size(); ++s) {
-    const at::Tensor& ref = *layouts.of[s % n];
-    if (same_dense_layout(outs[s], ref)) {
-      out_ptrs.push_back(outs[s].data_ptr());
-    } else {
-      at::Tensor tmp = at::empty_like(ref);
-      out_ptrs.push_back(tmp.data_ptr());
-      copy_back.emplace_back(outs[s], std::move(tmp));
-    }
-  }
+  OutputPointers out = output_pointers(outs, n, layouts);
   const InputPointers in = input_pointers(shards, n, layouts);
   const at::Tensor w = weights.to(at::kDouble).contiguous();
 
@@ -107,10 +95,10 @@ void combine_cpu(at::TensorList outs, const at::Tensor& weights, at::TensorList 
   const CombineChunkFn chunk_fn = combine_chunk_for(shards[0].scalar_type());
   at::parallel_for(0, plan.num_chunks(), 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      chunk_fn(plan, c, out_ptrs.data(), num_outs, in.ptrs.data(), k, n, w.data_ptr<double>());
+      chunk_fn(plan, c, out.ptrs.data(), num_outs, in.ptrs.data(), k, n, w.data_ptr<double>());
     }
   });
-  for (auto& [out, tmp] : copy_back) out.copy_(tmp);
+  out.finish();
 }
 
 }  // namespace fastunlearn

@@ -59,4 +59,20 @@ InputPointers input_pointers(at::TensorList shards, int64_t n, const Layouts& la
   return in;
 }
 
+OutputPointers output_pointers(at::TensorList outs, int64_t n, const Layouts& layouts) {
+  OutputPointers out;
+  out.ptrs.reserve(outs.size());
+  for (size_t s = 0; s < outs.size(); ++s) {
+    const at::Tensor& ref = *layouts.of[s % n];
+    if (same_dense_layout(outs[s], ref)) {
+      out.ptrs.push_back(outs[s].data_ptr());
+    } else {
+      at::Tensor tmp = at::empty_like(ref);
+      out.ptrs.push_back(tmp.data_ptr());
+      out.copy_back.emplace_back(outs[s], std::move(tmp));
+    }
+  }
+  return out;
+}
+
 }  // namespace fastunlearn

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 namespace fastunlearn {
@@ -66,6 +67,17 @@ struct InputPointers {
   std::vector<at::Tensor> copies;
 };
 InputPointers input_pointers(at::TensorList shards, int64_t n, const Layouts& layouts);
+
+// Outputs as flat memory: each tensor in its shard index's layout is written in place; any other
+// is computed into a temporary in that layout and copied back by finish().
+struct OutputPointers {
+  std::vector<void*> ptrs;  // like the outputs
+  std::vector<std::pair<at::Tensor, at::Tensor>> copy_back;
+  void finish() {
+    for (auto& [out, tmp] : copy_back) out.copy_(tmp);
+  }
+};
+OutputPointers output_pointers(at::TensorList outs, int64_t n, const Layouts& layouts);
 
 bool same_dense_layout(const at::Tensor& a, const at::Tensor& b);
 

@@ -1,0 +1,272 @@
+// torch.ops.fastunlearn_cuda: the CUDA kernels (launch.h) behind the op schemas of the `cuda`
+// backend. Built only when torch has CUDA (setup.py). Uses device-generic c10 APIs for the stream
+// and device guard, so it includes no CUDA header: it compiles (and is syntax-checked in the tests)
+// against a CPU-only torch too.
+#include <ATen/ATen.h>
+#include <c10/core/DeviceGuard.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "cpu/shards.h"
+#include "cuda/launch.h"
+#include "schemas.h"
+
+namespace fastunlearn {
+namespace cuda {
+namespace {
+
+constexpr int kProgramsPerSm = 4;
+// Tile side of Gram blocks when there are more than kMaxGramVectors vectors.
+constexpr int kTile = 8;
+
+Dtype dtype_of(at::ScalarType type) {
+  switch (type) {
+    case at::kDouble: return Dtype::kF64;
+    case at::kFloat: return Dtype::kF32;
+    case at::kBFloat16: return Dtype::kBF16;
+    case at::kHalf: return Dtype::kF16;
+    default: TORCH_CHECK_TYPE(false, "fastunlearn: unsupported dtype ", type);
+  }
+}
+
+at::ScalarType compute_type(at::ScalarType type) { return type == at::kDouble ? at::kDouble : at::kFloat; }
+
+void* current_stream(const at::Device& device) {
+  return c10::impl::getDeviceGuardImpl(device.type())->getStream(device).native_handle();
+}
+
+void check_launch(int code, const char* what) {
+  TORCH_CHECK(code == 0, "fastunlearn: the CUDA ", what, " kernel failed to launch: ", error_string(code));
+}
+
+// The table of one call on the device, and the tensor that owns its memory.
+struct DeviceTable {
+  at::Tensor packed;
+  ShardTable view;
+};
+
+// Rows of n shard addresses paired by index. Empty shards are dropped, and runs of shards that sit
+// back to back in every row (views of one flat buffer) are merged; then the chunks are listed.
+DeviceTable make_table(const std::vector<std::vector<const void*>>& rows, const std::vector<int64_t>& sizes,
+                       int64_t itemsize, const at::Device& device) {
+  const size_t n = sizes.size();
+  std::vector<size_t> starts;
+  std::vector<int64_t> merged_sizes;
+  for (size_t i = 0; i < n; ++i) {
+    if (sizes[i] == 0) continue;
+    const bool follows = !starts.empty() && std::all_of(rows.begin(), rows.end(), [&](const auto& row) {
+      const size_t last = starts.back();
+      return static_cast<const char*>(row[i]) ==
+             static_cast<const char*>(row[last]) + merged_sizes.back() * itemsize;
+    });
+    if (follows) {
+      merged_sizes.back() += sizes[i];
+    } else {
+      starts.push_back(i);
+      merged_sizes.push_back(sizes[i]);
+    }
+  }
+  const int64_t shards = static_cast<int64_t>(starts.size());
+  std::vector<int64_t> chunk_shard, chunk_begin;
+  for (int64_t s = 0; s < shards; ++s) {
+    for (int64_t begin = 0; begin < merged_sizes[s]; begin += kChunk) {
+      chunk_shard.push_back(s);
+      chunk_begin.push_back(begin);
+    }
+  }
+  const int64_t chunks = static_cast<int64_t>(chunk_shard.size());
+  const int64_t total = static_cast<int64_t>(rows.size()) * shards + shards + 2 * chunks;
+  at::Tensor host = at::empty({std::max<int64_t>(total, 1)}, at::kLong);
+  int64_t* out = host.data_ptr<int64_t>();
+  for (const auto& row : rows) {
+    for (size_t start : starts) *out++ = reinterpret_cast<int64_t>(row[start]);
+  }
+  out = std::copy(merged_sizes.begin(), merged_sizes.end(), out);
+  out = std::copy(chunk_shard.begin(), chunk_shard.end(), out);
+  std::copy(chunk_begin.begin(), chunk_begin.end(), out);
+  // Pageable memory is staged at once: the copy never waits for the device.
+  at::Tensor packed = host.to(device, /*non_blocking=*/true);
+  const int64_t* base = packed.const_data_ptr<int64_t>();
+  const int64_t num_rows = static_cast<int64_t>(rows.size());
+  return {packed, ShardTable{base, base + num_rows * shards, base + num_rows * shards + shards, shards, chunks}};
+}
+
+int grid_for(const ShardTable& table, const at::Device& device) {
+  const int64_t programs = static_cast<int64_t>(kProgramsPerSm) * multiprocessor_count(device.index());
+  return static_cast<int>(std::max<int64_t>(1, std::min(programs, table.num_chunks)));
+}
+
+std::vector<int64_t> sizes_of(at::TensorList shards, int64_t n) {
+  std::vector<int64_t> sizes(n);
+  for (int64_t i = 0; i < n; ++i) sizes[i] = shards[i].numel();
+  return sizes;
+}
+
+std::vector<std::vector<const void*>> rows_of(const std::vector<const void*>& flat, int64_t n) {
+  std::vector<std::vector<const void*>> rows;
+  for (size_t r = 0; r < flat.size(); r += n) rows.emplace_back(flat.begin() + r, flat.begin() + r + n);
+  return rows;
+}
+
+void check_lists(at::TensorList shards, int64_t k) {
+  TORCH_CHECK_VALUE(k > 0 && !shards.empty() && shards.size() % k == 0, "fastunlearn: ", shards.size(),
+                    " shards do not split into ", k, " vectors");
+  TORCH_CHECK_VALUE(shards[0].is_cuda(), "fastunlearn: the cuda backend takes CUDA tensors, got ",
+                    shards[0].device());
+}
+
+at::Tensor gram_cuda(at::TensorList shards, int64_t num_vectors) {
+  check_lists(shards, num_vectors);
+  const int64_t k = num_vectors, n = static_cast<int64_t>(shards.size()) / k;
+  const at::Device device = shards[0].device();
+  const c10::DeviceGuard guard(device);
+  const Layouts layouts = layouts_of(shards.slice(0, n));
+  const InputPointers in = input_pointers(shards, n, layouts);
+  const DeviceTable table = make_table(rows_of(in.ptrs, n), sizes_of(shards, n), shards[0].element_size(), device);
+  const int grid = grid_for(table.view, device);
+  const Dtype dtype = dtype_of(shards[0].scalar_type());
+  void* stream = current_stream(device);
+  at::Tensor result = at::zeros({k, k}, shards[0].options().dtype(at::kDouble));
+  const int tile = k <= kMaxGramVectors ? static_cast<int>(k) : kTile;
+  for (int64_t a = 0; a < k; a += tile) {
+    for (int64_t b = a; b < k; b += tile) {
+      const int rows = static_cast<int>(std::min<int64_t>(tile, k - a));
+      const int cols = static_cast<int>(std::min<int64_t>(tile, k - b));
+      at::Tensor partials = at::empty({grid, kMaxGramVectors, kMaxGramVectors}, result.options());
+      check_launch(launch_gram_partials(dtype, table.view, static_cast<int>(a), static_cast<int>(b), rows, cols,
+                                        a == b, partials.data_ptr<double>(), grid, stream),
+                   "gram");
+      result.slice(0, a, a + rows).slice(1, b, b + cols).copy_(partials.sum(0).slice(0, 0, rows).slice(1, 0, cols));
+    }
+  }
+  const at::Tensor upper = result.triu();
+  const at::ScalarType acc = shards[0].scalar_type() == at::kDouble || shards[0].scalar_type() == at::kFloat
+                                 ? at::kDouble
+                                 : at::kFloat;
+  return (upper + upper.triu(1).mT()).to(acc);
+}
+
+void combine_cuda(at::TensorList outs, const at::Tensor& weights, at::TensorList shards, int64_t num_vectors) {
+  check_lists(shards, num_vectors);
+  const int64_t k = num_vectors, n = static_cast<int64_t>(shards.size()) / k;
+  TORCH_CHECK_VALUE(outs.size() % n == 0, "fastunlearn: ", outs.size(), " output shards do not match ", n,
+                    " input shards");
+  const int64_t m = static_cast<int64_t>(outs.size()) / n;
+  TORCH_CHECK_VALUE(weights.dim() == 2 && weights.size(0) == m && weights.size(1) == k,
+                    "fastunlearn: weights must have shape (", m, ", ", k, "), got ", weights.sizes());
+  const at::Device device = shards[0].device();
+  const c10::DeviceGuard guard(device);
+  const Layouts layouts = layouts_of(outs.slice(0, n));
+  const InputPointers in = input_pointers(shards, n, layouts);
+  OutputPointers out = output_pointers(outs, n, layouts);
+  const std::vector<void*>& out_ptrs = out.ptrs;
+  // Outputs are written group by group; an output of a later group must not be an input.
+  TORCH_CHECK_VALUE(m <= kMaxOuts || std::none_of(out_ptrs.begin(), out_ptrs.end(),
+                                                   [&](const void* p) {
+                                                     return std::find(in.ptrs.begin(), in.ptrs.end(), p) !=
+                                                            in.ptrs.end();
+                                                   }),
+                    "fastunlearn: with more than ", kMaxOuts, " outputs, no output may be an input");
+  const at::Tensor w = weights.to(compute_type(shards[0].scalar_type())).contiguous();
+  const std::vector<int64_t> sizes = sizes_of(shards, n);
+  void* stream = current_stream(device);
+  for (int64_t j0 = 0; j0 < m; j0 += kMaxOuts) {
+    const int64_t group = std::min<int64_t>(kMaxOuts, m - j0);
+    std::vector<const void*> flat(in.ptrs.begin(), in.ptrs.end());
+    flat.insert(flat.end(), out_ptrs.begin() + j0 * n, out_ptrs.begin() + (j0 + group) * n);
+    const DeviceTable table = make_table(rows_of(flat, n), sizes, shards[0].element_size(), device);
+    const at::Tensor w_group = w.slice(0, j0, j0 + group).contiguous();
+    check_launch(launch_combine(dtype_of(shards[0].scalar_type()), table.view, static_cast<int>(k),
+                                static_cast<int>(group), w_group.const_data_ptr(), grid_for(table.view, device),
+                                stream),
+                 "combine");
+  }
+  out.finish();
+}
+
+// Row 0 the parameters, then the state lists, then the K gradients (in the parameters' layout).
+DeviceTable step_table(at::TensorList params, const std::vector<at::TensorList>& state, at::TensorList grads,
+                       InputPointers& grad_copies) {
+  const int64_t n = static_cast<int64_t>(params.size());
+  for (const auto& list : state) {
+    for (int64_t i = 0; i < n; ++i) {
+      TORCH_CHECK_VALUE(same_dense_layout(list[i], params[i]),
+                        "fastunlearn: optimizer state must be dense and in its parameter's layout");
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK_VALUE(params[i].is_non_overlapping_and_dense(), "fastunlearn: parameter ", i, " is not dense");
+  }
+  Layouts layouts = layouts_of(params);
+  grad_copies = input_pointers(grads, n, layouts);
+  std::vector<const void*> flat;
+  for (const auto& p : params) flat.push_back(p.data_ptr());
+  for (const auto& list : state) {
+    for (const auto& t : list) flat.push_back(t.data_ptr());
+  }
+  flat.insert(flat.end(), grad_copies.ptrs.begin(), grad_copies.ptrs.end());
+  return make_table(rows_of(flat, n), sizes_of(params, n), params[0].element_size(), params[0].device());
+}
+
+at::Tensor hyper_tensor(const std::vector<double>& values, const at::Tensor& like) {
+  at::Tensor host = at::tensor(values, at::kDouble).to(compute_type(like.scalar_type()));
+  return host.to(like.device(), /*non_blocking=*/true);
+}
+
+void sgd_step_cuda(at::TensorList params, at::TensorList momentum_buffers, const at::Tensor& weights,
+                   at::TensorList grads, int64_t num_vectors, double lr, double momentum, double dampening,
+                   bool nesterov, double weight_decay, bool maximize, bool first_step) {
+  if (params.empty()) return;
+  const at::Device device = params[0].device();
+  const c10::DeviceGuard guard(device);
+  const bool has_momentum = momentum != 0.0;
+  InputPointers grad_copies;
+  const DeviceTable table = step_table(params, {has_momentum ? momentum_buffers : params}, grads, grad_copies);
+  const at::Tensor w = weights.reshape({-1}).to(compute_type(params[0].scalar_type())).contiguous();
+  const at::Tensor hyper = hyper_tensor({lr, momentum, dampening, weight_decay}, params[0]);
+  const SgdFlags flags{has_momentum, first_step, nesterov, maximize};
+  check_launch(launch_sgd_step(dtype_of(params[0].scalar_type()), table.view, static_cast<int>(num_vectors),
+                               w.const_data_ptr(), hyper.const_data_ptr(), flags, grid_for(table.view, device),
+                               current_stream(device)),
+               "SGD");
+}
+
+void adamw_step_cuda(at::TensorList params, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
+                     const at::Tensor& weights, at::TensorList grads, int64_t num_vectors, double lr, double beta1,
+                     double beta2, double eps, double weight_decay, int64_t step, bool maximize) {
+  if (params.empty()) return;
+  const at::Device device = params[0].device();
+  const c10::DeviceGuard guard(device);
+  InputPointers grad_copies;
+  const DeviceTable table = step_table(params, {exp_avgs, exp_avg_sqs}, grads, grad_copies);
+  const at::Tensor w = weights.reshape({-1}).to(compute_type(params[0].scalar_type())).contiguous();
+  const double bias_correction1 = 1.0 - std::pow(beta1, static_cast<double>(step));
+  const double bias_correction2_sqrt = std::sqrt(1.0 - std::pow(beta2, static_cast<double>(step)));
+  const at::Tensor hyper =
+      hyper_tensor({lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2_sqrt}, params[0]);
+  check_launch(launch_adamw_step(dtype_of(params[0].scalar_type()), table.view, static_cast<int>(num_vectors),
+                                 w.const_data_ptr(), hyper.const_data_ptr(), maximize, grid_for(table.view, device),
+                                 current_stream(device)),
+               "AdamW");
+}
+
+}  // namespace
+}  // namespace cuda
+}  // namespace fastunlearn
+
+TORCH_LIBRARY(fastunlearn_cuda, m) {
+  m.def(fastunlearn::schema::kGram);
+  m.def(fastunlearn::schema::kCombine);
+  m.def(fastunlearn::schema::kSgdStep);
+  m.def(fastunlearn::schema::kAdamwStep);
+}
+
+TORCH_LIBRARY_IMPL(fastunlearn_cuda, CUDA, m) {
+  m.impl("gram", &fastunlearn::cuda::gram_cuda);
+  m.impl("combine_", &fastunlearn::cuda::combine_cuda);
+  m.impl("sgd_step_", &fastunlearn::cuda::sgd_step_cuda);
+  m.impl("adamw_step_", &fastunlearn::cuda::adamw_step_cuda);
+}
