@@ -7,12 +7,6 @@
 namespace fastunlearn {
 namespace {
 
-struct Span {
-  uintptr_t begin, end;
-  bool is_out;
-  int64_t index;
-};
-
 Span span_of(const at::Tensor& t, bool is_out, int64_t index) {
   int64_t last = 0;
   for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
@@ -28,6 +22,7 @@ bool same_place(const at::Tensor& out, int64_t out_index, const at::Tensor& in, 
 }  // namespace
 
 std::vector<int64_t> find_overlap(at::TensorList outs, at::TensorList inputs, int64_t n) {
+  TORCH_CHECK_VALUE(n > 0, "fastunlearn: find_overlap needs n > 0");
   for (size_t i = 0; i < outs.size(); ++i) {
     if (outs[i].numel() > 1 && at::has_internal_overlap(outs[i]) == at::MemOverlap::Yes) {
       return {0, static_cast<int64_t>(i)};
@@ -39,25 +34,14 @@ std::vector<int64_t> find_overlap(at::TensorList outs, at::TensorList inputs, in
     if (outs[i].numel() && !outs[i].is_meta()) spans.push_back(span_of(outs[i], true, i));
   }
   for (size_t i = 0; i < inputs.size(); ++i) {
+    // The output at this shard index may be this very tensor (in place): its span stands for both.
+    const size_t own = i % n;
+    if (own < outs.size() && outs[own].unsafeGetTensorImpl() == inputs[i].unsafeGetTensorImpl()) continue;
     if (inputs[i].numel() && !inputs[i].is_meta()) spans.push_back(span_of(inputs[i], false, i));
   }
-  std::sort(spans.begin(), spans.end(), [](const Span& a, const Span& b) {
-    return a.begin != b.begin ? a.begin < b.begin : a.index < b.index;
+  return sweep_spans(spans, [&](int64_t out, int64_t in) {
+    return same_place(outs[out], out, inputs[in], in, n);
   });
-  std::vector<Span> active;
-  for (const Span& span : spans) {
-    active.erase(std::remove_if(active.begin(), active.end(), [&](const Span& a) { return a.end <= span.begin; }),
-                 active.end());
-    for (const Span& other : active) {
-      if (!other.is_out && !span.is_out) continue;
-      const Span& out = other.is_out ? other : span;
-      const Span& peer = other.is_out ? span : other;
-      if (!peer.is_out && same_place(outs[out.index], out.index, inputs[peer.index], peer.index, n)) continue;
-      return {1, out.index, peer.index, peer.is_out ? 1 : 0};
-    }
-    active.push_back(span);
-  }
-  return {};
 }
 
 }  // namespace fastunlearn

@@ -89,10 +89,12 @@ def _triton_unavailable() -> str | None:
 
 
 def _triton_device_error(device: torch.device) -> str | None:
-    """CPU tensors run under Triton's interpreter, which must be chosen before Triton is imported."""
+    """CPU tensors run under Triton's interpreter, which must be chosen before Triton is imported;
+    the interpreter cannot run on CUDA tensors (it reads the shard tables' addresses on the host)."""
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
     if device.type != "cpu":
-        return None
-    if os.environ.get("TRITON_INTERPRET", "0") != "1":
+        return "under TRITON_INTERPRET=1 the triton backend takes CPU tensors only" if interpreting else None
+    if not interpreting:
         return "the triton backend takes CPU tensors only under TRITON_INTERPRET=1 (set before Triton is imported)"
     kernels = sys.modules.get("fastunlearn.kernels._support")
     if kernels is not None and not kernels.INTERPRETED:

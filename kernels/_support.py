@@ -39,8 +39,12 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def check_device(device: torch.device) -> None:
-    if device.type == "cuda" or (device.type == "cpu" and INTERPRETED):
+    """Compiled kernels take CUDA tensors; interpreted ones CPU tensors only (the interpreter reads
+    the shard tables' addresses on the host)."""
+    if device.type == ("cpu" if INTERPRETED else "cuda"):
         return
+    if INTERPRETED:
+        raise ValueError("under TRITON_INTERPRET=1 the triton backend takes CPU tensors only")
     hint = " (CPU tensors need TRITON_INTERPRET=1 set before Triton is imported)" if device.type == "cpu" else ""
     raise ValueError(f"the triton backend runs on CUDA tensors, not on {device.type} tensors{hint}")
 

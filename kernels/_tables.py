@@ -117,7 +117,9 @@ def shard_table(rows: list[list[Tensor]]) -> ShardTable:
     device = first[0].device
     sizes = tuple(t.numel() for t in first)
     addresses = tuple(tuple(t.data_ptr() for t in row) for row in rows)
-    key = (device, first[0].element_size(), sizes, addresses)
+    # A table is uploaded on the current stream; reusing it on another could race with the upload.
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device, stream, first[0].element_size(), sizes, addresses)
     return _cache.get(key, lambda: _build(addresses, sizes, first[0].element_size(), device))
 
 

@@ -3,8 +3,10 @@
 Each element's gradient ``d = sum_k weights[k] * grads[k]`` is formed in registers and used at
 once, so the combined gradient is never written to memory. The arithmetic follows
 ``fastunlearn.reference.sgd_step_`` / ``adamw_step_`` (and so ``torch.optim``) operation by
-operation, in fp32 (fp64 for fp64 parameters). Hyperparameters travel in a small device tensor of
-the compute dtype, so fp64 parameters see fp64 learning rates.
+operation, in fp32 (fp64 for fp64 parameters), with correctly rounded division and square root.
+Scalars derived from the hyperparameters (``1 - beta2``, ``lr / bias_correction1``, ...) are
+computed in double on the host, as the reference's Python floats are, and travel in a small device
+tensor of the compute dtype.
 """
 
 from __future__ import annotations
@@ -24,6 +26,21 @@ def _weighted_gradient(
     base = base.to(tl.pointer_type(ELEMENT))
     g = tl.load(base[:, None] + idx[None, :], mask=(k < K)[:, None] & in_shard[None, :], other=0.0).to(COMP)
     return tl.sum(w[:, None] * g, axis=0)
+
+
+@triton.jit
+def _div(a, b):
+    # Triton's fp32 `/` and sqrt are approximate on GPUs; the reference rounds correctly.
+    if a.dtype == tl.float32:
+        return tl.div_rn(a, b)
+    return a / b
+
+
+@triton.jit
+def _sqrt(a):
+    if a.dtype == tl.float32:
+        return tl.sqrt_rn(a)
+    return tl.sqrt(a)
 
 
 @triton.jit
@@ -59,7 +76,7 @@ def _sgd_kernel(
     w = tl.load(weights + k, mask=k < K, other=0.0).to(COMP)
     lr = tl.load(hyper + 0)
     momentum = tl.load(hyper + 1)
-    dampening = tl.load(hyper + 2)
+    one_minus_dampening = tl.load(hyper + 2)
     weight_decay = tl.load(hyper + 3)
     for chunk in range(pid, num_chunks, num_programs):
         shard = tl.load(chunks + chunk)
@@ -67,7 +84,7 @@ def _sgd_kernel(
         end = tl.minimum(start + CHUNK, tl.load(sizes + shard))
         p_ptr = _row_pointer(ptrs, num_shards, shard, 0, ELEMENT)
         buf_ptr = _row_pointer(ptrs, num_shards, shard, 1, ELEMENT)
-        for offset in range(0, CHUNK, BLOCK):
+        for offset in range(0, end - start, BLOCK):
             idx = start + offset + lanes
             in_shard = idx < end
             d = _weighted_gradient(ptrs, num_shards, shard, 2, w, k, idx, in_shard, K, ELEMENT, COMP)
@@ -81,7 +98,7 @@ def _sgd_kernel(
                     buf = d
                 else:
                     old = tl.load(buf_ptr + idx, mask=in_shard, other=0.0).to(COMP)
-                    buf = momentum * old + (1 - dampening) * d
+                    buf = momentum * old + one_minus_dampening * d
                 tl.store(buf_ptr + idx, buf.to(ELEMENT), mask=in_shard)
                 if NESTEROV:
                     d = d + momentum * buf
@@ -112,12 +129,12 @@ def _adamw_kernel(
     k = tl.arange(0, KP)
     lanes = tl.arange(0, BLOCK)
     w = tl.load(weights + k, mask=k < K, other=0.0).to(COMP)
-    lr = tl.load(hyper + 0)
-    beta1 = tl.load(hyper + 1)
-    beta2 = tl.load(hyper + 2)
+    one_minus_beta1 = tl.load(hyper + 0)
+    beta2 = tl.load(hyper + 1)
+    one_minus_beta2 = tl.load(hyper + 2)
     eps = tl.load(hyper + 3)
-    weight_decay = tl.load(hyper + 4)
-    bias_correction1 = tl.load(hyper + 5)
+    decay = tl.load(hyper + 4)
+    step_size = tl.load(hyper + 5)
     bias_correction2_sqrt = tl.load(hyper + 6)
     for chunk in range(pid, num_chunks, num_programs):
         shard = tl.load(chunks + chunk)
@@ -126,7 +143,7 @@ def _adamw_kernel(
         p_ptr = _row_pointer(ptrs, num_shards, shard, 0, ELEMENT)
         m_ptr = _row_pointer(ptrs, num_shards, shard, 1, ELEMENT)
         v_ptr = _row_pointer(ptrs, num_shards, shard, 2, ELEMENT)
-        for offset in range(0, CHUNK, BLOCK):
+        for offset in range(0, end - start, BLOCK):
             idx = start + offset + lanes
             in_shard = idx < end
             d = _weighted_gradient(ptrs, num_shards, shard, 3, w, k, idx, in_shard, K, ELEMENT, COMP)
@@ -135,12 +152,12 @@ def _adamw_kernel(
             m = tl.load(m_ptr + idx, mask=in_shard, other=0.0).to(COMP)
             v = tl.load(v_ptr + idx, mask=in_shard, other=0.0).to(COMP)
             p = tl.load(p_ptr + idx, mask=in_shard, other=0.0).to(COMP)
-            m = m + (1 - beta1) * (d - m)
-            v = beta2 * v + (1 - beta2) * d * d
-            denom = tl.sqrt(v) / bias_correction2_sqrt + eps
+            m = m + one_minus_beta1 * (d - m)
+            v = beta2 * v + one_minus_beta2 * d * d
+            denom = _div(_sqrt(v), bias_correction2_sqrt) + eps
             tl.store(m_ptr + idx, m.to(ELEMENT), mask=in_shard)
             tl.store(v_ptr + idx, v.to(ELEMENT), mask=in_shard)
-            p = p * (1 - lr * weight_decay) - (lr / bias_correction1) * (m / denom)
+            p = p * decay - step_size * _div(m, denom)
             tl.store(p_ptr + idx, p.to(ELEMENT), mask=in_shard)
 
 
@@ -160,7 +177,7 @@ def sgd_step_(
 ) -> None:
     """``torch.optim.SGD``'s update along ``sum_k weights[k] * grads[k]``; see ``reference.sgd_step_``."""
     state = [momentum_buffers] if momentum != 0 else [params]  # a placeholder row the kernel never reads
-    launch = _Launch(params, state, weights, grads, num_vectors, [lr, momentum, dampening, weight_decay])
+    launch = _Launch(params, state, weights, grads, num_vectors, [lr, momentum, 1 - dampening, weight_decay])
     launch.run(
         _sgd_kernel,
         HAS_MOMENTUM=momentum != 0,
@@ -187,15 +204,10 @@ def adamw_step_(
     maximize: bool,
 ) -> None:
     """``torch.optim.AdamW``'s update along ``sum_k weights[k] * grads[k]``; see ``reference.adamw_step_``."""
-    corrections = [1 - beta1**step, (1 - beta2**step) ** 0.5]
-    launch = _Launch(
-        params,
-        [exp_avgs, exp_avg_sqs],
-        weights,
-        grads,
-        num_vectors,
-        [lr, beta1, beta2, eps, weight_decay, *corrections],
-    )
+    bias_correction1 = 1 - beta1**step
+    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+    hyper = [1 - beta1, beta2, 1 - beta2, eps, 1 - lr * weight_decay, lr / bias_correction1, bias_correction2_sqrt]
+    launch = _Launch(params, [exp_avgs, exp_avg_sqs], weights, grads, num_vectors, hyper)
     launch.run(_adamw_kernel, MAXIMIZE=maximize)
 
 

@@ -65,7 +65,7 @@ def _gram_partials_kernel(
             acc = tl.zeros([RP, CP], dtype=tl.float32)
         else:
             acc = tl.zeros([RP, CP, BLOCK], dtype=LANE)
-        for offset in range(0, CHUNK, BLOCK):
+        for offset in range(0, end - start, BLOCK):
             idx = start + offset + lanes
             in_shard = idx < end
             x = tl.load(row_base[:, None] + idx[None, :], mask=(r < ROWS)[:, None] & in_shard[None, :], other=0.0)

@@ -44,9 +44,19 @@ def every_op(run, g, r, h):
     return a, b, out, torch.stack(list(stats)), alpha, pc.weights
 
 
+LAYOUTS = {
+    "contiguous": dict(shapes=SHAPES),
+    # Non-contiguous shards: the fast path hands the tensors to the layout-aware kernels.
+    "transposed": dict(shapes=SHAPES, transposed=True),
+    # More dimensions than the compact shape records hold inline.
+    "six_dims": dict(shapes=[(1, 2, 1, 3, 1, 2), (2, 1, 1, 1, 1, 4)] * 40),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS.values(), ids=LAYOUTS.keys())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_same_bits_as_the_ordinary_route(ordinary_route, dtype):
-    g, r, h = make_vectors(SHAPES, 3, dtype=dtype)
+def test_same_bits_as_the_ordinary_route(ordinary_route, dtype, layout):
+    g, r, h = make_vectors(layout["shapes"], 3, dtype=dtype, transposed=layout.get("transposed", False))
     assert torch.equal(fu.gram([g, r, h]), ordinary_route(lambda: fu.gram([g, r, h])))
     fast = every_op(lambda f: f(), g, r, h)
     ordinary = every_op(ordinary_route, g, r, h)
@@ -82,6 +92,14 @@ def bad_calls():
         out[89] = g[85]  # same shape, another shard index: a real overlap
         return lambda: fu.combine_(out, torch.tensor([1.0, 1.0]), [g, r]), g, ValueError
 
+    def partly_overlapping_out():
+        buffer = torch.randn(100 * 64)
+        g = list(buffer.split(64))
+        r = make_vectors([(64,)] * 100, 1)[0]
+        out = [torch.empty(64) for _ in g]
+        out[7] = buffer[5 * 64 + 10 : 6 * 64 + 10]  # straddles g[5] and g[6]
+        return lambda: fu.combine_(out, torch.tensor([1.0, 1.0]), [g, r]), g, ValueError
+
     def wrong_weights():
         g, r = vectors()
         return lambda: fu.combine_(g, torch.tensor([1.0, 1.0, 1.0]), [g, r]), g, ValueError
@@ -91,7 +109,15 @@ def bad_calls():
         r[10] = torch.empty(17, device="meta")
         return lambda: fu.project_(g, r), g, ValueError
 
-    return [shape_mismatch, dtype_mismatch, not_a_tensor, overlapping_out, wrong_weights, meta_shard]
+    return [
+        shape_mismatch,
+        dtype_mismatch,
+        not_a_tensor,
+        overlapping_out,
+        partly_overlapping_out,
+        wrong_weights,
+        meta_shard,
+    ]
 
 
 @pytest.mark.parametrize("make", bad_calls(), ids=lambda f: f.__name__)

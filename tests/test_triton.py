@@ -108,6 +108,21 @@ def test_combine_matches_float64(dtype, num_outs):
         torch.testing.assert_close(flat64(outs[m * n : (m + 1) * n]).to(DEVICE), expected, **tol)
 
 
+@pytest.mark.parametrize("in_place", [False, True])
+def test_combine_into_more_than_sixteen_outputs(in_place):
+    k = 18
+    vectors = on_device(make_vectors([(70,), (3, 5)], k, torch.float64, seed=14))
+    expected_inputs = [flat64(v).to(DEVICE) for v in vectors]
+    weights = torch.randn(k, k, dtype=torch.float64, device=DEVICE)
+    flat = [s for v in vectors for s in v]
+    # In place, output m is input m itself: groups after the first must still read the originals.
+    outs = flat if in_place else [torch.empty_like(s) for s in flat]
+    combine.combine_(outs, weights, flat, k)
+    for m in range(k):
+        expected = sum(weights[m, v] * expected_inputs[v] for v in range(k))
+        torch.testing.assert_close(flat64(outs[2 * m : 2 * m + 2]).to(DEVICE), expected, rtol=1e-12, atol=1e-12)
+
+
 def test_combine_in_place_and_into_a_strided_output():
     g, r = on_device(make_vectors([(20, 30), (257,)], 2, torch.float32, seed=5))
     expected = flat64(g).to(DEVICE) - 0.5 * flat64(r).to(DEVICE)
@@ -214,6 +229,8 @@ def test_cpu_tensors_need_the_interpreter(monkeypatch):
     monkeypatch.setattr(_support, "INTERPRETED", False)
     with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
         gram.gram([torch.ones(3)], 1)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert "CPU tensors only" in _backend._triton_device_error(torch.device("cuda"))
 
 
 def test_auto_prefers_triton_on_cuda_only():

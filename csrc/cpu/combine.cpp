@@ -91,14 +91,20 @@ void combine_cpu(at::TensorList outs, const at::Tensor& weights, at::TensorList 
   const InputPointers in = input_pointers(shards, n, layouts);
   const at::Tensor w = weights.to(at::kDouble).contiguous();
 
-  const ChunkPlan plan = plan_chunks(outs.slice(0, n));
-  const CombineChunkFn chunk_fn = combine_chunk_for(shards[0].scalar_type());
+  combine_pointers(out.ptrs.data(), num_outs, in.ptrs.data(), plan_chunks(outs.slice(0, n)), k,
+                   w.data_ptr<double>(), shards[0].scalar_type());
+  out.finish();
+}
+
+void combine_pointers(void* const* out, int64_t num_outs, const void* const* in, const ChunkPlan& plan,
+                      int64_t num_vectors, const double* weights, at::ScalarType dtype) {
+  const int64_t n = static_cast<int64_t>(plan.offsets.size()) - 1;
+  const CombineChunkFn chunk_fn = combine_chunk_for(dtype);
   at::parallel_for(0, plan.num_chunks(), 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      chunk_fn(plan, c, out.ptrs.data(), num_outs, in.ptrs.data(), k, n, w.data_ptr<double>());
+      chunk_fn(plan, c, out, num_outs, in, num_vectors, n, weights);
     }
   });
-  out.finish();
 }
 
 }  // namespace fastunlearn

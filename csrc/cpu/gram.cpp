@@ -245,16 +245,19 @@ at::Tensor gram_cpu(at::TensorList shards, int64_t num_vectors) {
 
   const Layouts layouts = layouts_of(shards.slice(0, n));
   const InputPointers in = input_pointers(shards, n, layouts);
-  const std::vector<const void*>& ptrs = in.ptrs;
+  return gram_pointers(in.ptrs.data(), plan_chunks(shards.slice(0, n)), k, shards[0].scalar_type()).to(acc_dtype);
+}
 
-  const ChunkPlan plan = plan_chunks(shards.slice(0, n));
+at::Tensor gram_pointers(const void* const* ptrs, const ChunkPlan& plan, int64_t num_vectors, at::ScalarType dtype) {
+  const int64_t k = num_vectors;
+  const int64_t n = static_cast<int64_t>(plan.offsets.size()) - 1;
   const int64_t pairs = num_pairs(k);
   const int64_t chunks = plan.num_chunks();
   std::vector<double> partials(chunks * pairs);
-  const GramChunkFn chunk_fn = gram_chunk_for(shards[0].scalar_type());
+  const GramChunkFn chunk_fn = gram_chunk_for(dtype);
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      chunk_fn(plan, c, ptrs.data(), n, k, partials.data() + c * pairs);
+      chunk_fn(plan, c, ptrs, n, k, partials.data() + c * pairs);
     }
   });
 
@@ -272,7 +275,7 @@ at::Tensor gram_cpu(at::TensorList shards, int64_t num_vectors) {
       g[b * k + a] = totals[p];
     }
   }
-  return result.to(acc_dtype);
+  return result;
 }
 
 }  // namespace fastunlearn

@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include "shards.h"
+
 namespace fastunlearn {
 
 // The dtype a reduction over `dtype` inputs accumulates and returns in.
@@ -10,5 +12,9 @@ at::ScalarType accumulation_dtype(at::ScalarType dtype);
 // K x K Gram matrix of the vectors in `shards` (vector-major, K = num_vectors), in the
 // accumulation dtype. Inputs are validated by the caller (fastunlearn/_validate.py).
 at::Tensor gram_cpu(at::TensorList shards, int64_t num_vectors);
+
+// The same pass over raw memory: ptrs[k * n + i] holds plan's shard i of vector k, dense and
+// paired element by element. Returns the K x K matrix in fp64.
+at::Tensor gram_pointers(const void* const* ptrs, const ChunkPlan& plan, int64_t num_vectors, at::ScalarType dtype);
 
 }  // namespace fastunlearn

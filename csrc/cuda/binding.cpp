@@ -111,11 +111,19 @@ std::vector<std::vector<const void*>> rows_of(const std::vector<const void*>& fl
   return rows;
 }
 
+// K vectors of n shards on one CUDA device, of one dtype and paired shapes: the kernels index the
+// tables with these assumptions, so the binding checks them even though the public ops did.
 void check_lists(at::TensorList shards, int64_t k) {
   TORCH_CHECK_VALUE(k > 0 && !shards.empty() && shards.size() % k == 0, "fastunlearn: ", shards.size(),
                     " shards do not split into ", k, " vectors");
   TORCH_CHECK_VALUE(shards[0].is_cuda(), "fastunlearn: the cuda backend takes CUDA tensors, got ",
                     shards[0].device());
+  const size_t n = shards.size() / k;
+  for (size_t s = 0; s < shards.size(); ++s) {
+    TORCH_CHECK_VALUE(shards[s].device() == shards[0].device() && shards[s].scalar_type() == shards[0].scalar_type() &&
+                          shards[s].sizes() == shards[s % n].sizes(),
+                      "fastunlearn: shard ", s, " differs in device, dtype or shape");
+  }
 }
 
 at::Tensor gram_cuda(at::TensorList shards, int64_t num_vectors) {
@@ -157,6 +165,13 @@ void combine_cuda(at::TensorList outs, const at::Tensor& weights, at::TensorList
   const int64_t m = static_cast<int64_t>(outs.size()) / n;
   TORCH_CHECK_VALUE(weights.dim() == 2 && weights.size(0) == m && weights.size(1) == k,
                     "fastunlearn: weights must have shape (", m, ", ", k, "), got ", weights.sizes());
+  TORCH_CHECK_VALUE(weights.device() == shards[0].device(), "fastunlearn: weights are on ", weights.device());
+  for (size_t s = 0; s < outs.size(); ++s) {
+    TORCH_CHECK_VALUE(outs[s].device() == shards[0].device() && outs[s].scalar_type() == shards[0].scalar_type() &&
+                          outs[s].sizes() == shards[s % n].sizes(),
+                      "fastunlearn: output ", s, " differs in device, dtype or shape from its inputs");
+  }
+  if (m == 0) return;
   const at::Device device = shards[0].device();
   const c10::DeviceGuard guard(device);
   const Layouts layouts = layouts_of(outs.slice(0, n));
@@ -191,14 +206,24 @@ void combine_cuda(at::TensorList outs, const at::Tensor& weights, at::TensorList
 DeviceTable step_table(at::TensorList params, const std::vector<at::TensorList>& state, at::TensorList grads,
                        InputPointers& grad_copies) {
   const int64_t n = static_cast<int64_t>(params.size());
-  for (const auto& list : state) {
-    for (int64_t i = 0; i < n; ++i) {
-      TORCH_CHECK_VALUE(same_dense_layout(list[i], params[i]),
-                        "fastunlearn: optimizer state must be dense and in its parameter's layout");
-    }
-  }
   for (int64_t i = 0; i < n; ++i) {
     TORCH_CHECK_VALUE(params[i].is_non_overlapping_and_dense(), "fastunlearn: parameter ", i, " is not dense");
+    TORCH_CHECK_TYPE(params[i].scalar_type() == params[0].scalar_type() && params[i].device() == params[0].device(),
+                     "fastunlearn: parameter ", i, " differs in dtype or device from parameter 0");
+  }
+  for (const auto& list : state) {
+    TORCH_CHECK_VALUE(static_cast<int64_t>(list.size()) == n, "fastunlearn: one state tensor per parameter");
+    for (int64_t i = 0; i < n; ++i) {
+      TORCH_CHECK_VALUE(same_dense_layout(list[i], params[i]) && list[i].scalar_type() == params[i].scalar_type(),
+                        "fastunlearn: optimizer state must be dense and in its parameter's layout and dtype");
+    }
+  }
+  TORCH_CHECK_VALUE(!grads.empty() && grads.size() % n == 0, "fastunlearn: gradients must be K vectors of ", n,
+                    " shards");
+  for (size_t s = 0; s < grads.size(); ++s) {
+    TORCH_CHECK_VALUE(grads[s].sizes() == params[s % n].sizes() && grads[s].scalar_type() == params[0].scalar_type() &&
+                          grads[s].device() == params[0].device(),
+                      "fastunlearn: gradient shard ", s, " does not match its parameter");
   }
   Layouts layouts = layouts_of(params);
   grad_copies = input_pointers(grads, n, layouts);
@@ -209,6 +234,12 @@ DeviceTable step_table(at::TensorList params, const std::vector<at::TensorList>&
   }
   flat.insert(flat.end(), grad_copies.ptrs.begin(), grad_copies.ptrs.end());
   return make_table(rows_of(flat, n), sizes_of(params, n), params[0].element_size(), params[0].device());
+}
+
+at::Tensor step_weights(const at::Tensor& weights, int64_t num_vectors, const at::Tensor& param) {
+  TORCH_CHECK_VALUE(weights.numel() == num_vectors && weights.device() == param.device(), "fastunlearn: weights must be ",
+                    num_vectors, " values on ", param.device());
+  return weights.reshape({-1}).to(compute_type(param.scalar_type())).contiguous();
 }
 
 at::Tensor hyper_tensor(const std::vector<double>& values, const at::Tensor& like) {
@@ -225,8 +256,8 @@ void sgd_step_cuda(at::TensorList params, at::TensorList momentum_buffers, const
   const bool has_momentum = momentum != 0.0;
   InputPointers grad_copies;
   const DeviceTable table = step_table(params, {has_momentum ? momentum_buffers : params}, grads, grad_copies);
-  const at::Tensor w = weights.reshape({-1}).to(compute_type(params[0].scalar_type())).contiguous();
-  const at::Tensor hyper = hyper_tensor({lr, momentum, dampening, weight_decay}, params[0]);
+  const at::Tensor w = step_weights(weights, num_vectors, params[0]);
+  const at::Tensor hyper = hyper_tensor({lr, momentum, 1.0 - dampening, weight_decay}, params[0]);
   const SgdFlags flags{has_momentum, first_step, nesterov, maximize};
   check_launch(launch_sgd_step(dtype_of(params[0].scalar_type()), table.view, static_cast<int>(num_vectors),
                                w.const_data_ptr(), hyper.const_data_ptr(), flags, grid_for(table.view, device),
@@ -242,11 +273,12 @@ void adamw_step_cuda(at::TensorList params, at::TensorList exp_avgs, at::TensorL
   const c10::DeviceGuard guard(device);
   InputPointers grad_copies;
   const DeviceTable table = step_table(params, {exp_avgs, exp_avg_sqs}, grads, grad_copies);
-  const at::Tensor w = weights.reshape({-1}).to(compute_type(params[0].scalar_type())).contiguous();
+  const at::Tensor w = step_weights(weights, num_vectors, params[0]);
   const double bias_correction1 = 1.0 - std::pow(beta1, static_cast<double>(step));
   const double bias_correction2_sqrt = std::sqrt(1.0 - std::pow(beta2, static_cast<double>(step)));
-  const at::Tensor hyper =
-      hyper_tensor({lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2_sqrt}, params[0]);
+  const at::Tensor hyper = hyper_tensor({1.0 - beta1, beta2, 1.0 - beta2, eps, 1.0 - lr * weight_decay,
+                                         lr / bias_correction1, bias_correction2_sqrt},
+                                        params[0]);
   check_launch(launch_adamw_step(dtype_of(params[0].scalar_type()), table.view, static_cast<int>(num_vectors),
                                  w.const_data_ptr(), hyper.const_data_ptr(), maximize, grid_for(table.view, device),
                                  current_stream(device)),

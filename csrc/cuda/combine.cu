@@ -9,13 +9,11 @@ namespace fastunlearn {
 namespace cuda {
 namespace {
 
+// The weights are read through the read-only cache: any K fits, with no shared-memory limit.
 template <typename scalar_t, int MAXM>
 __global__ void __launch_bounds__(kThreads) combine_kernel(ShardTable table, int k, int m, const void* weights) {
   using comp_t = typename Compute<scalar_t>::type;
-  extern __shared__ unsigned char shared_bytes[];
-  comp_t* w = reinterpret_cast<comp_t*>(shared_bytes);
-  for (int p = threadIdx.x; p < m * k; p += kThreads) w[p] = static_cast<const comp_t*>(weights)[p];
-  __syncthreads();
+  const comp_t* __restrict__ w = static_cast<const comp_t*>(weights);
 
   for (int64_t c = blockIdx.x; c < table.num_chunks; c += gridDim.x) {
     const Chunk chunk = chunk_at(table, c);
@@ -26,12 +24,12 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(ShardTable table, int
       comp_t sums[MAXM];
       const comp_t x0 = to_float(row_ptr<const scalar_t>(table, 0, chunk.shard)[e]);
 #pragma unroll
-      for (int j = 0; j < MAXM; ++j) sums[j] = j < m ? w[j * k] * x0 : comp_t(0);
+      for (int j = 0; j < MAXM; ++j) sums[j] = j < m ? __ldg(w + j * k) * x0 : comp_t(0);
       for (int v = 1; v < k; ++v) {
         const comp_t x = to_float(row_ptr<const scalar_t>(table, v, chunk.shard)[e]);
 #pragma unroll
         for (int j = 0; j < MAXM; ++j) {
-          if (j < m) sums[j] += w[j * k + v] * x;
+          if (j < m) sums[j] += __ldg(w + j * k + v) * x;
         }
       }
 #pragma unroll
@@ -44,12 +42,10 @@ __global__ void __launch_bounds__(kThreads) combine_kernel(ShardTable table, int
 
 template <typename scalar_t>
 int launch_typed(const ShardTable& table, int k, int m, const void* weights, int grid, void* stream) {
-  using comp_t = typename Compute<scalar_t>::type;
-  const size_t shared = static_cast<size_t>(m) * k * sizeof(comp_t);
-  if (m == 1) return launch(combine_kernel<scalar_t, 1>, grid, shared, stream, table, k, m, weights);
-  if (m <= 4) return launch(combine_kernel<scalar_t, 4>, grid, shared, stream, table, k, m, weights);
+  if (m == 1) return launch(combine_kernel<scalar_t, 1>, grid, 0, stream, table, k, m, weights);
+  if (m <= 4) return launch(combine_kernel<scalar_t, 4>, grid, 0, stream, table, k, m, weights);
   if (m > kMaxOuts) return static_cast<int>(cudaErrorInvalidValue);
-  return launch(combine_kernel<scalar_t, kMaxOuts>, grid, shared, stream, table, k, m, weights);
+  return launch(combine_kernel<scalar_t, kMaxOuts>, grid, 0, stream, table, k, m, weights);
 }
 
 }  // namespace

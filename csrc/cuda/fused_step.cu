@@ -1,6 +1,7 @@
 // SGD and AdamW along d = sum_k weights[k] * grads[k], formed per element in registers and never
 // written to memory. The arithmetic follows fastunlearn.reference operation by operation, in fp32
-// (fp64 for fp64 parameters).
+// (fp64 for fp64 parameters); scalars derived from the hyperparameters (1 - beta2, lr / bias
+// correction, ...) come from the host, computed in double as the reference's Python floats are.
 #include "device_support.cuh"
 
 namespace fastunlearn {
@@ -24,7 +25,7 @@ __global__ void __launch_bounds__(kThreads) sgd_kernel(ShardTable table, int k, 
   using comp_t = typename Compute<scalar_t>::type;
   const comp_t* w = static_cast<const comp_t*>(weights);
   const comp_t* h = static_cast<const comp_t*>(hyper);
-  const comp_t lr = h[0], momentum = h[1], dampening = h[2], weight_decay = h[3];
+  const comp_t lr = h[0], momentum = h[1], one_minus_dampening = h[2], weight_decay = h[3];
   for (int64_t c = blockIdx.x; c < table.num_chunks; c += gridDim.x) {
     const Chunk chunk = chunk_at(table, c);
     scalar_t* param = row_ptr<scalar_t>(table, 0, chunk.shard);
@@ -34,7 +35,7 @@ __global__ void __launch_bounds__(kThreads) sgd_kernel(ShardTable table, int k, 
       const comp_t p = to_float(param[e]);
       if (weight_decay != comp_t(0)) d += weight_decay * p;
       if (flags.has_momentum) {
-        const comp_t buf = flags.first_step ? d : momentum * to_float(buffer[e]) + (comp_t(1) - dampening) * d;
+        const comp_t buf = flags.first_step ? d : momentum * to_float(buffer[e]) + one_minus_dampening * d;
         buffer[e] = from_comp<scalar_t, comp_t>(buf);
         d = flags.nesterov ? d + momentum * buf : buf;
       }
@@ -49,8 +50,8 @@ __global__ void __launch_bounds__(kThreads) adamw_kernel(ShardTable table, int k
   using comp_t = typename Compute<scalar_t>::type;
   const comp_t* w = static_cast<const comp_t*>(weights);
   const comp_t* h = static_cast<const comp_t*>(hyper);
-  const comp_t lr = h[0], beta1 = h[1], beta2 = h[2], eps = h[3], weight_decay = h[4];
-  const comp_t bias_correction1 = h[5], bias_correction2_sqrt = h[6];
+  const comp_t one_minus_beta1 = h[0], beta2 = h[1], one_minus_beta2 = h[2], eps = h[3];
+  const comp_t decay = h[4], step_size = h[5], bias_correction2_sqrt = h[6];
   for (int64_t c = blockIdx.x; c < table.num_chunks; c += gridDim.x) {
     const Chunk chunk = chunk_at(table, c);
     scalar_t* param = row_ptr<scalar_t>(table, 0, chunk.shard);
@@ -59,13 +60,13 @@ __global__ void __launch_bounds__(kThreads) adamw_kernel(ShardTable table, int k
     for (int64_t e = chunk.begin + threadIdx.x; e < chunk.end; e += kThreads) {
       const comp_t d = weighted_gradient<scalar_t>(table, kGradRow0Adamw, k, w, chunk.shard, e, maximize);
       comp_t m = to_float(exp_avg[e]);
-      m = m + (comp_t(1) - beta1) * (d - m);
-      const comp_t v = beta2 * to_float(exp_avg_sq[e]) + (comp_t(1) - beta2) * d * d;
+      m = m + one_minus_beta1 * (d - m);
+      const comp_t v = beta2 * to_float(exp_avg_sq[e]) + one_minus_beta2 * d * d;
       const comp_t denom = sqrt(v) / bias_correction2_sqrt + eps;
       exp_avg[e] = from_comp<scalar_t, comp_t>(m);
       exp_avg_sq[e] = from_comp<scalar_t, comp_t>(v);
       const comp_t p = to_float(param[e]);
-      param[e] = from_comp<scalar_t, comp_t>(p * (comp_t(1) - lr * weight_decay) - (lr / bias_correction1) * (m / denom));
+      param[e] = from_comp<scalar_t, comp_t>(p * decay - step_size * (m / denom));
     }
   }
 }

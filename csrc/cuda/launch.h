@@ -39,8 +39,8 @@ int launch_gram_partials(Dtype dtype, const ShardTable& table, int row0, int col
                          bool same, double* partials, int grid, void* stream);
 
 // Rows 0..k-1 of the table are inputs, rows k..k+m-1 outputs; out_j = sum_v weights[j * k + v] *
-// in_v, with weights (m x k) in the compute dtype (double for kF64, float otherwise). m <=
-// kMaxOuts. Each thread reads all inputs of an element before writing its outputs.
+// in_v, with weights (m x k, device memory) in the compute dtype (double for kF64, float
+// otherwise). m <= kMaxOuts. Each thread reads all inputs of an element before writing its outputs.
 int launch_combine(Dtype dtype, const ShardTable& table, int k, int m, const void* weights, int grid,
                    void* stream);
 
@@ -49,12 +49,12 @@ struct SgdFlags {
 };
 
 // Row 0 params, row 1 momentum buffers (any row when !has_momentum), rows 2.. the k gradients.
-// hyper = {lr, momentum, dampening, weight_decay} and weights (k) in the compute dtype.
+// hyper = {lr, momentum, 1 - dampening, weight_decay} and weights (k) in the compute dtype.
 int launch_sgd_step(Dtype dtype, const ShardTable& table, int k, const void* weights, const void* hyper,
                     SgdFlags flags, int grid, void* stream);
 
-// Row 0 params, 1 exp_avg, 2 exp_avg_sq, 3.. the k gradients. hyper = {lr, beta1, beta2, eps,
-// weight_decay, bias_correction1, bias_correction2_sqrt} in the compute dtype.
+// Row 0 params, 1 exp_avg, 2 exp_avg_sq, 3.. the k gradients. hyper = {1 - beta1, beta2, 1 - beta2,
+// eps, 1 - lr * weight_decay, lr / bias_correction1, bias_correction2_sqrt} in the compute dtype.
 int launch_adamw_step(Dtype dtype, const ShardTable& table, int k, const void* weights, const void* hyper,
                       bool maximize, int grid, void* stream);
 
