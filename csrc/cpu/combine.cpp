@@ -3,6 +3,8 @@
 
 #include <ATen/Parallel.h>
 
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "kernel_support.h"
@@ -10,6 +12,54 @@
 
 namespace fastunlearn {
 namespace {
+
+constexpr int kMaxStreamedInputs = 4;
+
+template <typename scalar_t> struct Lanes { typedef scalar_t type __attribute__((vector_size(64))); };
+
+// One output of at most four fp32/fp64 inputs (combine_, the projections): a single loop per piece
+// reads every input of a vector and writes its output (in place is safe element by element), with
+// no staging and no per-block loop overheads, which dominate with short shards. The arithmetic is
+// the staged loop's, operation for operation, so the bits are the same.
+template <typename scalar_t, int K>
+FU_INLINE void combine_piece_streamed(scalar_t* y, const scalar_t* const* x, const scalar_t* w, int64_t len) {
+  using V = typename Lanes<scalar_t>::type;
+  constexpr int64_t width = 64 / sizeof(scalar_t);
+  int64_t t = 0;
+#pragma GCC unroll 2
+  for (; t + width <= len; t += width) {
+    V xv;
+    std::memcpy(&xv, x[0] + t, sizeof(V));
+    V acc = w[0] * xv;
+#pragma GCC unroll 4
+    for (int v = 1; v < K; ++v) {
+      std::memcpy(&xv, x[v] + t, sizeof(V));
+      acc = acc + w[v] * xv;
+    }
+    std::memcpy(y + t, &acc, sizeof(V));
+  }
+  for (; t < len; ++t) {
+    scalar_t acc = w[0] * x[0][t];
+    for (int v = 1; v < K; ++v) acc = acc + w[v] * x[v][t];
+    y[t] = acc;
+  }
+}
+
+template <typename scalar_t>
+FU_INLINE void combine_chunk_streamed(const ChunkPlan& plan, int64_t chunk, void* const* outs,
+                                      const void* const* ins, int64_t k, int64_t n, const scalar_t* w) {
+  for_each_piece(plan, chunk, [&](int64_t shard, int64_t begin, int64_t end) __attribute__((always_inline)) {
+    const scalar_t* x[kMaxStreamedInputs];
+    for (int64_t v = 0; v < k; ++v) x[v] = static_cast<const scalar_t*>(ins[v * n + shard]) + begin;
+    scalar_t* y = static_cast<scalar_t*>(outs[shard]) + begin;
+    switch (k) {
+      case 1: return combine_piece_streamed<scalar_t, 1>(y, x, w, end - begin);
+      case 2: return combine_piece_streamed<scalar_t, 2>(y, x, w, end - begin);
+      case 3: return combine_piece_streamed<scalar_t, 3>(y, x, w, end - begin);
+      default: return combine_piece_streamed<scalar_t, 4>(y, x, w, end - begin);
+    }
+  });
+}
 
 // Every input of a block is read before any output of it is written, so an output that is one of
 // the inputs (same shard, same memory) is updated correctly.
@@ -19,6 +69,11 @@ FU_INLINE void combine_chunk(const ChunkPlan& plan, int64_t chunk, void* const* 
                              const double* weights) {
   using comp_t = typename Compute<scalar_t>::type;
   std::vector<comp_t> w(weights, weights + num_outs * k);
+  if constexpr (std::is_same_v<scalar_t, comp_t>) {
+    if (num_outs == 1 && k <= kMaxStreamedInputs) {
+      return combine_chunk_streamed<scalar_t>(plan, chunk, outs, ins, k, n, w.data());
+    }
+  }
   std::vector<comp_t> sums(num_outs * kBlock);
   for_each_piece(plan, chunk, [&](int64_t shard, int64_t begin, int64_t end) __attribute__((always_inline)) {
     for (int64_t pos = begin; pos < end; pos += kBlock) {
