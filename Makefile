@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-columns=median,iqr,rounds
 	$(BIN)/python benchmarks/report.py
 	$(BIN)/python benchmarks/sweep.py
+	$(BIN)/python benchmarks/shard_bar.py
 
 clean:
 	rm -rf build $(VENV) fastunlearn/*.so *.egg-info
