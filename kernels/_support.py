@@ -34,10 +34,6 @@ def compute_type(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def check_device(device: torch.device) -> None:
     """Compiled kernels take CUDA tensors; interpreted ones CPU tensors only (the interpreter reads
     the shard tables' addresses on the host)."""
