@@ -1,10 +1,14 @@
 #include "fast_path.h"
 
+#include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/utils/object_ptr.h>
 
 #include <algorithm>
 #include <array>
+#include <optional>
 #include <vector>
 
 #include "cpu/combine.h"
@@ -19,40 +23,25 @@ bool supported_dtype(at::ScalarType dtype) {
   return dtype == at::kDouble || dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf;
 }
 
-// Wrapper tensors (DTensor, fake and functional tensors, vmap batches) take the ordinary route.
+// Strided tensors with no wrapper, sparse or nested structure; anything else (DTensor, fake and
+// functional tensors, vmap batches) takes the ordinary route. Reads the key set only, so it is safe
+// on any tensor before its sizes or data are touched.
 bool plain_tensor(const at::Tensor& t) {
   const c10::DispatchKeySet keys = t.key_set();
   return !keys.has(c10::DispatchKey::Python) && !keys.has(c10::DispatchKey::FuncTorchBatched) &&
-         !keys.has(c10::DispatchKey::Functionalize);
+         !keys.has(c10::DispatchKey::Functionalize) && !t.is_nested() && t.layout() == at::kStrided;
 }
 
 // Separately allocated gradients keep each tensor's metadata on its own heap page, between the
-// data blocks: every visit of 20,000 of them costs a cache and a TLB miss each. So a list is
-// visited once, with the metadata prefetched a few tensors ahead (the object, its TensorImpl,
-// its StorageImpl) so that the misses overlap, and what the checks and kernels need is copied into
-// a compact record per tensor that later passes read instead.
-constexpr Py_ssize_t kPrefetchObjects = 24, kPrefetchImpls = 12, kPrefetchStorages = 6;
+// data blocks: every visit of 20,000 of them costs a cache and a TLB miss each. So a call visits
+// each tensor once: the Python objects in list order (prefetched ahead), then the TensorImpls and
+// StorageImpls split among the intra-op threads (prefetched ahead in each thread's range), so
+// that the misses overlap; what the checks and kernels need is copied into a compact record.
+constexpr Py_ssize_t kPrefetchObjects = 24;
+constexpr int64_t kPrefetchImpls = 12, kPrefetchStorages = 6;
+// Lists shorter than this are read by one thread: waking the others costs more.
+constexpr int64_t kParallelMetadata = 2048;
 constexpr int64_t kInlineDims = 5;
-
-const at::Tensor* tensor_of(PyObject* item) {
-  return THPVariable_Check(item) ? &THPVariable_Unpack(item) : nullptr;
-}
-
-void prefetch_metadata(PyObject* const* items, Py_ssize_t i, Py_ssize_t size) {
-  if (i + kPrefetchObjects < size) __builtin_prefetch(items[i + kPrefetchObjects]);
-  if (i + kPrefetchImpls < size) {
-    if (const at::Tensor* t = tensor_of(items[i + kPrefetchImpls])) {
-      const char* impl = reinterpret_cast<const char*>(t->unsafeGetTensorImpl());
-      for (int line = 0; line < 4; ++line) __builtin_prefetch(impl + 64 * line);
-    }
-  }
-  if (i + kPrefetchStorages < size) {
-    const at::Tensor* t = tensor_of(items[i + kPrefetchStorages]);
-    if (t != nullptr && t->has_storage()) {
-      __builtin_prefetch(t->unsafeGetTensorImpl()->unsafe_storage().unsafeGetStorageImpl());
-    }
-  }
-}
 
 // One tensor's metadata, as the fast path uses it.
 struct Meta {
@@ -61,7 +50,7 @@ struct Meta {
   int64_t dim;  // sizes are kept inline up to kInlineDims; beyond, compared through the tensor
   std::array<int64_t, kInlineDims> sizes;
   at::ScalarType dtype;
-  bool cpu, requires_grad, contiguous;
+  bool plain, cpu, requires_grad, inference, contiguous;
 
   bool same_shape(const Meta& other, const at::Tensor& t, const at::Tensor& other_t) const {
     if (dim != other.dim) return false;
@@ -72,6 +61,8 @@ struct Meta {
 
 Meta meta_of(const at::Tensor& t) {
   Meta m{};
+  m.plain = plain_tensor(t);
+  if (!m.plain) return m;
   m.data = t.has_storage() ? t.const_data_ptr() : nullptr;
   m.numel = t.numel();
   m.dim = t.dim();
@@ -79,81 +70,162 @@ Meta meta_of(const at::Tensor& t) {
   m.dtype = t.scalar_type();
   m.cpu = t.device().is_cpu();
   m.requires_grad = t.requires_grad();
+  m.inference = t.is_inference();
   m.contiguous = t.is_contiguous();
   return m;
 }
 
-// The tensors of a Python list, borrowed, with their metadata: a strong reference to each item
-// keeps it alive (also while the GIL is released, whatever other threads do to the list), and no
-// TensorImpl's reference count is touched. (No tuple: a GC-tracked container of 20,000 items
-// costs the collector.)
+void prefetch_impl(const at::Tensor& t) {
+  const char* impl = reinterpret_cast<const char*>(t.unsafeGetTensorImpl());
+  for (int line = 0; line < 4; ++line) __builtin_prefetch(impl + 64 * line);
+}
+
+// The items of a list or tuple, borrowed from it.
+struct Items {
+  PyObject* const* data;
+  Py_ssize_t size;
+};
+
+Items items_of(PyObject* sequence) {
+  TORCH_CHECK_TYPE(PyList_Check(sequence) || PyTuple_Check(sequence), "fastunlearn: expected a list or tuple");
+  return {PySequence_Fast_ITEMS(sequence), PySequence_Fast_GET_SIZE(sequence)};
+}
+
+bool same_items(PyObject* a, PyObject* b) {
+  const Items x = items_of(a), y = items_of(b);
+  return x.size == y.size && std::equal(x.data, x.data + x.size, y.data);
+}
+
+// The tensors of one or more Python lists (or tuples), concatenated and borrowed, with their
+// metadata: a strong reference to each item keeps it alive (also while the GIL is released,
+// whatever other threads do to the lists), and no TensorImpl's reference count is touched. (No
+// new Python container: a GC-tracked one of 20,000 items costs the collector.)
 class BorrowedTensors {
  public:
-  explicit BorrowedTensors(PyObject* list) {
-    TORCH_CHECK_TYPE(PyList_Check(list), "fastunlearn: expected a list of tensors");
-    const Py_ssize_t size = PyList_GET_SIZE(list);
-    PyObject* const* items = &PyList_GET_ITEM(list, 0);
-    metas_.reserve(size);
-    for (Py_ssize_t i = 0; i < size; ++i) {
-      prefetch_metadata(items, i, size);
-      const at::Tensor* t = tensor_of(items[i]);
-      TORCH_CHECK_TYPE(t != nullptr && plain_tensor(*t), "fastunlearn: element ", i, " is not a plain tensor");
-      metas_.push_back(meta_of(*t));
-    }
-    objects_.assign(items, items + size);
-    for (PyObject* item : objects_) Py_INCREF(item);
-    tensors_.reserve(size);
-    for (PyObject* item : objects_) {
-      c10::TensorImpl* impl = THPVariable_Unpack(item).unsafeGetTensorImpl();
-      tensors_.emplace_back(c10::intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>::reclaim(impl));
-    }
+  explicit BorrowedTensors(const std::vector<PyObject*>& sequences) {
+    size_t total = 0;
+    for (PyObject* sequence : sequences) total += items_of(sequence).size;
+    refs_.objects.reserve(total);
+    refs_.tensors.reserve(total);
+    for (PyObject* sequence : sequences) borrow(items_of(sequence));
+    read_metadata();
   }
-  ~BorrowedTensors() {
-    for (at::Tensor& t : tensors_) t.unsafeReleaseTensorImpl();
-    for (PyObject* item : objects_) Py_DECREF(item);
-  }
-  BorrowedTensors(const BorrowedTensors&) = delete;
-  BorrowedTensors& operator=(const BorrowedTensors&) = delete;
 
-  const std::vector<at::Tensor>& tensors() const { return tensors_; }
+  const std::vector<at::Tensor>& tensors() const { return refs_.tensors; }
+  at::TensorList tensors(size_t count) const { return at::TensorList(refs_.tensors.data(), count); }
   const std::vector<Meta>& metas() const { return metas_; }
-  size_t size() const { return tensors_.size(); }
-  bool all_contiguous() const {
-    return std::all_of(metas_.begin(), metas_.end(), [](const Meta& m) { return m.contiguous; });
+  size_t size() const { return refs_.tensors.size(); }
+  bool all_contiguous(size_t count) const {
+    return std::all_of(metas_.begin(), metas_.begin() + count, [](const Meta& m) { return m.contiguous; });
   }
 
  private:
-  std::vector<PyObject*> objects_;
-  std::vector<at::Tensor> tensors_;
+  // Released by its own destructor, so that a constructor that throws half-way lets go of what it took.
+  struct References {
+    std::vector<PyObject*> objects;
+    std::vector<at::Tensor> tensors;
+    ~References() {
+      for (at::Tensor& t : tensors) t.unsafeReleaseTensorImpl();
+      for (PyObject* item : objects) Py_DECREF(item);
+    }
+  };
+
+  void borrow(Items items) {
+    for (Py_ssize_t i = 0; i < items.size; ++i) {
+      if (i + kPrefetchObjects < items.size) __builtin_prefetch(items.data[i + kPrefetchObjects]);
+      PyObject* item = items.data[i];
+      TORCH_CHECK_TYPE(THPVariable_Check(item), "fastunlearn: element ", i, " is not a tensor");
+      Py_INCREF(item);
+      refs_.objects.push_back(item);
+      c10::TensorImpl* impl = THPVariable_Unpack(item).unsafeGetTensorImpl();
+      refs_.tensors.emplace_back(c10::intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>::reclaim(impl));
+    }
+  }
+
+  // Reads tensor fields only (no Python object): safe on the intra-op threads, and nothing in it throws.
+  void read_metadata() {
+    const std::vector<at::Tensor>& t = refs_.tensors;
+    const auto size = static_cast<int64_t>(t.size());
+    metas_.resize(t.size());
+    at::parallel_for(0, size, kParallelMetadata, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        if (i + kPrefetchImpls < end) prefetch_impl(t[i + kPrefetchImpls]);
+        if (i + kPrefetchStorages < end) {
+          const c10::TensorImpl* impl = t[i + kPrefetchStorages].unsafeGetTensorImpl();
+          if (impl->has_storage()) __builtin_prefetch(impl->unsafe_storage().unsafeGetStorageImpl());
+        }
+        metas_[i] = meta_of(t[i]);
+      }
+    });
+  }
+
+  References refs_;
   std::vector<Meta> metas_;
+};
+
+// K vectors (a list or tuple of lists or tuples of tensors), borrowed flat and vector-major.
+struct Vectors {
+  std::vector<PyObject*> sequences;
+  int64_t k;
+
+  explicit Vectors(PyObject* vectors) {
+    const Items items = items_of(vectors);
+    sequences.assign(items.data, items.data + items.size);
+    k = static_cast<int64_t>(sequences.size());
+  }
 };
 
 // K vectors of n CPU shards: one supported dtype, shapes equal at each shard index, and no shard
 // that needs autograd while grad mode is on (the fast path has no backward; outputs that require
 // grad may only be written under no_grad). What fastunlearn/_validate.py checks, in C++.
-void check_vectors(const BorrowedTensors& shards, int64_t k, bool allow_grad) {
+int64_t check_vectors(const BorrowedTensors& shards, int64_t k, bool allow_grad) {
   TORCH_CHECK_VALUE(k > 0 && shards.size() > 0 && shards.size() % k == 0, "fastunlearn: bad shard list");
   const int64_t n = static_cast<int64_t>(shards.size()) / k;
   const std::vector<Meta>& m = shards.metas();
+  TORCH_CHECK_TYPE(m[0].plain && supported_dtype(m[0].dtype), "fastunlearn: dtype");
   const at::ScalarType dtype = m[0].dtype;
-  TORCH_CHECK_TYPE(supported_dtype(dtype), "fastunlearn: dtype");
   const bool grad_mode = at::GradMode::is_enabled();
   for (size_t s = 0; s < m.size(); ++s) {
-    TORCH_CHECK_VALUE(m[s].cpu && m[s].dtype == dtype, "fastunlearn: shard ", s);
+    TORCH_CHECK_VALUE(m[s].plain && m[s].cpu && m[s].dtype == dtype, "fastunlearn: shard ", s);
     TORCH_CHECK_VALUE(allow_grad || !grad_mode || !m[s].requires_grad, "fastunlearn: shard ", s, " requires grad");
     const size_t ref = s % n;
     TORCH_CHECK_VALUE(m[s].same_shape(m[ref], shards.tensors()[s], shards.tensors()[ref]), "fastunlearn: shard ", s);
   }
+  return n;
 }
 
-// Outputs pair with the first vector: CPU, its dtype and shapes, and writable (see check_vectors).
-void check_outputs(const BorrowedTensors& outs, const BorrowedTensors& shards) {
+// The n outputs of a combine: the first n tensors of `owner` (its own list, or the first vector's
+// shards for an update in place).
+struct Outputs {
+  const BorrowedTensors& owner;
+  int64_t n;
+
+  const Meta* metas() const { return owner.metas().data(); }
+  at::TensorList tensors() const { return owner.tensors(n); }
+  bool contiguous() const { return owner.all_contiguous(n); }
+};
+
+// The outputs in `out_obj`: the first vector's shards when it holds the very same tensors (an
+// update in place, whose metadata is then not read twice), else its own tensors, held by `own`.
+Outputs outputs_of(PyObject* out_obj, const Vectors& vectors, const BorrowedTensors& shards, int64_t n,
+                   std::optional<BorrowedTensors>& own) {
+  TORCH_CHECK_VALUE(items_of(out_obj).size == n, "fastunlearn: out");
+  if (same_items(out_obj, vectors.sequences[0])) return {shards, n};
+  own.emplace(std::vector<PyObject*>{out_obj});
+  return {*own, n};
+}
+
+// Outputs pair with the first vector: CPU, its dtype and shapes, and writable (see check_vectors;
+// an inference tensor only inside inference mode, as for torch's own in-place ops).
+void check_outputs(const Outputs& outs, const BorrowedTensors& shards) {
   const bool grad_mode = at::GradMode::is_enabled();
-  const std::vector<Meta>& o = outs.metas();
+  const bool inference_mode = c10::InferenceMode::is_enabled();
+  const Meta* o = outs.metas();
   const std::vector<Meta>& m = shards.metas();
-  for (size_t i = 0; i < o.size(); ++i) {
-    TORCH_CHECK_VALUE(o[i].cpu && o[i].dtype == m[0].dtype, "fastunlearn: out ", i);
+  for (int64_t i = 0; i < outs.n; ++i) {
+    TORCH_CHECK_VALUE(o[i].plain && o[i].cpu && o[i].dtype == m[0].dtype, "fastunlearn: out ", i);
     TORCH_CHECK_VALUE(!grad_mode || !o[i].requires_grad, "fastunlearn: out ", i, " requires grad");
+    TORCH_CHECK_VALUE(inference_mode || !o[i].inference, "fastunlearn: out ", i, " is an inference tensor");
     TORCH_CHECK_VALUE(o[i].same_shape(m[i], outs.tensors()[i], shards.tensors()[i]), "fastunlearn: out ", i);
   }
 }
@@ -174,14 +246,14 @@ std::vector<const void*> pointers_of(const std::vector<Meta>& metas) {
 
 // Contiguous outputs and inputs of equal shapes: an output may only meet an input by being its
 // very memory at the same shard index (find_overlap's rule, on the records).
-bool contiguous_overlap(const std::vector<Meta>& outs, const std::vector<Meta>& inputs, int64_t n, int64_t itemsize) {
+bool contiguous_overlap(const Meta* outs, int64_t n, const std::vector<Meta>& inputs, int64_t itemsize) {
   std::vector<Span> spans;
-  spans.reserve(outs.size() + inputs.size());
+  spans.reserve(n + inputs.size());
   const auto add = [&](const Meta& m, bool is_out, int64_t index) {
     const auto begin = reinterpret_cast<uintptr_t>(m.data);
     if (m.numel > 0) spans.push_back({begin, begin + static_cast<uintptr_t>(m.numel * itemsize), is_out, index});
   };
-  for (size_t i = 0; i < outs.size(); ++i) add(outs[i], true, static_cast<int64_t>(i));
+  for (int64_t i = 0; i < n; ++i) add(outs[i], true, i);
   for (size_t i = 0; i < inputs.size(); ++i) {
     if (inputs[i].data != outs[i % n].data) add(inputs[i], false, static_cast<int64_t>(i));
   }
@@ -190,75 +262,129 @@ bool contiguous_overlap(const std::vector<Meta>& outs, const std::vector<Meta>& 
           }).empty();
 }
 
-PyObject* gram_list(PyObject* /*self*/, PyObject* args) {
-  HANDLE_TH_ERRORS
-  PyObject* list = nullptr;
-  Py_ssize_t k = 0;
-  if (!PyArg_ParseTuple(args, "On", &list, &k)) return nullptr;
-  const BorrowedTensors shards(list);
-  check_vectors(shards, k, /*allow_grad=*/false);
-  if (!shards.all_contiguous()) return THPVariable_Wrap(gram_cpu(shards.tensors(), k));
+// Whether the combine may run on raw pointers; raises on an overlap the op does not allow.
+bool check_combine(const Outputs& outs, const BorrowedTensors& shards) {
+  const bool contiguous = outs.contiguous() && shards.all_contiguous(shards.size());
+  if (contiguous) {
+    const auto itemsize = static_cast<int64_t>(c10::elementSize(shards.metas()[0].dtype));
+    TORCH_CHECK_VALUE(!contiguous_overlap(outs.metas(), outs.n, shards.metas(), itemsize), "fastunlearn: overlap");
+  } else {
+    TORCH_CHECK_VALUE(find_overlap(outs.tensors(), shards.tensors(), outs.n).empty(), "fastunlearn: overlap");
+  }
+  return contiguous;
+}
+
+void check_weights(const at::Tensor& weights, int64_t k) {
+  TORCH_CHECK_VALUE(plain_tensor(weights) && weights.dim() == 1 && weights.size(0) == k &&
+                        supported_dtype(weights.scalar_type()) && weights.device().is_cpu(),
+                    "fastunlearn: weights");
+}
+
+const at::Tensor& tensor_arg(PyObject* obj, const char* what) {
+  TORCH_CHECK_TYPE(THPVariable_Check(obj), "fastunlearn: ", what, " is not a tensor");
+  return THPVariable_Unpack(obj);
+}
+
+// The Gram matrix in the accumulation dtype, with the GIL released.
+at::Tensor run_gram(const BorrowedTensors& shards, int64_t k) {
+  pybind11::gil_scoped_release no_gil;
+  if (!shards.all_contiguous(shards.size())) return gram_cpu(shards.tensors(), k);
   const int64_t n = static_cast<int64_t>(shards.size()) / k;
   const std::vector<const void*> ptrs = pointers_of(shards.metas());
   const at::ScalarType dtype = shards.metas()[0].dtype;
-  at::Tensor result = gram_pointers(ptrs.data(), plan_of(shards.metas(), n), k, dtype);
-  return THPVariable_Wrap(result.to(accumulation_dtype(dtype)));
-  END_HANDLE_TH_ERRORS
+  return gram_pointers(ptrs.data(), plan_of(shards.metas(), n), k, dtype).to(accumulation_dtype(dtype));
 }
 
-void bump_versions(const BorrowedTensors& outs) {
-  const std::vector<at::Tensor>& t = outs.tensors();
-  for (size_t i = 0; i < t.size(); ++i) {
-    if (i + kPrefetchImpls < t.size()) __builtin_prefetch(t[i + kPrefetchImpls].unsafeGetTensorImpl());
-    t[i].unsafeGetTensorImpl()->bump_version();
-  }
+void bump_versions(const Outputs& outs) {
+  const at::TensorList t = outs.tensors();
+  at::parallel_for(0, outs.n, kParallelMetadata, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      if (i + kPrefetchImpls < end) __builtin_prefetch(t[i + kPrefetchImpls].unsafeGetTensorImpl());
+      t[i].unsafeGetTensorImpl()->bump_version();
+    }
+  });
 }
 
-// out[i] = sum_k weights[k] * vectors[k][i]; outs may be the first vector's shards (in place).
-PyObject* combine_list(PyObject* /*self*/, PyObject* args) {
-  HANDLE_TH_ERRORS
-  PyObject *out_list = nullptr, *list = nullptr, *weights_obj = nullptr;
-  Py_ssize_t k = 0;
-  if (!PyArg_ParseTuple(args, "OOOn", &out_list, &weights_obj, &list, &k)) return nullptr;
-  const BorrowedTensors outs(out_list), shards(list);
-  TORCH_CHECK_TYPE(THPVariable_Check(weights_obj), "fastunlearn: weights");
-  const at::Tensor& weights = THPVariable_Unpack(weights_obj);
-  TORCH_CHECK_VALUE(weights.dim() == 1 && weights.size(0) == k && supported_dtype(weights.scalar_type()) &&
-                        weights.device().is_cpu() && plain_tensor(weights),
-                    "fastunlearn: weights");
-  check_vectors(shards, k, /*allow_grad=*/true);
-  const int64_t n = static_cast<int64_t>(shards.size()) / k;
-  TORCH_CHECK_VALUE(static_cast<int64_t>(outs.size()) == n, "fastunlearn: out");
-  check_outputs(outs, shards);
-  const bool contiguous = outs.all_contiguous() && shards.all_contiguous();
-  if (contiguous) {
-    const int64_t itemsize = static_cast<int64_t>(c10::elementSize(shards.metas()[0].dtype));
-    TORCH_CHECK_VALUE(!contiguous_overlap(outs.metas(), shards.metas(), n, itemsize), "fastunlearn: overlap");
-  } else {
-    TORCH_CHECK_VALUE(find_overlap(outs.tensors(), shards.tensors(), n).empty(), "fastunlearn: overlap");
-  }
+// Every check has passed: the outputs are written (GIL released), then their versions bumped.
+void run_combine(const Outputs& outs, const at::Tensor& weights, const BorrowedTensors& shards, int64_t k,
+                 bool contiguous) {
   {
     pybind11::gil_scoped_release no_gil;
     if (contiguous) {
       const at::Tensor w = weights.to(at::kDouble).contiguous();
-      std::vector<void*> out_ptrs(outs.size());
-      std::transform(outs.metas().begin(), outs.metas().end(), out_ptrs.begin(),
+      std::vector<void*> out_ptrs(outs.n);
+      std::transform(outs.metas(), outs.metas() + outs.n, out_ptrs.begin(),
                      [](const Meta& m) { return const_cast<void*>(m.data); });
       const std::vector<const void*> in_ptrs = pointers_of(shards.metas());
-      combine_pointers(out_ptrs.data(), 1, in_ptrs.data(), plan_of(shards.metas(), n), k, w.const_data_ptr<double>(),
-                       shards.metas()[0].dtype);
+      combine_pointers(out_ptrs.data(), 1, in_ptrs.data(), plan_of(shards.metas(), outs.n), k,
+                       w.const_data_ptr<double>(), shards.metas()[0].dtype);
     } else {
       combine_cpu(outs.tensors(), weights.reshape({1, -1}), shards.tensors(), k);
     }
   }
   bump_versions(outs);
+}
+
+// gram(vectors): the K x K Gram matrix in the accumulation dtype.
+PyObject* gram_vectors(PyObject* /*self*/, PyObject* vectors_obj) {
+  HANDLE_TH_ERRORS
+  const Vectors vectors(vectors_obj);
+  const BorrowedTensors shards(vectors.sequences);
+  check_vectors(shards, vectors.k, /*allow_grad=*/false);
+  return THPVariable_Wrap(run_gram(shards, vectors.k));
+  END_HANDLE_TH_ERRORS
+}
+
+// combine_vectors(out, weights, vectors): out[i] = sum_k weights[k] * vectors[k][i]; out may be
+// the first vector (in place).
+PyObject* combine_vectors(PyObject* /*self*/, PyObject* args) {
+  HANDLE_TH_ERRORS
+  PyObject *out_obj = nullptr, *weights_obj = nullptr, *vectors_obj = nullptr;
+  if (!PyArg_ParseTuple(args, "OOO", &out_obj, &weights_obj, &vectors_obj)) return nullptr;
+  const Vectors vectors(vectors_obj);
+  const BorrowedTensors shards(vectors.sequences);
+  const int64_t n = check_vectors(shards, vectors.k, /*allow_grad=*/true);
+  const at::Tensor& weights = tensor_arg(weights_obj, "weights");
+  check_weights(weights, vectors.k);
+  std::optional<BorrowedTensors> own_outs;
+  const Outputs outs = outputs_of(out_obj, vectors, shards, n, own_outs);
+  check_outputs(outs, shards);
+  run_combine(outs, weights, shards, vectors.k, check_combine(outs, shards));
   Py_RETURN_NONE;
   END_HANDLE_TH_ERRORS
 }
 
+// gram_combine_vectors(out, vectors, weights_of) -> (gram, weights): the Gram pass, weights =
+// weights_of(gram) (a (K,) tensor), then the combine pass into out, each shard's metadata read
+// once. Every check of both passes runs before weights_of is called and before anything is written.
+PyObject* gram_combine_vectors(PyObject* /*self*/, PyObject* args) {
+  HANDLE_TH_ERRORS
+  PyObject *out_obj = nullptr, *vectors_obj = nullptr, *weights_of = nullptr;
+  if (!PyArg_ParseTuple(args, "OOO", &out_obj, &vectors_obj, &weights_of)) return nullptr;
+  const Vectors vectors(vectors_obj);
+  const BorrowedTensors shards(vectors.sequences);
+  const int64_t n = check_vectors(shards, vectors.k, /*allow_grad=*/false);
+  std::optional<BorrowedTensors> own_outs;
+  const Outputs outs = outputs_of(out_obj, vectors, shards, n, own_outs);
+  check_outputs(outs, shards);
+  const bool contiguous = check_combine(outs, shards);
+
+  THPObjectPtr gram(THPVariable_Wrap(run_gram(shards, vectors.k)));
+  if (!gram) return nullptr;
+  THPObjectPtr weights_obj(PyObject_CallOneArg(weights_of, gram.get()));
+  if (!weights_obj) return nullptr;
+  const at::Tensor& weights = tensor_arg(weights_obj.get(), "weights");
+  check_weights(weights, vectors.k);
+  run_combine(outs, weights, shards, vectors.k, contiguous);
+  return PyTuple_Pack(2, gram.get(), weights_obj.get());
+  END_HANDLE_TH_ERRORS
+}
+
 PyMethodDef methods[] = {
-    {"gram_list", gram_list, METH_VARARGS, "Gram matrix of a flat, vector-major shard list (fast path)."},
-    {"combine_list", combine_list, METH_VARARGS, "combine_ on flat shard lists (fast path)."},
+    {"gram_vectors", gram_vectors, METH_O, "Gram matrix of K shard lists (fast path)."},
+    {"combine_vectors", combine_vectors, METH_VARARGS, "combine_ on shard lists (fast path)."},
+    {"gram_combine_vectors", gram_combine_vectors, METH_VARARGS,
+     "A Gram pass, weights from it, then a combine pass, on shard lists (fast path)."},
     {nullptr, nullptr, 0, nullptr},
 };
 

@@ -2,8 +2,8 @@
 
 With thousands of shards, per-tensor Python work (validation, the dispatcher's argument
 conversion, the custom-op wrapper) costs more than reading the data. For eager calls on CPU tensors
-the public ops first hand the flat list to plain C++ entry points (csrc/fast_path.cpp) that unpack
-it directly and check what ``fastunlearn._validate`` checks. Anything those entry points do not
+the public ops first hand their lists to plain C++ entry points (csrc/fast_path.cpp) that unpack
+them directly and check what ``fastunlearn._validate`` checks. Anything those entry points do not
 accept -- bad input, tensors that need autograd, other devices -- returns None here, and the op
 takes its ordinary route, which validates in Python and raises the usual error. Nothing is written
 before every check of a call has passed.
@@ -11,7 +11,7 @@ before every check of a call has passed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -31,25 +31,23 @@ def _native():
     return _C
 
 
-def flat_list(vectors: Sequence, backend: str) -> list[Tensor] | None:
-    """The shards of ``vectors``, flat and vector-major, if the call may take the fast path."""
+def eligible(vectors: Sequence, backend: str) -> bool:
+    """Whether a call on ``vectors`` (K lists or tuples of tensors) may take the fast path."""
     if not _backend.native_available() or _traced():
-        return None
+        return False
     if type(vectors) not in (list, tuple) or not vectors:
-        return None
-    flat: list = []
-    for vector in vectors:
-        if type(vector) not in (list, tuple) or len(vector) != len(vectors[0]):
-            return None
-        flat.extend(vector)
-    if len(flat) < MIN_SHARDS or not isinstance(flat[0], Tensor):
-        return None
+        return False
+    first = vectors[0]
+    if type(first) not in (list, tuple) or not first or not isinstance(first[0], Tensor):
+        return False
+    if any(type(vector) not in (list, tuple) or len(vector) != len(first) for vector in vectors):
+        return False
+    if len(vectors) * len(first) < MIN_SHARDS:
+        return False
     try:
-        if _backend.resolve(backend, flat[0].device) != "cpp":
-            return None
+        return _backend.resolve(backend, first[0].device) == "cpp"
     except _ERRORS:
-        return None
-    return flat
+        return False
 
 
 def _traced() -> bool:
@@ -63,20 +61,30 @@ def _traced() -> bool:
     )
 
 
-def gram(flat: list[Tensor], num_vectors: int) -> Tensor | None:
+def gram(vectors: Sequence[Sequence[Tensor]]) -> Tensor | None:
     """The Gram matrix in the accumulation dtype, or None where the ordinary route must decide."""
     try:
-        return _native().gram_list(flat, num_vectors)
+        return _native().gram_vectors(vectors)
     except _ERRORS:
         return None
 
 
-def combine_(out: Sequence[Tensor], weights: Tensor, flat: list[Tensor], num_vectors: int) -> bool:
+def combine_(out: Sequence[Tensor], weights: Tensor, vectors: Sequence[Sequence[Tensor]]) -> bool:
     """``out = sum_k weights[k] vectors[k]``; False (nothing written) where the ordinary route must decide."""
-    if type(out) not in (list, tuple):
-        return False
     try:
-        _native().combine_list(list(out), weights, flat, num_vectors)
+        _native().combine_vectors(out, weights, vectors)
         return True
     except _ERRORS:
         return False
+
+
+def gram_combine_(
+    out: Sequence[Tensor], vectors: Sequence[Sequence[Tensor]], weights_of: Callable[[Tensor], Tensor]
+) -> tuple[Tensor, Tensor] | None:
+    """The Gram matrix G of ``vectors``, then ``out = sum_k w[k] vectors[k]`` with ``w = weights_of(G)``,
+    reading each shard's metadata once: ``(G, w)``, or None (nothing written) where the ordinary
+    route must decide. ``weights_of`` runs only once every check of both passes has passed."""
+    try:
+        return _native().gram_combine_vectors(out, vectors, weights_of)
+    except _ERRORS:
+        return None

@@ -78,7 +78,16 @@ def check_matches(vector: list[Tensor], ref: list[Tensor], what: str, ref_what: 
 
 
 def check_writable(outs: list[Tensor], what: str) -> None:
-    """Outputs of an in-place op carry no autograd history that the write would corrupt."""
+    """Outputs of an in-place op carry no autograd history that the write would corrupt, and are
+    inference tensors only inside inference mode (torch's own rule for in-place updates; not
+    checked under torch.compile, which cannot trace inference-mode queries)."""
+    if not torch.compiler.is_compiling() and not torch.is_inference_mode_enabled():
+        for i, t in enumerate(outs):
+            if t.is_inference():
+                raise ValueError(
+                    f"{what} shard {i} is an inference tensor, which may only be updated in place inside "
+                    "torch.inference_mode() (clone it first to get a normal tensor)"
+                )
     if torch.is_grad_enabled():
         for i, t in enumerate(outs):
             if t.requires_grad:

@@ -96,6 +96,11 @@ def _projection_coefficient(gram: Tensor, mode: str, eps: float) -> Tensor:
     return torch.where(conflict | dot.isnan(), coef, torch.zeros_like(coef))
 
 
+def _unit_minus(coefs: Tensor) -> Tensor:
+    """The combine weights ``[1, -c_1, ..., -c_m]`` of ``g - sum_j c_j r_j``."""
+    return torch.cat([torch.ones_like(coefs.reshape(-1)[:1]), -coefs.reshape(-1)])
+
+
 @torch.library.custom_op("fastunlearn::project_", mutates_args=("g",))
 def _project_(g: list[Tensor], r: list[Tensor], when: str, eps: float, backend: str) -> Tensor:
     # (`when` is `mode` of the public function: torch.library reserves the name `mode`.)
@@ -104,7 +109,7 @@ def _project_(g: list[Tensor], r: list[Tensor], when: str, eps: float, backend: 
     shards = [*g, *r]
     gram = impl.gram(shards, 2)
     coef = _projection_coefficient(gram, when, eps)
-    impl.combine_(g, torch.stack([torch.ones_like(coef), -coef]).reshape(1, 2), shards, 2)
+    impl.combine_(g, _unit_minus(coef).reshape(1, 2), shards, 2)
     return torch.stack([gram[0, 1], gram[0, 0], gram[1, 1], coef])
 
 
@@ -122,7 +127,7 @@ def _project_normal_(
     shards = [*g, *directions]
     gram = impl.gram(shards, num_directions + 1)
     coefs = _span_coefficients(gram, eps)
-    impl.combine_(g, torch.cat([torch.ones_like(coefs[:1]), -coefs]).reshape(1, -1), shards, num_directions + 1)
+    impl.combine_(g, _unit_minus(coefs).reshape(1, -1), shards, num_directions + 1)
     return coefs
 
 
@@ -222,10 +227,9 @@ def gram(vectors: Sequence[Vector], *, dtype: torch.dtype | None = None, backend
     """
     if distributed.needs_unwrap(vectors, group):
         return _sharded_gram(vectors, group, backend).to(dtype or _result_dtype(vectors[0][0].dtype))
-    flat = _fast.flat_list(vectors, backend)
-    result = _fast.gram(flat, len(vectors)) if flat is not None else None
+    result = _fast.gram(vectors) if _fast.eligible(vectors, backend) else None
     if result is not None:
-        return result.to(dtype or _result_dtype(flat[0].dtype))
+        return result.to(dtype or _result_dtype(vectors[0][0].dtype))
     shards, _ = _validate.flatten_vectors(vectors)
     name = _backend.resolve(backend, shards[0].device)
     return _gram(shards, len(vectors), name).to(dtype or _result_dtype(shards[0].dtype))
@@ -279,8 +283,7 @@ def combine_(out: Vector, weights: Tensor, vectors: Sequence[Vector], *, backend
         local, _ = distributed.unwrap([out, *vectors])  # purely local: no collective
         combine_(local[0], weights, local[1:], backend=backend)
         return out
-    flat = _fast.flat_list(vectors, backend)
-    if flat is not None and _fast.combine_(out, weights, flat, len(vectors)):
+    if _fast.eligible(vectors, backend) and _fast.combine_(out, weights, vectors):
         return out
     shards, n = _validate.flatten_vectors(vectors)
     out_shards = _validate.check_vector(out, "out")
@@ -320,14 +323,13 @@ def project_(
         _validate.check_writable(_validate.check_vector(g_local, "g"), "g")
         gram = _reduced_gram([g_local, r_local], reduction, backend)
         coef = _projection_coefficient(gram, mode, float(eps))
-        combine_(g_local, torch.stack([torch.ones_like(coef), -coef]), [g_local, r_local], backend=backend)
+        combine_(g_local, _unit_minus(coef), [g_local, r_local], backend=backend)
         return ProjectionStats(gram[0, 1], gram[0, 0], gram[1, 1], coef)
-    flat = _fast.flat_list([g, r], backend)
-    gram = _fast.gram(flat, 2) if flat is not None else None
-    if gram is not None:
-        coef = _projection_coefficient(gram, mode, float(eps))
-        if _fast.combine_(flat[: len(g)], torch.stack([torch.ones_like(coef), -coef]), flat, 2):
-            return ProjectionStats(gram[0, 1], gram[0, 0], gram[1, 1], coef)
+    if _fast.eligible([g, r], backend):
+        done = _fast.gram_combine_(g, [g, r], lambda gram: _unit_minus(_projection_coefficient(gram, mode, float(eps))))
+        if done is not None:
+            gram, weights = done
+            return ProjectionStats(gram[0, 1], gram[0, 0], gram[1, 1], -weights[1])
     shards, n = _validate.flatten_vectors([g, r])
     _validate.check_writable(shards[:n], "g")
     name = _backend.resolve(backend, shards[0].device)
@@ -357,15 +359,12 @@ def project_normal_(
         _validate.check_writable(_validate.check_vector(local[0], "g"), "g")
         gram = _reduced_gram(local, reduction, backend)
         coefs = _span_coefficients(gram, float(eps))
-        combine_(local[0], torch.cat([torch.ones_like(coefs[:1]), -coefs]), local, backend=backend)
+        combine_(local[0], _unit_minus(coefs), local, backend=backend)
         return coefs
-    flat = _fast.flat_list([g, *directions], backend)
-    gram = _fast.gram(flat, len(directions) + 1) if flat is not None else None
-    if gram is not None:
-        coefs = _span_coefficients(gram, float(eps))
-        weights = torch.cat([torch.ones_like(coefs[:1]), -coefs])
-        if _fast.combine_(flat[: len(g)], weights, flat, len(directions) + 1):
-            return coefs
+    if _fast.eligible([g, *directions], backend):
+        done = _fast.gram_combine_(g, [g, *directions], lambda gram: _unit_minus(_span_coefficients(gram, float(eps))))
+        if done is not None:
+            return -done[1][1:]
     shards, n = _validate.flatten_vectors([g, *directions], what="[g, *directions]")
     _validate.check_writable(shards[:n], "g")
     name = _backend.resolve(backend, shards[0].device)
@@ -433,13 +432,15 @@ def pcgrad_(
     _validate.check_choice(reduction, _validate.REDUCTIONS, "reduction")
     if distributed.needs_unwrap(vectors, group) or distributed.needs_unwrap([out], None):
         return _sharded_pcgrad_(out, vectors, reduction, order, generator, float(eps), backend, group)
-    flat = _fast.flat_list(vectors, backend)
-    gram = _fast.gram(flat, len(vectors)) if flat is not None else None
-    if gram is not None:
-        order_ = _checked_order(order, len(vectors), flat[0].device, generator)
-        weights = _pcgrad_weights(gram, order_, reduction, float(eps))
-        if _fast.combine_(out, weights, flat, len(vectors)):
-            return PCGradStats(gram, weights)
+    if _fast.eligible(vectors, backend):
+
+        def weights_of(gram: Tensor) -> Tensor:
+            order_ = _checked_order(order, len(vectors), gram.device, generator)
+            return _pcgrad_weights(gram, order_, reduction, float(eps))
+
+        done = _fast.gram_combine_(out, vectors, weights_of)
+        if done is not None:
+            return PCGradStats(*done)
     shards, n = _validate.flatten_vectors(vectors)
     out_shards = _validate.check_vector(out, "out")
     _validate.check_matches(out_shards, shards[:n], "out", "vectors[0]")

@@ -28,7 +28,7 @@ def ordinary_route(monkeypatch):
 def test_the_fast_path_is_taken_for_long_lists(monkeypatch):
     calls = []
     original = _fast.gram
-    monkeypatch.setattr(_fast, "gram", lambda flat, k: calls.append(len(flat)) or original(flat, k))
+    monkeypatch.setattr(_fast, "gram", lambda vectors: calls.append(sum(map(len, vectors))) or original(vectors))
     fu.gram(make_vectors(SHAPES, 2))
     fu.gram(make_vectors(SHAPES[:8], 2))
     assert calls == [200]
@@ -36,12 +36,13 @@ def test_the_fast_path_is_taken_for_long_lists(monkeypatch):
 
 def every_op(run, g, r, h):
     """Each in-place op once on fresh copies, through `run`; returns everything they produced."""
-    a, b, out = clone(g), clone(r), [torch.empty_like(s) for s in g]
+    a, b, h, out = clone(g), clone(r), clone(h), [torch.empty_like(s) for s in g]
     stats = run(lambda: fu.project_(a, b, mode="conflict"))
     run(lambda: fu.combine_(out, torch.tensor([0.5, -2.0, 1.0]), [a, b, h]))
+    run(lambda: fu.combine_(h, torch.tensor([-1.5, 0.25]), (tuple(h), b)))  # in place, a tuple
     alpha = run(lambda: fu.project_normal_(b, [a, h]))
     pc = run(lambda: fu.pcgrad_(a, [a, b, h], order=torch.tensor([[1, 2, 0], [0, 2, 1], [2, 1, 0]])))
-    return a, b, out, torch.stack(list(stats)), alpha, pc.weights
+    return a, b, h, out, torch.stack(list(stats)), alpha, pc.weights
 
 
 LAYOUTS = {
@@ -100,6 +101,29 @@ def bad_calls():
         out[7] = buffer[5 * 64 + 10 : 6 * 64 + 10]  # straddles g[5] and g[6]
         return lambda: fu.combine_(out, torch.tensor([1.0, 1.0]), [g, r]), g, ValueError
 
+    def overlapping_out_in_any_order(name, order):
+        def call():
+            g, r = vectors()
+            out = [torch.empty_like(s) for s in g]
+            out[89] = g[85]
+            g, r, out = ([x[i] for i in order] for x in (g, r, out))
+            return lambda: fu.combine_(out, torch.tensor([1.0, 1.0]), [g, r]), g, ValueError
+
+        call.__name__ = name
+        return call
+
+    # Spans are sorted by merging each list's address runs, or outright when there are many.
+    shuffled = torch.randperm(100, generator=torch.Generator().manual_seed(0)).tolist()
+    overlapping_out_reversed = overlapping_out_in_any_order("overlapping_out_reversed", range(99, -1, -1))
+    overlapping_out_shuffled = overlapping_out_in_any_order("overlapping_out_shuffled", shuffled)
+    in_runs = [*range(50, 100), *range(49, -1, -1)]
+    overlapping_out_in_runs = overlapping_out_in_any_order("overlapping_out_in_runs", in_runs)
+
+    def inference_out():
+        with torch.inference_mode():
+            g, r = vectors()
+        return lambda: fu.combine_(g, torch.tensor([1.0, 1.0]), [g, r]), g, ValueError
+
     def wrong_weights():
         g, r = vectors()
         return lambda: fu.combine_(g, torch.tensor([1.0, 1.0, 1.0]), [g, r]), g, ValueError
@@ -114,7 +138,11 @@ def bad_calls():
         dtype_mismatch,
         not_a_tensor,
         overlapping_out,
+        overlapping_out_reversed,
+        overlapping_out_shuffled,
+        overlapping_out_in_runs,
         partly_overlapping_out,
+        inference_out,
         wrong_weights,
         meta_shard,
     ]
@@ -181,3 +209,33 @@ def test_out_that_requires_grad_is_written_under_no_grad_like_the_ordinary_route
             stats = run(lambda: fu.pcgrad_(out, [g, r], generator=gen))  # noqa: B023
         results.append((stats.weights, gen.get_state()))
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_overlaps_are_found_whatever_the_address_order(seed):
+    """Views of shared buffers in runs of ascending and descending order, or shuffled: the C++ sweeps
+    (the fast path's, and find_overlap behind the ordinary route) find a planted overlap and no other."""
+    gen = torch.Generator().manual_seed(seed)
+    n = 120
+    buffers = [torch.randn(n * 8, generator=gen) for _ in range(3)]
+    g, r, out = (list(b.split(8)) for b in buffers)
+    cut = sorted(torch.randint(1, n, (3,), generator=gen).tolist())
+    pieces = [list(range(a, b)) for a, b in zip([0, *cut], [*cut, n])]
+    order = [i for k, p in enumerate(pieces) for i in (p[::-1] if k % 2 else p)]
+    if seed % 3 == 2:
+        order = torch.randperm(n, generator=gen).tolist()
+    g, r, out = ([x[i] for i in order] for x in (g, r, out))
+    weights = torch.tensor([1.0, -2.0])
+    if seed % 2:
+        i, j = torch.randint(0, n - 1, (2,), generator=gen).tolist()
+        out[i] = buffers[0][j * 8 + 3 : j * 8 + 11]  # straddles g's shards j and j + 1
+        assert torch.ops.fastunlearn_cpu.find_overlap(out, [*r, *g], n)
+        before = [t.clone() for t in buffers]
+        with pytest.raises(ValueError, match="overlap"):
+            _fast._native().combine_vectors(out, weights, [r, g])
+        assert all(torch.equal(a, b) for a, b in zip(before, buffers))
+    else:
+        assert not torch.ops.fastunlearn_cpu.find_overlap(out, [*r, *g], n)
+        _fast._native().combine_vectors(out, weights, [r, g])
+        expected = [a * 1.0 + b * -2.0 for a, b in zip(buffers[1].split(8), buffers[0].split(8))]
+        assert_same_bits(list(buffers[2].split(8)), expected)
