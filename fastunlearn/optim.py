@@ -130,12 +130,14 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
             params = self.params
             grads = _checked_vectors(vectors, params)
             _validate.check_weights(weights, (len(grads),), params[0].device)
+            _validate.check_writable(to_local(params), "param")
             self._update_groups([group["params"] for group in self.param_groups], weights, grads)
             return loss
         with_grad = [[p for p in group["params"] if p.grad is not None] for group in self.param_groups]
         params = [p for group in with_grad for p in group]
         if params:
             grads = _checked_vectors([[p.grad for p in params]], params)
+            _validate.check_writable(to_local(params), "param")
             local = to_local(params[:1])[0]
             self._update_groups(with_grad, torch.ones(1, dtype=local.dtype, device=local.device), grads)
         return loss

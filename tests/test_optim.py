@@ -169,6 +169,21 @@ def test_bad_input_raises_before_anything_changes(make_opt):
             assert torch.equal(value, other) if torch.is_tensor(value) else value == other
 
 
+@pytest.mark.parametrize("optimizer", [fu.optim.SGD, fu.optim.AdamW])
+def test_inference_params_are_updated_only_inside_inference_mode(optimizer):
+    with torch.inference_mode():
+        params = [torch.ones(3), torch.ones(2, 2)]
+        for p in params:
+            p.grad = torch.full_like(p, 0.5)
+    opt = optimizer(params, lr=0.1)
+    with pytest.raises(ValueError, match="inference tensor"):
+        opt.step()
+    assert all(torch.equal(p, torch.ones_like(p)) for p in params)
+    with torch.inference_mode():
+        opt.step()
+    assert all((p < 1).all() for p in params)
+
+
 def test_bad_hyperparameters_and_backend_names():
     params = list(small_model().parameters())
     with pytest.raises(ValueError, match="lr"):
