@@ -295,12 +295,15 @@ at::Tensor run_gram(const BorrowedTensors& shards, int64_t k) {
   return gram_pointers(ptrs.data(), plan_of(shards.metas(), n), k, dtype).to(accumulation_dtype(dtype));
 }
 
+// Inference tensors have no version counter (they are written only inside inference mode, which
+// check_outputs ensured on this thread: the intra-op threads do not see that thread-local mode).
 void bump_versions(const Outputs& outs) {
   const at::TensorList t = outs.tensors();
   at::parallel_for(0, outs.n, kParallelMetadata, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       if (i + kPrefetchImpls < end) __builtin_prefetch(t[i + kPrefetchImpls].unsafeGetTensorImpl());
-      t[i].unsafeGetTensorImpl()->bump_version();
+      c10::TensorImpl* impl = t[i].unsafeGetTensorImpl();
+      if (impl->version_counter().enabled()) impl->bump_version();
     }
   });
 }

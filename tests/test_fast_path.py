@@ -176,6 +176,16 @@ def test_in_place_writes_bump_version_counters():
     assert all(s._version > v for s, v in zip(g, versions))
 
 
+def test_inference_tensors_are_updated_once_inside_inference_mode(ordinary_route):
+    """Long enough lists that the intra-op threads read the metadata and bump the versions."""
+    with torch.inference_mode():
+        g, r = make_vectors([(3,)] * 3000, 2)
+        expected, _ = make_vectors([(3,)] * 3000, 2)
+        fu.combine_(g, torch.tensor([2.0, -1.0]), [g, r])
+        ordinary_route(lambda: fu.combine_(expected, torch.tensor([2.0, -1.0]), [expected, r]))
+    assert_same_bits(g, expected)
+
+
 def test_vectors_of_different_lengths_are_an_error_not_a_split_of_the_total():
     a = [torch.ones(1) for _ in range(33)]
     b = [torch.full((1,), 2.0) for _ in range(31)]
