@@ -1,6 +1,7 @@
 """The many-shards check: 10,000 separately allocated fp32 shards of 1,000 elements against one
 10M-element shard, per op. Each round times both cases back to back and keeps their ratio; the
-median ratio over the rounds is printed, so load on a shared machine hits both sides alike.
+median ratio over the rounds is printed (with the spread of the rounds' ratios), so load on a
+shared machine hits both sides alike.
 
     python benchmarks/shard_bar.py [--rounds 40]
 """
@@ -43,9 +44,11 @@ def main() -> None:
             op(many)
             ratios.append((time.perf_counter() - middle) / (middle - start))
             base.append(middle - start)
+        deciles = statistics.quantiles(ratios, n=10)
         print(
             f"{name:9s} 10,000 x 1,000 / 1 x 10M = {statistics.median(ratios):.2f}x "
-            f"(one 10M shard: {statistics.median(base) * 1e3:.2f} ms, {torch.get_num_threads()} threads)"
+            f"(rounds' 10th-90th percentile {deciles[0]:.2f}-{deciles[-1]:.2f}x; "
+            f"one 10M shard: {statistics.median(base) * 1e3:.2f} ms, {torch.get_num_threads()} threads)"
         )
 
 
