@@ -2,6 +2,7 @@
 
 #include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
+#include <c10/core/impl/COW.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/utils/object_ptr.h>
@@ -9,6 +10,7 @@
 #include <algorithm>
 #include <array>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "cpu/combine.h"
@@ -23,13 +25,16 @@ bool supported_dtype(at::ScalarType dtype) {
   return dtype == at::kDouble || dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf;
 }
 
-// Strided tensors with no wrapper, sparse or nested structure; anything else (DTensor, fake and
-// functional tensors, vmap batches) takes the ordinary route. Reads the key set only, so it is safe
-// on any tensor before its sizes or data are touched.
+// Strided tensors whose memory holds their values as they are: anything else (DTensor, fake and
+// functional tensors, vmap batches and grad wrappers, lazily negated or conjugated views, zero
+// tensors without memory, sparse and nested tensors) takes the ordinary route, where the dispatcher
+// resolves it. Reads the key set only, so it is safe on any tensor before its sizes or data are touched.
 bool plain_tensor(const at::Tensor& t) {
-  const c10::DispatchKeySet keys = t.key_set();
-  return !keys.has(c10::DispatchKey::Python) && !keys.has(c10::DispatchKey::FuncTorchBatched) &&
-         !keys.has(c10::DispatchKey::Functionalize) && !t.is_nested() && t.layout() == at::kStrided;
+  using c10::DispatchKey;
+  static const c10::DispatchKeySet not_plain({DispatchKey::Python, DispatchKey::FuncTorchBatched,
+                                              DispatchKey::FuncTorchGradWrapper, DispatchKey::Functionalize,
+                                              DispatchKey::Negative, DispatchKey::Conjugate, DispatchKey::ZeroTensor});
+  return !t.key_set().has_any(not_plain) && !t.is_nested() && t.layout() == at::kStrided;
 }
 
 // Separately allocated gradients keep each tensor's metadata on its own heap page, between the
@@ -51,6 +56,7 @@ struct Meta {
   std::array<int64_t, kInlineDims> sizes;
   at::ScalarType dtype;
   bool plain, cpu, requires_grad, inference, contiguous;
+  bool copy_on_write;  // writing it needs the ordinary route, whose data_ptr() materialises the copy
 
   bool same_shape(const Meta& other, const at::Tensor& t, const at::Tensor& other_t) const {
     if (dim != other.dim) return false;
@@ -61,10 +67,12 @@ struct Meta {
 
 Meta meta_of(const at::Tensor& t) {
   Meta m{};
-  m.plain = plain_tensor(t);
+  m.plain = plain_tensor(t) && t.has_storage();
   if (!m.plain) return m;
-  m.data = t.has_storage() ? t.const_data_ptr() : nullptr;
+  m.data = t.const_data_ptr();
   m.numel = t.numel();
+  m.plain = m.data != nullptr || m.numel == 0;
+  m.copy_on_write = c10::impl::cow::is_cow_data_ptr(t.storage().data_ptr());
   m.dim = t.dim();
   if (m.dim <= kInlineDims) std::copy(t.sizes().begin(), t.sizes().end(), m.sizes.begin());
   m.dtype = t.scalar_type();
@@ -87,7 +95,7 @@ struct Items {
 };
 
 Items items_of(PyObject* sequence) {
-  TORCH_CHECK_TYPE(PyList_Check(sequence) || PyTuple_Check(sequence), "fastunlearn: expected a list or tuple");
+  TORCH_CHECK_TYPE(PyList_CheckExact(sequence) || PyTuple_CheckExact(sequence), "fastunlearn: expected a list or tuple");
   return {PySequence_Fast_ITEMS(sequence), PySequence_Fast_GET_SIZE(sequence)};
 }
 
@@ -110,6 +118,9 @@ class BorrowedTensors {
     for (PyObject* sequence : sequences) borrow(items_of(sequence));
     read_metadata();
   }
+
+  BorrowedTensors(const BorrowedTensors&) = delete;
+  BorrowedTensors& operator=(const BorrowedTensors&) = delete;
 
   const std::vector<at::Tensor>& tensors() const { return refs_.tensors; }
   at::TensorList tensors(size_t count) const { return at::TensorList(refs_.tensors.data(), count); }
@@ -134,7 +145,9 @@ class BorrowedTensors {
     for (Py_ssize_t i = 0; i < items.size; ++i) {
       if (i + kPrefetchObjects < items.size) __builtin_prefetch(items.data[i + kPrefetchObjects]);
       PyObject* item = items.data[i];
-      TORCH_CHECK_TYPE(THPVariable_Check(item), "fastunlearn: element ", i, " is not a tensor");
+      // A type check that runs no Python code (THPVariable_Check may call __instancecheck__).
+      TORCH_CHECK_TYPE(PyObject_TypeCheck(item, reinterpret_cast<PyTypeObject*>(THPVariableClass)),
+                       "fastunlearn: element ", i, " is not a tensor");
       Py_INCREF(item);
       refs_.objects.push_back(item);
       c10::TensorImpl* impl = THPVariable_Unpack(item).unsafeGetTensorImpl();
@@ -163,15 +176,23 @@ class BorrowedTensors {
   std::vector<Meta> metas_;
 };
 
-// K vectors (a list or tuple of lists or tuples of tensors), borrowed flat and vector-major.
+// K vectors: a list or tuple of K lists or tuples of n tensors each (held while the call runs).
 struct Vectors {
   std::vector<PyObject*> sequences;
+  std::vector<THPObjectPtr> held;
   int64_t k;
 
   explicit Vectors(PyObject* vectors) {
     const Items items = items_of(vectors);
     sequences.assign(items.data, items.data + items.size);
     k = static_cast<int64_t>(sequences.size());
+    for (PyObject* sequence : sequences) {
+      Py_INCREF(sequence);
+      held.emplace_back(sequence);
+    }
+    for (PyObject* sequence : sequences) {
+      TORCH_CHECK_VALUE(items_of(sequence).size == items_of(sequences[0]).size, "fastunlearn: vectors differ in length");
+    }
   }
 };
 
@@ -226,6 +247,7 @@ void check_outputs(const Outputs& outs, const BorrowedTensors& shards) {
     TORCH_CHECK_VALUE(o[i].plain && o[i].cpu && o[i].dtype == m[0].dtype, "fastunlearn: out ", i);
     TORCH_CHECK_VALUE(!grad_mode || !o[i].requires_grad, "fastunlearn: out ", i, " requires grad");
     TORCH_CHECK_VALUE(inference_mode || !o[i].inference, "fastunlearn: out ", i, " is an inference tensor");
+    TORCH_CHECK_VALUE(!o[i].copy_on_write, "fastunlearn: out ", i, " is a lazy copy");
     TORCH_CHECK_VALUE(o[i].same_shape(m[i], outs.tensors()[i], shards.tensors()[i]), "fastunlearn: out ", i);
   }
 }
@@ -308,22 +330,36 @@ void bump_versions(const Outputs& outs) {
   });
 }
 
-// Every check has passed: the outputs are written (GIL released), then their versions bumped.
+void write_combine(const Outputs& outs, const at::Tensor& weights, const BorrowedTensors& shards, int64_t k,
+                   bool contiguous) {
+  if (!contiguous) return combine_cpu(outs.tensors(), weights.reshape({1, -1}), shards.tensors(), k);
+  const at::Tensor w = weights.to(at::kDouble).contiguous();
+  std::vector<void*> out_ptrs(outs.n);
+  std::transform(outs.metas(), outs.metas() + outs.n, out_ptrs.begin(),
+                 [](const Meta& m) { return const_cast<void*>(m.data); });
+  const std::vector<const void*> in_ptrs = pointers_of(shards.metas());
+  combine_pointers(out_ptrs.data(), 1, in_ptrs.data(), plan_of(shards.metas(), outs.n), k, w.const_data_ptr<double>(),
+                   shards.metas()[0].dtype);
+}
+
+// Every check has passed: the outputs are written (GIL released), then their versions bumped. An
+// error once writing may have begun (out of memory) surfaces as SystemError, which the Python side
+// does not answer with the ordinary route: that would apply the update a second time.
 void run_combine(const Outputs& outs, const at::Tensor& weights, const BorrowedTensors& shards, int64_t k,
                  bool contiguous) {
+  std::string failure;
   {
     pybind11::gil_scoped_release no_gil;
-    if (contiguous) {
-      const at::Tensor w = weights.to(at::kDouble).contiguous();
-      std::vector<void*> out_ptrs(outs.n);
-      std::transform(outs.metas(), outs.metas() + outs.n, out_ptrs.begin(),
-                     [](const Meta& m) { return const_cast<void*>(m.data); });
-      const std::vector<const void*> in_ptrs = pointers_of(shards.metas());
-      combine_pointers(out_ptrs.data(), 1, in_ptrs.data(), plan_of(shards.metas(), outs.n), k,
-                       w.const_data_ptr<double>(), shards.metas()[0].dtype);
-    } else {
-      combine_cpu(outs.tensors(), weights.reshape({1, -1}), shards.tensors(), k);
+    try {
+      write_combine(outs, weights, shards, k, contiguous);
+    } catch (const std::exception& e) {
+      failure = e.what();
     }
+  }
+  if (!failure.empty()) {
+    PyErr_Format(PyExc_SystemError, "fastunlearn: combine_ failed after writing part of its outputs: %s",
+                 failure.c_str());
+    throw python_error();
   }
   bump_versions(outs);
 }

@@ -249,3 +249,33 @@ def test_overlaps_are_found_whatever_the_address_order(seed):
         _fast._native().combine_vectors(out, weights, [r, g])
         expected = [a * 1.0 + b * -2.0 for a, b in zip(buffers[1].split(8), buffers[0].split(8))]
         assert_same_bits(list(buffers[2].split(8)), expected)
+
+
+def test_tensors_whose_memory_is_not_their_value_take_the_ordinary_route():
+    """Lazily negated views, zero tensors (no memory) and lazy copies as outputs: the dispatcher
+    resolves them on the ordinary route; raw pointers would read the wrong sign, a null pointer, or
+    write into the copy's source."""
+    g, r = make_vectors(SHAPES, 2)
+    negated = [torch._neg_view(s) for s in r]
+    resolved = [s.resolve_neg() for s in negated]
+    assert torch.equal(fu.gram([g, negated]), fu.gram([g, resolved]))
+    zeros = [*r[:-1], torch._efficientzerotensor(r[-1].shape)]
+    assert torch.equal(fu.gram([g, zeros]), fu.gram([g, [*r[:-1], torch.zeros_like(r[-1])]]))
+    weights = torch.tensor([2.0, -1.0])
+    sources = clone(g)
+    out = [torch._lazy_clone(s) for s in sources]
+    fu.combine_(out, weights, [g, negated])
+    assert_same_bits(sources, g)
+    assert_same_bits(out, fu.combine_([torch.empty_like(s) for s in g], weights, [g, resolved]))
+    out = [torch._lazy_clone(s) for s in sources]
+    fu.combine_(out, weights, [g, r])
+    assert_same_bits(sources, g)
+    assert_same_bits(out, fu.combine_([torch.empty_like(s) for s in g], weights, [g, r]))
+
+
+def test_the_entry_points_check_vector_lengths_themselves():
+    g, r = make_vectors(SHAPES, 2)
+    with pytest.raises(ValueError, match="differ in length"):
+        _fast._native().gram_vectors([g, r[:-2]])
+    with pytest.raises(ValueError, match="differ in length"):
+        _fast._native().combine_vectors(g[:-1], torch.tensor([1.0, 1.0]), [g[:-1], r])
