@@ -95,7 +95,8 @@ struct Items {
 };
 
 Items items_of(PyObject* sequence) {
-  TORCH_CHECK_TYPE(PyList_CheckExact(sequence) || PyTuple_CheckExact(sequence), "fastunlearn: expected a list or tuple");
+  TORCH_CHECK_TYPE(PyList_CheckExact(sequence) || PyTuple_CheckExact(sequence),
+                   "fastunlearn: expected a list or tuple");
   return {PySequence_Fast_ITEMS(sequence), PySequence_Fast_GET_SIZE(sequence)};
 }
 
@@ -191,7 +192,8 @@ struct Vectors {
       held.emplace_back(sequence);
     }
     for (PyObject* sequence : sequences) {
-      TORCH_CHECK_VALUE(items_of(sequence).size == items_of(sequences[0]).size, "fastunlearn: vectors differ in length");
+      TORCH_CHECK_VALUE(items_of(sequence).size == items_of(sequences[0]).size,
+                        "fastunlearn: vectors differ in length");
     }
   }
 };

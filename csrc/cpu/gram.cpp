@@ -29,17 +29,6 @@ FU_INLINE void stage_block(const scalar_t* __restrict src, int64_t len, acc_t* _
   for (int64_t t = len; t < kBlock; ++t) dst[t] = acc_t(0);
 }
 
-template <typename acc_t>
-FU_INLINE void accumulate_pair(const acc_t* __restrict x, const acc_t* __restrict y,
-                               acc_t* __restrict lanes) {
-  acc_t acc[kLanes];
-  for (int j = 0; j < kLanes; ++j) acc[j] = lanes[j];
-  for (int64_t t = 0; t < kBlock; t += kLanes) {
-    for (int j = 0; j < kLanes; ++j) acc[j] += x[t + j] * y[t + j];
-  }
-  for (int j = 0; j < kLanes; ++j) lanes[j] = acc[j];
-}
-
 // Few vectors: all K streams are read in the same loop, so their loads interleave the way a plain
 // dot product's do, and every pair's accumulators stay in vector registers. GCC vector types keep
 // the lane structure (and so the bits) identical in every ISA clone.
@@ -158,15 +147,52 @@ FU_INLINE void gram_chunk_interleaved(const ChunkPlan& plan, int64_t chunk, cons
   }
 }
 
-// Many vectors: each block of every vector is staged once in the accumulation type, then all
-// K(K+1)/2 pair products run from L1.
+// Many vectors: each block of every vector is staged once in the accumulation type, then the pair
+// products run from L1 in register tiles of kTile x kTile vectors, so each staged vector is loaded
+// once per tile rather than once per pair. Every pair accumulates kVecWidth lanes in element order,
+// whatever the tiling, so the bits do not depend on it.
+constexpr int kTile = 4;
+
+// acc holds kVecWidth lanes per pair (a, b), at (a * rows + b) * kVecWidth (plain memory: a
+// std::vector of a vector type would drop its alignment).
+template <bool kDiagonal, typename acc_t>
+FU_INLINE void accumulate_tile(const acc_t* __restrict staged, int64_t a0, int64_t b0, int64_t rows,
+                               acc_t* __restrict acc) {
+  using V = typename Vec<acc_t>::type;
+  V tile[kTile][kTile];
+#pragma GCC unroll 4
+  for (int i = 0; i < kTile; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < kTile; ++j) {
+      std::memcpy(&tile[i][j], acc + ((a0 + i) * rows + b0 + j) * kVecWidth, sizeof(V));
+    }
+  for (int64_t t = 0; t < kBlock; t += kVecWidth) {
+    V xa[kTile], xb[kTile];
+#pragma GCC unroll 4
+    for (int i = 0; i < kTile; ++i) {
+      std::memcpy(&xa[i], staged + (a0 + i) * kBlock + t, sizeof(V));
+      std::memcpy(&xb[i], staged + (b0 + i) * kBlock + t, sizeof(V));
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < kTile; ++i)
+#pragma GCC unroll 4
+      for (int j = kDiagonal ? i : 0; j < kTile; ++j) tile[i][j] += xa[i] * xb[j];  // a diagonal tile's upper half
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < kTile; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < kTile; ++j) {
+      std::memcpy(acc + ((a0 + i) * rows + b0 + j) * kVecWidth, &tile[i][j], sizeof(V));
+    }
+}
+
 template <typename scalar_t>
 FU_INLINE void gram_chunk_staged(const ChunkPlan& plan, int64_t chunk, const void* const* ptrs,
                                  int64_t n, int64_t k, double* partial) {
   using acc_t = typename Acc<scalar_t>::type;
-  const int64_t pairs = num_pairs(k);
-  std::vector<acc_t> staged(k * kBlock);
-  std::vector<acc_t> lanes(pairs * kLanes, acc_t(0));
+  const int64_t rows = (k + kTile - 1) / kTile * kTile;  // rows past k stay zero
+  std::vector<acc_t> staged(rows * kBlock, acc_t(0));
+  std::vector<acc_t> acc(rows * rows * kVecWidth, acc_t(0));  // pairs (a, b) with a <= b are used
   for_each_piece(plan, chunk, [&](int64_t shard, int64_t begin, int64_t end) __attribute__((always_inline)) {
     for (int64_t pos = begin; pos < end; pos += kBlock) {
       const int64_t len = std::min(kBlock, end - pos);
@@ -174,19 +200,21 @@ FU_INLINE void gram_chunk_staged(const ChunkPlan& plan, int64_t chunk, const voi
         const auto* src = static_cast<const scalar_t*>(ptrs[v * n + shard]) + pos;
         stage_block(src, len, staged.data() + v * kBlock);
       }
-      int64_t p = 0;
-      for (int64_t a = 0; a < k; ++a) {
-        for (int64_t b = a; b < k; ++b, ++p) {
-          accumulate_pair(staged.data() + a * kBlock, staged.data() + b * kBlock,
-                          lanes.data() + p * kLanes);
+      for (int64_t a0 = 0; a0 < rows; a0 += kTile) {
+        accumulate_tile<true>(staged.data(), a0, a0, rows, acc.data());
+        for (int64_t b0 = a0 + kTile; b0 < rows; b0 += kTile) {
+          accumulate_tile<false>(staged.data(), a0, b0, rows, acc.data());
         }
       }
     }
   });
-  for (int64_t p = 0; p < pairs; ++p) {
-    double sum = 0.0;
-    for (int j = 0; j < kLanes; ++j) sum += static_cast<double>(lanes[p * kLanes + j]);
-    partial[p] = sum;
+  int64_t p = 0;
+  for (int64_t a = 0; a < k; ++a) {
+    for (int64_t b = a; b < k; ++b, ++p) {
+      double sum = 0.0;
+      for (int j = 0; j < kVecWidth; ++j) sum += static_cast<double>(acc[(a * rows + b) * kVecWidth + j]);
+      partial[p] = sum;
+    }
   }
 }
 

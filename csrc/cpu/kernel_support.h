@@ -8,9 +8,6 @@ namespace fastunlearn {
 
 // Elements staged per block in a stack buffer of the accumulation type (stays in L1).
 constexpr int64_t kBlock = 256;
-// Independent accumulators per dot product: enough vector registers in flight to hide the add
-// latency. Lanes are summed in a fixed order, so the result does not depend on the ISA either.
-constexpr int kLanes = 32;
 
 // fp32 and fp64 inputs accumulate in fp64; bf16 and fp16 in fp32 (their products are exact there).
 template <typename scalar_t> struct Acc { using type = double; };
