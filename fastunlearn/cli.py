@@ -60,7 +60,9 @@ def _add_profile_parser(commands) -> None:
         "--model", default="transformer", help="'transformer' (built in) or package.module:factory returning a "
         "fastunlearn.profile.ProfileTarget (default: %(default)s)",
     )  # fmt: skip
-    profile.add_argument("--size", default="10m", choices=list(SIZES), help="built-in transformer size")
+    profile.add_argument(
+        "--size", default="10m", type=str.lower, choices=list(SIZES), help="built-in transformer size (10M = 10m)"
+    )
     profile.add_argument(
         "--method", default="surgery", choices=["surgery", "gradient_difference", "pcgrad", "gradient_ascent"]
     )

@@ -493,8 +493,9 @@ def print_report(report: ProfileReport, console=None) -> None:
         f"bandwidth proxy {report.bandwidth_proxy_gbs:.1f} GB/s"
     )
     for title, run in runs:
-        table = Table(title=title)
-        for header in ("phase", "median ms", "min ms", "max ms", "share", "MB moved", "GB/s", "x roofline"):
+        table = Table(title=f"{title}: ms per step, memory moved and bandwidth")
+        # Short headers keep the table whole in an 80-column terminal; the title says times are in ms.
+        for header in ("phase", "median", "min", "max", "share", "MB", "GB/s", "x roofline"):
             table.add_column(header, justify="right" if header != "phase" else "left", no_wrap=header == "phase")
         for name, stats in run.phases.items():
             table.add_row(

@@ -85,7 +85,7 @@ def test_a_user_module_by_import_path(tmp_path, monkeypatch):
 
 def test_cli_writes_json_and_a_trace(tmp_path, capsys):
     out, trace = tmp_path / "report.json", tmp_path / "trace.json"
-    cli_main(["profile", "--size", "tiny", "--steps", "2", "--warmup", "0", "--json", str(out), "--trace", str(trace)])
+    cli_main(["profile", "--size", "TINY", "--steps", "2", "--warmup", "0", "--json", str(out), "--trace", str(trace)])
     saved = json.loads(out.read_text())
     assert saved["config"]["size"] == "tiny" and "vector_algebra" in saved["fused"]["phases"]
     assert "traceEvents" in json.loads(trace.read_text())
