@@ -137,12 +137,34 @@ def _(g, directions, num_directions, eps, backend):
 
 
 def _span_coefficients(gram: Tensor, eps: float) -> Tensor:
-    """alpha with (R R^T + eps I) alpha = R g: g's component in span(R) is sum_j alpha_j r_j."""
+    """alpha with sum_j alpha_j r_j the component of g in span(R), from the Gram of [g, r_1..r_m].
+
+    Gram-Schmidt in Gram space: row j of ``basis`` holds the coefficients over R of r_j's part
+    orthogonal to the earlier kept directions. A direction whose orthogonal part keeps no more than
+    ``_dependence_tolerance`` of its squared norm lies in the span already (a repeated, scaled or
+    zero direction) and gets alpha_j = 0; the normal equations would be singular there and solving
+    them would write NaN. Everything stays on the device: the choice is a ``torch.where``."""
     m = gram.shape[0] - 1
-    system = gram[1:, 1:] + eps * torch.eye(m, dtype=gram.dtype, device=gram.device)
-    # solve_ex without error checks: no host sync; eps > 0 keeps the system non-singular.
-    solution, _ = torch.linalg.solve_ex(system, gram[1:, :1], check_errors=False)
-    return solution.reshape(m)
+    directions, along = gram[1:, 1:], gram[1:, 0]
+    tolerance = _dependence_tolerance(gram.dtype)
+    basis = torch.zeros_like(directions)
+    squared_norms = torch.ones(m, dtype=gram.dtype, device=gram.device)
+    for j in range(m):
+        # Coefficients of r_j along each earlier basis vector u_k: (r_j . u_k) / |u_k|^2 (0 for dropped k).
+        overlap = basis[:j] @ directions[:, j] / squared_norms[:j]
+        row = torch.zeros(m, dtype=gram.dtype, device=gram.device)
+        row[j] = 1.0
+        row = row - overlap @ basis[:j]
+        squared_norm = row @ directions @ row
+        kept = squared_norm > tolerance * directions[j, j]
+        basis[j] = torch.where(kept, row, torch.zeros_like(row))
+        squared_norms[j] = torch.where(kept, squared_norm + eps, torch.ones_like(squared_norm))
+    return basis.mT @ (basis @ along / squared_norms)
+
+
+def _dependence_tolerance(dtype: torch.dtype) -> float:
+    """Fraction of a direction's squared norm below which its part outside the span is rounding."""
+    return 1000 * torch.finfo(dtype).eps
 
 
 @torch.library.custom_op("fastunlearn::pcgrad_", mutates_args=("out",))
@@ -341,9 +363,12 @@ def project_normal_(
 ) -> Tensor:
     """Removes from ``g``, in place, its component in the span of ``directions`` (m vectors).
 
-    Solves the regularised normal equations ``(R R^T + eps I) alpha = R g`` on the device and
-    applies ``g <- g - sum_j alpha_j r_j``; one Gram pass over ``[g, r_1..r_m]`` and one update
-    pass. With one direction this is ``project_(g, r, mode="always")``. Returns ``alpha``.
+    Finds ``alpha`` with ``sum_j alpha_j r_j`` the component of ``g`` in span(r_1..r_m) on the
+    device (Gram-Schmidt on the m x m Gram, ``eps`` added to each squared norm) and applies
+    ``g <- g - sum_j alpha_j r_j``; one Gram pass over ``[g, r_1..r_m]`` and one update pass. A
+    direction already in the span of the earlier ones (repeated, scaled, zero, or within
+    ``1000 * finfo.eps`` of it in squared norm, in the Gram's dtype) gets ``alpha_j = 0``. With one
+    direction this is ``project_(g, r, mode="always")``. Returns ``alpha``.
 
     >>> import torch, fastunlearn as fu
     >>> g = [torch.tensor([1.0, 2.0, 3.0])]

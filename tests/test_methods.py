@@ -135,6 +135,19 @@ def test_surgery_with_several_retain_directions_is_orthogonal_to_each():
         assert abs(float(g @ u)) <= 1e-8 * float(g.norm() * u.norm())
 
 
+def test_surgery_with_a_repeated_retain_part_stays_finite_and_orthogonal():
+    # Two equal halves give two equal retain gradients: a singular Gram the projection must survive.
+    model = tiny_model()
+    forget, (x, y) = batches(12, 1)[0], batches(13, 1, size=6)[0]
+    retain = (torch.cat([x, x]), torch.cat([y, y]))
+    g_r = grad_of(model, (x, y))
+    before = flat_params(model)
+    stats = methods.GradientSurgery(model, retain_directions=2, lr=0.05).step(forget, retain)
+    u = flat_params(model) - before
+    assert torch.isfinite(u).all() and torch.isfinite(stats["coefs"]).all() and u.norm() > 0
+    assert abs(float(g_r @ u)) <= 1e-8 * float(g_r.norm() * u.norm())
+
+
 def test_surgery_rejects_bad_options():
     with pytest.raises(ValueError, match="projection"):
         methods.GradientSurgery(tiny_model(), projection="sometimes")

@@ -134,6 +134,31 @@ def test_project_normal_removes_the_span(backend, m):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", ["repeated", "scaled", "zero", "sum_of_two"])
+def test_project_normal_with_dependent_directions_removes_the_span(backend, dtype, case):
+    g, a, b = make_vectors(SHAPE_SETS["odd"], 3, dtype, seed=29)
+    dependent = {
+        "repeated": [s.clone() for s in a],
+        "scaled": [-2.5 * s for s in a],
+        "zero": [torch.zeros_like(s) for s in a],
+        "sum_of_two": [x + y for x, y in zip(a, b)],
+    }[case]
+    directions = [a, b, dependent]
+    R = torch.stack([flat64(d) for d in directions])
+    g64 = flat64(g)
+    # Projection onto the complement of span(a, b), from an independent basis.
+    basis = torch.stack([flat64(a), flat64(b)])
+    expected = g64 - torch.linalg.lstsq(basis.T, g64.unsqueeze(1)).solution.squeeze(1) @ basis
+    alpha = fu.project_normal_(g, directions, backend=backend)
+    assert torch.isfinite(alpha).all() and alpha[2] == 0
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(flat64(g), expected, rtol=tolerance, atol=tolerance * float(g64.abs().max()))
+    residual = R @ flat64(g)
+    assert residual.abs().max() <= tolerance * float(R.norm(dim=1).max() * g64.norm())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_project_normal_with_one_direction_is_project(backend):
     g, r = make_vectors(SHAPE_SETS["odd"], 2, torch.float32, seed=17)
     g2 = clone(g)

@@ -32,7 +32,8 @@ class GradientSurgery(UnlearningMethod):
       gradient ascent, for ablations).
     * ``retain_weight``: an added retain-descent term ``- retain_weight * g_r`` in ``u``.
     * ``retain_directions``: split each retain batch into m parts and project ``g_f`` onto the
-      complement of span{g_r1..g_rm} through their m x m Gram matrix, regularised by ``eps``.
+      complement of span{g_r1..g_rm} through their m x m Gram matrix (as ``project_normal_``: a
+      part whose gradient is already in the span of the others, e.g. a repeated batch, adds nothing).
 
     Each step is two forward/backward passes (forget, retain), one Gram pass over the gradients,
     and one fused optimizer step; nothing is read back to the host.
