@@ -13,19 +13,28 @@ MODES = ("always", "conflict", "ascent_conflict")
 REDUCTIONS = ("sum", "mean")
 
 
-def flatten_vectors(vectors: Sequence[Sequence[Tensor]], what: str = "vectors") -> tuple[list[Tensor], int]:
-    """Checks K >= 1 vectors of n >= 1 matching shards; returns them flat (vector-major) and n."""
+def flatten_vectors(
+    vectors: Sequence[Sequence[Tensor]], names: Sequence[str] | None = None
+) -> tuple[list[Tensor], int]:
+    """Checks K >= 1 vectors of n >= 1 matching shards; returns them flat (vector-major) and n.
+
+    Errors call vector k ``names[k]`` (the caller's argument names), ``vectors[k]`` by default."""
     if isinstance(vectors, Tensor) or not isinstance(vectors, Sequence):
-        raise TypeError(f"{what} must be a sequence of vectors (each a sequence of tensors)")
+        raise TypeError("vectors must be a sequence of vectors (each a sequence of tensors)")
     if len(vectors) == 0:
-        raise ValueError(f"{what} is empty: at least one vector is needed")
-    first = check_vector(vectors[0], f"{what}[0]")
+        raise ValueError("vectors is empty: at least one vector is needed")
+    names = vector_names(len(vectors), names)
+    first = check_vector(vectors[0], names[0])
     flat = list(first)
     for k in range(1, len(vectors)):
-        vector = check_vector(vectors[k], f"{what}[{k}]")
-        check_matches(vector, first, f"{what}[{k}]", f"{what}[0]")
+        vector = check_vector(vectors[k], names[k])
+        check_matches(vector, first, names[k], names[0])
         flat.extend(vector)
     return flat, len(first)
+
+
+def vector_names(count: int, names: Sequence[str] | None = None) -> list[str]:
+    return list(names) if names is not None else [f"vectors[{k}]" for k in range(count)]
 
 
 def check_vector(vector: Sequence[Tensor], what: str) -> list[Tensor]:
@@ -135,13 +144,16 @@ def _span(t: Tensor) -> tuple[int, int]:
     return start, start + (last + 1) * t.element_size()
 
 
-def check_overlaps(outs: list[Tensor], shards: list[Tensor], n: int, what: str = "out") -> None:
+def check_overlaps(
+    outs: list[Tensor], shards: list[Tensor], n: int, what: str = "out", input_names: Sequence[str] | None = None
+) -> None:
     """Rejects outputs that write an element twice or whose memory meets another output or an
     input other than themselves.
 
     An output may be exactly the input at the same shard index (an in-place update reads each
     element before writing it); any other overlap would make the result depend on the order in
-    which the kernel visits memory. Runs on real tensors only (fake tensors have no memory). The C++
+    which the kernel visits memory. Errors call the outputs ``what`` and input vector k
+    ``input_names[k]``. Runs on real tensors only (fake tensors have no memory). The C++
     sweep (metadata only, any device) answers first; the Python one below finds the same conflict
     and words the error, and is the fallback without the extension.
     """
@@ -166,7 +178,7 @@ def check_overlaps(outs: list[Tensor], shards: list[Tensor], n: int, what: str =
             if other[2] or span[2]:
                 out, inp = (other, span) if other[2] else (span, other)
                 if not _same_place(out, inp, n):
-                    raise ValueError(_overlap_message(out, inp, n, what))
+                    raise ValueError(_overlap_message(out, inp, n, what, vector_names(len(shards) // n, input_names)))
         active.append(span)
 
 
@@ -181,9 +193,11 @@ def _same_place(out: tuple, inp: tuple, n: int) -> bool:
     )
 
 
-def _overlap_message(out: tuple, other: tuple, n: int, what: str) -> str:
-    kind = what if other[2] else "input vector"
+def _overlap_message(out: tuple, other: tuple, n: int, what: str, input_names: list[str]) -> str:
+    if other[2]:
+        first, second = sorted((out[3] % n, other[3] % n))
+        return f"{what} shard {first} and {what} shard {second} overlap in memory; outputs must not share memory"
     return (
-        f"{what} shard {out[3] % n} overlaps {kind} {other[3] // n} shard {other[3] % n} in memory; "
+        f"{what} shard {out[3] % n} overlaps {input_names[other[3] // n]} shard {other[3] % n} in memory; "
         "an output may only be the very same tensor as the input at its own shard index"
     )

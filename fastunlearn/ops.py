@@ -104,7 +104,7 @@ def _unit_minus(coefs: Tensor) -> Tensor:
 @torch.library.custom_op("fastunlearn::project_", mutates_args=("g",))
 def _project_(g: list[Tensor], r: list[Tensor], when: str, eps: float, backend: str) -> Tensor:
     # (`when` is `mode` of the public function: torch.library reserves the name `mode`.)
-    _validate.check_overlaps(g, r, len(g))
+    _validate.check_overlaps(g, r, len(g), what="g", input_names=["r"])
     impl = _backend.get(backend)
     shards = [*g, *r]
     gram = impl.gram(shards, 2)
@@ -122,7 +122,9 @@ def _(g, r, when, eps, backend):
 def _project_normal_(
     g: list[Tensor], directions: list[Tensor], num_directions: int, eps: float, backend: str
 ) -> Tensor:
-    _validate.check_overlaps(g, directions, len(g))
+    _validate.check_overlaps(
+        g, directions, len(g), what="g", input_names=[f"directions[{j}]" for j in range(num_directions)]
+    )
     impl = _backend.get(backend)
     shards = [*g, *directions]
     gram = impl.gram(shards, num_directions + 1)
@@ -352,7 +354,7 @@ def project_(
         if done is not None:
             gram, weights = done
             return ProjectionStats(gram[0, 1], gram[0, 0], gram[1, 1], -weights[1])
-    shards, n = _validate.flatten_vectors([g, r])
+    shards, n = _validate.flatten_vectors([g, r], names=["g", "r"])
     _validate.check_writable(shards[:n], "g")
     name = _backend.resolve(backend, shards[0].device)
     return ProjectionStats(*_project_(shards[:n], shards[n:], mode, float(eps), name).unbind())
@@ -390,7 +392,9 @@ def project_normal_(
         done = _fast.gram_combine_(g, [g, *directions], lambda gram: _unit_minus(_span_coefficients(gram, float(eps))))
         if done is not None:
             return -done[1][1:]
-    shards, n = _validate.flatten_vectors([g, *directions], what="[g, *directions]")
+    shards, n = _validate.flatten_vectors(
+        [g, *directions], names=["g", *(f"directions[{j}]" for j in range(len(directions)))]
+    )
     _validate.check_writable(shards[:n], "g")
     name = _backend.resolve(backend, shards[0].device)
     return _project_normal_(shards[:n], shards[n:], len(directions), float(eps), name)

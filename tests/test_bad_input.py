@@ -34,7 +34,7 @@ CASES = {
     "weights_int": (TypeError, "floating", lambda g, r: fu.combine_(g, torch.ones(2, dtype=torch.long), [g, r])),
     "out_overlaps_other_shard": (
         ValueError,
-        "overlaps",
+        "overlap",
         lambda g, r: fu.combine_([g[0], g[0].view(-1)[:5]], torch.ones(2), [g, r]),
     ),
     "out_partial_overlap": (
@@ -73,11 +73,56 @@ def test_bad_input_raises_before_writing(case):
     assert_same_bits(r, r_before)
 
 
+def in_one_buffer():
+    """g = (2x3, 5) in one buffer; ``clash`` is a 2x3 view over g shard 1, ``tail`` a separate (5,)."""
+    base = torch.randn(20, generator=torch.Generator().manual_seed(1))
+    g = [base[:6].view(2, 3), base[6:11]]
+    return g, base[8:14].view(2, 3), torch.randn(5), torch.randn(2, 3)
+
+
+OVERLAP_MESSAGES = {
+    "combine_input": (
+        r"out shard 1 overlaps vectors\[1\] shard 1 ",
+        lambda g, clash, tail, other, b: fu.combine_(
+            g, torch.ones(2), [[other, tail], [other, clash.view(-1)[:5]]], backend=b
+        ),
+    ),
+    "combine_outputs": (
+        r"out shard 0 and out shard 1 overlap in memory; outputs must not share memory",
+        lambda g, clash, tail, other, b: fu.combine_(
+            [g[1], clash.view(-1)[:5]], torch.ones(1), [[tail, tail]], backend=b
+        ),
+    ),
+    "project_": (
+        r"g shard 1 overlaps r shard 0 ",
+        lambda g, clash, tail, other, b: fu.project_(g, [clash, tail], backend=b),
+    ),
+    "project_normal_": (
+        r"g shard 1 overlaps directions\[1\] shard 0 ",
+        lambda g, clash, tail, other, b: fu.project_normal_(g, [[other, tail], [clash, tail]], backend=b),
+    ),
+    "pcgrad_": (
+        r"out shard 1 overlaps vectors\[0\] shard 0 ",
+        lambda g, clash, tail, other, b: fu.pcgrad_(g, [[clash, tail], [other, tail]], backend=b),
+    ),
+}
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_overlap_message_names_the_shard(backend):
+@pytest.mark.parametrize("case", OVERLAP_MESSAGES.values(), ids=OVERLAP_MESSAGES.keys())
+def test_overlap_message_names_the_arguments_and_shards(backend, case):
+    message, call = case
+    with pytest.raises(ValueError, match=message):
+        call(*in_one_buffer(), backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_shape_mismatch_names_the_arguments(backend):
     g, r = fresh()
-    with pytest.raises(ValueError, match=r"out shard 1 overlaps input vector 1 shard 1"):
-        fu.combine_([g[0], r[1][1:]], torch.ones(2), [[g[0], g[1][1:]], [r[0], r[1][:4]]], backend=backend)
+    with pytest.raises(ValueError, match=r"directions\[1\] shard 1 has shape \(4,\) but g shard 1 has \(5,\)"):
+        fu.project_normal_(g, [r, [r[0], r[1][:4]]], backend=backend)
+    with pytest.raises(ValueError, match=r"r shard 1 has shape \(4,\) but g shard 1 has \(5,\)"):
+        fu.project_(g, [r[0], r[1][:4]], backend=backend)
 
 
 def test_in_place_is_allowed_under_no_grad():
