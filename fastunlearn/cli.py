@@ -6,75 +6,111 @@ import argparse
 import json
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except the empty ones of flags and optional paths."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def main(argv: list[str] | None = None) -> None:
+    import fastunlearn
+
     parser = argparse.ArgumentParser(prog="fastunlearn", description="Fused gradient algebra for machine unlearning.")
+    parser.add_argument("--version", action="version", version=f"fastunlearn {fastunlearn.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("showcase", help="run the ops on a synthetic gradient, next to the code they replace")
-    commands.add_parser("backends", help="list the backends and whether each can run here")
-    demo = commands.add_parser("demo", help="unlearning on bundled digits with every method, evaluated and reported")
-    demo.add_argument("--quick", action="store_true", help="the short preset (one forget set, fewer epochs)")
-    demo.add_argument("--out", default="fastunlearn-demo", help="output directory (default: %(default)s)")
-    demo.add_argument("--methods", nargs="+", metavar="NAME", help="methods to run (default: all)")
-    demo.add_argument(
-        "--forget", action="append", metavar="SPEC", help="class:N or random:F; repeat for several (default: preset's)"
-    )
-    demo.add_argument("--seed", type=int, default=0)
-    _add_profile_parser(commands)
+    _add_command(commands, "showcase", "run the ops on a synthetic gradient, next to the code they replace")
+    _add_command(commands, "backends", "list the backends and whether each can run here (JSON)")
+    demo = _add_demo_parser(commands)
+    profile = _add_profile_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "showcase":
         from fastunlearn import showcase
 
         showcase.main()
     elif args.command == "demo":
-        from pathlib import Path
-
-        from fastunlearn.demo import DemoConfig, run_demo
-        from fastunlearn.demo.recipes import RECIPES
-
-        try:
-            config = DemoConfig(
-                preset="quick" if args.quick else "full", out=Path(args.out), methods=args.methods or list(RECIPES),
-                forgets=args.forget, seed=args.seed,
-            )  # fmt: skip
-        except ValueError as exc:
-            parser.error(str(exc))
-        run_demo(config)
+        _run_demo(args, demo)
     elif args.command == "profile":
-        from fastunlearn import profile
+        from fastunlearn import profile as profiler
 
         try:
-            profile.main(args)
+            profiler.main(args)
         except (ValueError, TypeError, ImportError) as exc:
-            parser.error(str(exc))
+            profile.error(str(exc))
     elif args.command == "backends":
-        import fastunlearn
-
         print(json.dumps(fastunlearn.backends(), indent=2))
 
 
-def _add_profile_parser(commands) -> None:
-    from fastunlearn.profile import SIZES
+def _add_command(commands, name: str, summary: str) -> argparse.ArgumentParser:
+    return commands.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + ".",
+                               formatter_class=_Formatter)  # fmt: skip
 
-    profile = commands.add_parser("profile", help="time and memory per phase of unlearning steps on a model")
+
+def _add_demo_parser(commands) -> argparse.ArgumentParser:
+    from fastunlearn.demo.recipes import RECIPES
+
+    demo = _add_command(commands, "demo", "unlearning on bundled digits with every method, evaluated and reported")
+    demo.add_argument(
+        "--quick", action="store_true",
+        help="the short preset: two forget sets (class:3, random:0.15) instead of four, half the VAE samples",
+    )  # fmt: skip
+    demo.add_argument("--out", default="fastunlearn-demo", help="output directory, created if missing")
+    demo.add_argument(
+        "--methods", nargs="+", metavar="NAME", choices=list(RECIPES),
+        help=f"methods to run (default: all): {', '.join(RECIPES)}",
+    )  # fmt: skip
+    demo.add_argument(
+        "--forget", action="append", metavar="SPEC", help="class:N or random:F; repeat for several (default: preset's)"
+    )
+    demo.add_argument("--seed", type=int, default=0, help="seed of the data split, the models and the methods")
+    return demo
+
+
+def _run_demo(args, demo: argparse.ArgumentParser) -> None:
+    from pathlib import Path
+
+    from fastunlearn.demo import DemoConfig, run_demo
+    from fastunlearn.demo.recipes import RECIPES
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        demo.error(f"--out {out} exists and is not a directory")
+    try:
+        config = DemoConfig(
+            preset="quick" if args.quick else "full", out=out, methods=args.methods or list(RECIPES),
+            forgets=args.forget, seed=args.seed,
+        )  # fmt: skip
+    except ValueError as exc:
+        demo.error(str(exc))
+    run_demo(config)
+
+
+def _add_profile_parser(commands) -> argparse.ArgumentParser:
+    from fastunlearn.profile import CONTEXT, METHODS, SIZES
+
+    profile = _add_command(commands, "profile", "time and memory per phase of unlearning steps on a model")
     profile.add_argument(
-        "--model", default="transformer", help="'transformer' (built in) or package.module:factory returning a "
-        "fastunlearn.profile.ProfileTarget (default: %(default)s)",
+        "--model", default="transformer",
+        help="'transformer' (built in) or package.module:factory returning a fastunlearn.profile.ProfileTarget",
     )  # fmt: skip
     profile.add_argument(
         "--size", default="10m", type=str.lower, choices=list(SIZES), help="built-in transformer size (10M = 10m)"
     )
+    profile.add_argument("--method", default="surgery", choices=METHODS, help="unlearning method to step")
+    profile.add_argument("--steps", type=int, default=5, help="profiled steps (each timed per phase)")
+    profile.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
     profile.add_argument(
-        "--method", default="surgery", choices=["surgery", "gradient_difference", "pcgrad", "gradient_ascent"]
+        "--compare", action="store_true", help="also run the reference ops (cat + .item()); method surgery only"
     )
-    profile.add_argument("--steps", type=int, default=5)
-    profile.add_argument("--warmup", type=int, default=1)
-    profile.add_argument("--compare", action="store_true", help="also run the reference ops (cat + .item())")
-    profile.add_argument("--batch", type=int, default=2)
-    profile.add_argument("--seq-len", type=int, default=64)
-    profile.add_argument("--device", default="cpu")
-    profile.add_argument("--seed", type=int, default=0)
+    profile.add_argument("--batch", type=int, default=2, help="sequences per forget and per retain batch")
+    profile.add_argument("--seq-len", type=int, default=64, help=f"tokens per sequence (at most {CONTEXT})")
+    profile.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    profile.add_argument("--seed", type=int, default=0, help="seed of the weights and the batches")
     profile.add_argument("--trace", metavar="PATH", help="write a torch.profiler Chrome trace of the fused steps")
     profile.add_argument("--json", metavar="PATH", help="write the report as JSON")
+    return profile
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import os
 import platform
 import resource
 import statistics
@@ -55,6 +56,10 @@ SIZES = {
 }
 
 
+#: Positions the built-in transformer embeds: the longest ``seq_len`` it takes.
+CONTEXT = 256
+
+
 class Block(nn.Module):
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
@@ -74,7 +79,7 @@ class Block(nn.Module):
 class DecoderLM(nn.Module):
     """A GPT-style language model: token + position embeddings, pre-norm blocks, untied head."""
 
-    def __init__(self, width: int, layers: int, heads: int, vocab_size: int, context: int = 256) -> None:
+    def __init__(self, width: int, layers: int, heads: int, vocab_size: int, context: int = CONTEXT) -> None:
         super().__init__()
         self.vocab_size = vocab_size
         self.embed, self.position = nn.Embedding(vocab_size, width), nn.Embedding(context, width)
@@ -106,6 +111,10 @@ def transformer_target(size: str = "10m", *, batch: int = 2, seq_len: int = 64, 
     """The built-in target: :class:`DecoderLM` of ``size`` on random tokens."""
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; expected one of {', '.join(SIZES)}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    if not 1 <= seq_len <= CONTEXT:
+        raise ValueError(f"seq_len must be between 1 and {CONTEXT} (the built-in transformer's context), got {seq_len}")
     width, layers, heads, vocab = SIZES[size]
     model = DecoderLM(width, layers, heads, vocab).to(device=device, dtype=dtype)
 
@@ -122,7 +131,13 @@ def load_target(spec: str, **kwargs) -> ProfileTarget:
     module_name, _, attr = spec.partition(":")
     if not attr:
         raise ValueError(f"model {spec!r}: expected 'transformer' or 'package.module:factory'")
-    target = getattr(importlib.import_module(module_name), attr)()
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"model {spec!r}: cannot import {module_name!r} ({exc})") from exc
+    if not hasattr(module, attr):
+        raise ValueError(f"model {spec!r}: module {module_name!r} has no attribute {attr!r}")
+    target = getattr(module, attr)()
     if not isinstance(target, ProfileTarget):
         raise TypeError(f"{spec} must return a fastunlearn.profile.ProfileTarget, got {type(target).__name__}")
     return target
@@ -160,10 +175,12 @@ class ReferenceSurgery(methods.UnlearningMethod):
         return {"forget_loss": forget_loss, "retain_loss": retain_loss}
 
 
+#: Methods the profiler runs; ``compare`` has a reference implementation for the first only.
+METHODS = ("surgery", "gradient_difference", "pcgrad", "gradient_ascent")
+
+
 def _method(name: str, model: nn.Module, target: ProfileTarget, lr: float, momentum: float, reference: bool):
     if reference:
-        if name != "surgery":
-            raise ValueError("compare=True has a reference implementation for method 'surgery' only")
         return ReferenceSurgery(model, lr=lr, momentum=momentum, loss_fn=target.loss_fn)
     params = [p for p in model.parameters() if p.requires_grad]
     sgd = fu.optim.SGD(params, lr=lr, momentum=momentum)
@@ -173,9 +190,23 @@ def _method(name: str, model: nn.Module, target: ProfileTarget, lr: float, momen
         "pcgrad": lambda: methods.PCGradUnlearn(model, optimizer=sgd, loss_fn=target.loss_fn, retain_tasks=2),
         "gradient_ascent": lambda: methods.GradientAscent(model, optimizer=sgd, loss_fn=target.loss_fn),
     }
-    if name not in builders:
-        raise ValueError(f"unknown method {name!r}; expected one of {', '.join(builders)}")
     return builders[name]()
+
+
+def _check_options(method: str, compare: bool, steps: int, warmup: int, device: str) -> torch.device:
+    """Everything that can be checked before a model is built, so a bad option fails at once."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    if compare and method != "surgery":
+        raise ValueError(f"compare=True has a reference implementation for method 'surgery' only, not {method!r}")
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    try:
+        dev = torch.device(device)
+        torch.empty(1, device=dev)
+    except (RuntimeError, AssertionError) as exc:
+        raise ValueError(f"device {device!r} cannot be used here: {exc}") from None
+    return dev
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,9 +412,7 @@ def profile_unlearning(
     step without instrumentation; ``profile_overhead`` compares their medians. ``trace`` writes a
     torch.profiler Chrome trace of the fused steps to that path.
     """
-    if steps < 1 or warmup < 0:
-        raise ValueError("need steps >= 1 and warmup >= 0")
-    dev = torch.device(device)
+    dev = _check_options(method, compare, steps, warmup, device)
     kwargs = {"size": size, "batch": batch, "seq_len": seq_len, "device": dev} if model == "transformer" else {}
     torch.manual_seed(seed)
     target = load_target(model, **kwargs)
@@ -520,6 +549,9 @@ def print_report(report: ProfileReport, console=None) -> None:
 
 
 def main(args) -> None:
+    for path in (args.json, args.trace):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise ValueError(f"cannot write {path}: its directory does not exist")
     report = profile_unlearning(
         args.model, size=args.size, method=args.method, steps=args.steps, warmup=args.warmup, compare=args.compare,
         batch=args.batch, seq_len=args.seq_len, device=args.device, seed=args.seed, trace=args.trace,

@@ -89,11 +89,18 @@ def test_seeded_runs_repeat(tmp_path):
     assert metrics() == metrics()
 
 
-def test_cli_rejects_bad_arguments(capsys):
-    for argv in (["demo", "--forget", "class:12"], ["demo", "--methods", "Magic"]):
+def test_cli_rejects_bad_arguments(capsys, tmp_path):
+    a_file = tmp_path / "taken"
+    a_file.write_text("")
+    for argv, message in (
+        (["demo", "--forget", "class:12"], "class:N"),
+        (["demo", "--methods", "Magic"], "choose from 'GradientSurgery'"),
+        (["demo", "--out", str(a_file)], "exists and is not a directory"),
+    ):
         with pytest.raises(SystemExit):
             cli_main(argv)
-    assert "class:N" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert err.startswith("usage: fastunlearn demo") and message in err
 
 
 def test_forget_specs_and_splits():

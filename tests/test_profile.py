@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import fastunlearn as fu
 from fastunlearn import methods
 from fastunlearn import profile as fp
 from fastunlearn.cli import main as cli_main
@@ -99,6 +100,36 @@ def test_bad_arguments():
         fp.profile_unlearning(size="tiny", method="pcgrad", compare=True, steps=1, progress=False)
     with pytest.raises(SystemExit):
         cli_main(["profile", "--model", "no_colon_here", "--steps", "1"])
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--seq-len", "300"], "seq_len must be between 1 and 256"),
+        (["--batch", "0"], "batch must be >= 1"),
+        (["--steps", "0"], "steps >= 1"),
+        (["--device", "no_such_device"], "device 'no_such_device' cannot be used here"),
+        (["--model", "fastunlearn.profile:nope"], "has no attribute 'nope'"),
+        (["--model", "no_such_module_here:f"], "cannot import 'no_such_module_here'"),
+        (["--method", "pcgrad", "--compare"], "'surgery' only, not 'pcgrad'"),
+        (["--json", "no/such/dir/report.json"], "its directory does not exist"),
+    ],
+)
+def test_cli_rejects_bad_options_before_running(flags, message, capsys, monkeypatch):
+    # A run that started would call the bandwidth proxy first; fail the test if it does.
+    monkeypatch.setattr(fp, "bandwidth_proxy_gbs", lambda *a, **k: pytest.fail("the run started"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["profile", "--size", "tiny", "--steps", "1", *flags])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: fastunlearn profile") and message in err
+
+
+def test_module_entry_point_and_version():
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "fastunlearn", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == f"fastunlearn {fu.__version__}"
 
 
 def test_count_host_reads_counts_and_restores():
