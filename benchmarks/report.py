@@ -115,7 +115,7 @@ def markdown(rows, proxy_gbs, n, size, repeats) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--size", choices=sorted(cases.SHAPES), default="quick16m")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "RESULTS.md")

@@ -22,7 +22,7 @@ def vector(separate: bool) -> list[torch.Tensor]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--rounds", type=int, default=40)
     args = parser.parse_args()
     torch.manual_seed(0)

@@ -26,6 +26,19 @@ from fastunlearn.pcgrad import PCGrad  # noqa: E402
 
 __version__ = "0.1.0"
 
+# Submodules with heavier or optional dependencies load on first use: fu.eval (scikit-learn),
+# fu.profile, fu.distributed, fu.demo.
+_LAZY_SUBMODULES = ("demo", "distributed", "eval", "profile")
+
+
+def __getattr__(name: str):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"fastunlearn.{name}")
+    raise AttributeError(f"module 'fastunlearn' has no attribute {name!r}")
+
+
 __all__ = [
     "PCGrad",
     "PCGradStats",

@@ -91,3 +91,11 @@ def test_unavailable_backend_is_an_error(monkeypatch):
     with pytest.raises(RuntimeError, match="'cpp' is unavailable: not built"):
         fu.gram([[torch.ones(2)]], backend="cpp")
     assert _backend.resolve("auto", torch.device("cpu")) == "torch"
+
+
+def test_optional_submodules_load_on_first_use():
+    import fastunlearn as fu
+
+    assert fu.eval.membership_inference is not None and fu.profile.profile_unlearning is not None
+    with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):
+        fu.no_such_thing  # noqa: B018

@@ -148,6 +148,14 @@ def test_surgery_with_a_repeated_retain_part_stays_finite_and_orthogonal():
     assert abs(float(g_r @ u)) <= 1e-8 * float(g_r.norm() * u.norm())
 
 
+def test_run_history_keeps_per_direction_stats():
+    method = methods.GradientSurgery(tiny_model(), retain_directions=2, lr=0.05)
+    history = method.run(batches(14, 3), batches(15, 2), steps=3)
+    assert history["coefs"].shape == (3, 2) and history["forget_loss"].shape == (3,)
+    last = history.last()
+    assert last["coefs"] == history["coefs"][-1].tolist() and isinstance(last["forget_loss"], float)
+
+
 def test_surgery_rejects_bad_options():
     with pytest.raises(ValueError, match="projection"):
         methods.GradientSurgery(tiny_model(), projection="sometimes")

@@ -2,7 +2,8 @@
 
 Every method takes a model, loss functions ``loss_fn(model, batch) -> scalar`` (cross-entropy on
 ``(inputs, labels)`` batches by default) and an optimizer (a fused :mod:`fastunlearn.optim` one by
-default), and returns per-step stats as 0-d device tensors -- no host sync inside a step.
+default), and returns per-step stats as device tensors (0-d, except the per-direction ``coefs`` of
+GradientSurgery with several retain directions) -- no host sync inside a step.
 
 >>> import torch, fastunlearn as fu
 >>> _ = torch.manual_seed(0)

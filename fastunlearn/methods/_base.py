@@ -19,7 +19,8 @@ from fastunlearn.optim import FusedOptimizer
 
 #: ``loss_fn(model, batch) -> scalar tensor``: how a method turns a batch into a loss.
 LossFn = Callable[[nn.Module, Any], Tensor]
-#: Per-step statistics: 0-d tensors on the model's device, never read back inside a step.
+#: Per-step statistics: tensors on the model's device (0-d, except GradientSurgery's per-direction
+#: ``coefs``), never read back inside a step.
 StepStats = dict[str, Tensor]
 
 
@@ -71,9 +72,10 @@ class History(dict):
     def __len__(self) -> int:
         return self.num_steps
 
-    def last(self) -> dict[str, float]:
-        """The final value of every stat, as Python floats (reads them back: call outside a loop)."""
-        return {key: float(values[-1]) for key, values in self.items() if len(values)}
+    def last(self) -> dict[str, float | list[float]]:
+        """The final value of every stat, as a Python float (a list for a per-direction stat such as
+        ``coefs``); reads them back, so call it outside a loop."""
+        return {key: values[-1].tolist() for key, values in self.items() if len(values)}
 
 
 def cycle(loader: Iterable) -> Iterator:
@@ -134,7 +136,7 @@ class UnlearningMethod(abc.ABC):
 
     @abc.abstractmethod
     def step(self, forget_batch: Any, retain_batch: Any) -> StepStats:
-        """One unlearning step; returns its stats as 0-d device tensors."""
+        """One unlearning step; returns its stats as device tensors (see :data:`StepStats`)."""
 
     def retain_gradients(self, retain_batch: Any, parts: int) -> tuple[Tensor, list[list[Tensor]]]:
         """The mean retain loss and one gradient per part of the batch (split along dim 0 if parts > 1)."""
