@@ -194,6 +194,8 @@ def resolve(requested: str | None, device: torch.device) -> str:
     name = requested or "auto"
     if name == "auto":
         name = os.environ.get(ENV_VAR, "auto") or "auto"
+        if name != "auto" and name not in _BACKENDS:
+            raise ValueError(f"{ENV_VAR}={name!r} names no backend; expected one of: {', '.join(['auto', *_BACKENDS])}")
     if name == "auto":
         for candidate in _AUTO_ORDER.get(device.type, ("torch",)):
             backend = _BACKENDS[candidate]

@@ -3,6 +3,7 @@ vector and shard, and raise ``TypeError`` (wrong kind of thing) or ``ValueError`
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -51,6 +52,9 @@ def check_vector(vector: Sequence[Tensor], what: str) -> list[Tensor]:
             raise TypeError(f"{what} shard {i} is a {type(shard).__name__}, not a Tensor")
     dtype, device = shards[0].dtype, shards[0].device
     _check_no_dtensor(shards, what)
+    for i, shard in enumerate(shards):
+        if shard.layout != torch.strided:
+            raise TypeError(f"{what} shard {i} has layout {shard.layout}; fastunlearn ops take dense (strided) tensors")
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"{what} shard 0 has dtype {dtype}; fastunlearn ops take floating-point tensors")
     for i, shard in enumerate(shards):
@@ -115,6 +119,20 @@ def check_weights(weights: Tensor, shape: tuple[int, ...], device: torch.device)
         raise ValueError(f"weights must have shape {shape} (one per vector), got {tuple(weights.shape)}")
     if weights.device != device:
         raise ValueError(f"weights are on {weights.device} but the vectors are on {device}")
+
+
+def check_eps(eps: float) -> float:
+    """``eps`` as a float: a finite, non-negative real number."""
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
+    if not (0 <= eps < float("inf")):
+        raise ValueError(f"eps must be finite and >= 0, got {eps}")
+    return float(eps)
+
+
+def check_generator(generator: torch.Generator | None) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
 
 
 def check_choice(value: str, choices: tuple[str, ...], what: str) -> None:

@@ -342,22 +342,23 @@ def project_(
     [tensor([0., 1.])]
     """
     _validate.check_choice(mode, _validate.MODES, "mode")
+    eps = _validate.check_eps(eps)
     if distributed.needs_unwrap([g, r], group):
         (g_local, r_local), reduction = distributed.unwrap([g, r], group)
         _validate.check_writable(_validate.check_vector(g_local, "g"), "g")
         gram = _reduced_gram([g_local, r_local], reduction, backend)
-        coef = _projection_coefficient(gram, mode, float(eps))
+        coef = _projection_coefficient(gram, mode, eps)
         combine_(g_local, _unit_minus(coef), [g_local, r_local], backend=backend)
         return ProjectionStats(gram[0, 1], gram[0, 0], gram[1, 1], coef)
     if _fast.eligible([g, r], backend):
-        done = _fast.gram_combine_(g, [g, r], lambda gram: _unit_minus(_projection_coefficient(gram, mode, float(eps))))
+        done = _fast.gram_combine_(g, [g, r], lambda gram: _unit_minus(_projection_coefficient(gram, mode, eps)))
         if done is not None:
             gram, weights = done
             return ProjectionStats(gram[0, 1], gram[0, 0], gram[1, 1], -weights[1])
     shards, n = _validate.flatten_vectors([g, r], names=["g", "r"])
     _validate.check_writable(shards[:n], "g")
     name = _backend.resolve(backend, shards[0].device)
-    return ProjectionStats(*_project_(shards[:n], shards[n:], mode, float(eps), name).unbind())
+    return ProjectionStats(*_project_(shards[:n], shards[n:], mode, eps, name).unbind())
 
 
 def project_normal_(
@@ -381,15 +382,16 @@ def project_normal_(
     """
     if isinstance(directions, Tensor) or not isinstance(directions, Sequence) or not directions:
         raise ValueError("directions must be a non-empty sequence of vectors")
+    eps = _validate.check_eps(eps)
     if distributed.needs_unwrap([g, *directions], group):
         local, reduction = distributed.unwrap([g, *directions], group)
         _validate.check_writable(_validate.check_vector(local[0], "g"), "g")
         gram = _reduced_gram(local, reduction, backend)
-        coefs = _span_coefficients(gram, float(eps))
+        coefs = _span_coefficients(gram, eps)
         combine_(local[0], _unit_minus(coefs), local, backend=backend)
         return coefs
     if _fast.eligible([g, *directions], backend):
-        done = _fast.gram_combine_(g, [g, *directions], lambda gram: _unit_minus(_span_coefficients(gram, float(eps))))
+        done = _fast.gram_combine_(g, [g, *directions], lambda gram: _unit_minus(_span_coefficients(gram, eps)))
         if done is not None:
             return -done[1][1:]
     shards, n = _validate.flatten_vectors(
@@ -397,7 +399,7 @@ def project_normal_(
     )
     _validate.check_writable(shards[:n], "g")
     name = _backend.resolve(backend, shards[0].device)
-    return _project_normal_(shards[:n], shards[n:], len(directions), float(eps), name)
+    return _project_normal_(shards[:n], shards[n:], len(directions), eps, name)
 
 
 def pcgrad_order(
@@ -405,6 +407,7 @@ def pcgrad_order(
 ) -> Tensor:
     """A random projection order per task (row i: the order task i meets the others), made on the
     device (no host round trip). Pass a ``generator`` on that device for reproducible orders."""
+    _validate.check_generator(generator)
     noise = torch.rand(num_vectors, num_vectors, device=device, generator=generator)
     return noise.argsort(dim=1)
 
@@ -429,6 +432,9 @@ def pcgrad_weights(
     tensor([2.0000, 1.2500], dtype=torch.float64)
     """
     _validate.check_choice(reduction, _validate.REDUCTIONS, "reduction")
+    eps = _validate.check_eps(eps)
+    if not isinstance(gram, Tensor) or not gram.is_floating_point():
+        raise TypeError(f"gram must be a floating-point tensor, got {getattr(gram, 'dtype', type(gram).__name__)}")
     if gram.dim() != 2 or gram.shape[0] != gram.shape[1] or gram.shape[0] == 0:
         raise ValueError(f"gram must be a non-empty square matrix, got shape {tuple(gram.shape)}")
     k = gram.shape[0]
@@ -459,13 +465,15 @@ def pcgrad_(
     [tensor([0.8000, 2.4000])]
     """
     _validate.check_choice(reduction, _validate.REDUCTIONS, "reduction")
+    eps = _validate.check_eps(eps)
+    _validate.check_generator(generator)
     if distributed.needs_unwrap(vectors, group) or distributed.needs_unwrap([out], None):
-        return _sharded_pcgrad_(out, vectors, reduction, order, generator, float(eps), backend, group)
+        return _sharded_pcgrad_(out, vectors, reduction, order, generator, eps, backend, group)
     if _fast.eligible(vectors, backend):
 
         def weights_of(gram: Tensor) -> Tensor:
             order_ = _checked_order(order, len(vectors), gram.device, generator)
-            return _pcgrad_weights(gram, order_, reduction, float(eps))
+            return _pcgrad_weights(gram, order_, reduction, eps)
 
         done = _fast.gram_combine_(out, vectors, weights_of)
         if done is not None:
@@ -477,7 +485,7 @@ def pcgrad_(
     device = shards[0].device
     name = _backend.resolve(backend, device)
     order = _checked_order(order, len(vectors), device, generator)
-    return PCGradStats(*_pcgrad_(out_shards, shards, len(vectors), order, reduction, float(eps), name))
+    return PCGradStats(*_pcgrad_(out_shards, shards, len(vectors), order, reduction, eps, name))
 
 
 def _sharded_pcgrad_(out, vectors, reduction, order, generator, eps, backend, group) -> PCGradStats:
@@ -498,6 +506,8 @@ def _checked_order(order: Tensor | None, k: int, device: torch.device, generator
         raise TypeError("order must be an integer tensor of shape (K, K)")
     if tuple(order.shape) != (k, k):
         raise ValueError(f"order must have shape ({k}, {k}), got {tuple(order.shape)}")
+    if order.device.type not in ("cpu", device.type):
+        raise ValueError(f"order is on {order.device} but the Gram is on {device}")
     # Checking the values needs them on the host: done for CPU orders only, never a device sync.
     if order.device.type == "cpu" and not torch.equal(order.sort(dim=1).values.long(), torch.arange(k).expand(k, k)):
         raise ValueError("each row of order must be a permutation of 0..K-1")

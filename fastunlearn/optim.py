@@ -199,6 +199,11 @@ def _checked_vectors(vectors: Sequence[Vector], params: list[Tensor]) -> list[li
         for i, (g, p) in enumerate(zip(vector, params)):
             if not isinstance(g, Tensor):
                 raise TypeError(f"vectors[{k}] shard {i} is a {type(g).__name__}, not a Tensor")
+            if g.layout != torch.strided:
+                raise TypeError(
+                    f"the gradient for parameter {i} has layout {g.layout}; fastunlearn.optim updates dense "
+                    "gradients only (torch.optim.SGD and SparseAdam take sparse ones)"
+                )
             if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device or not _same_sharding(g, p):
                 raise ValueError(f"vectors[{k}] shard {i} is {_describe(g)} but parameter {i} is {_describe(p)}")
         checked.append(list(vector))

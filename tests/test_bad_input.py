@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from helpers import BACKENDS, assert_same_bits
@@ -57,6 +59,17 @@ CASES = {
         "order must have shape",
         lambda g, r: fu.pcgrad_(g, [g, r], order=torch.zeros(3, 3, dtype=torch.long)),
     ),
+    "sparse_shard": (TypeError, "layout torch.sparse_coo", lambda g, r: fu.project_(g, [r[0].to_sparse(), r[1]])),
+    "eps_none": (TypeError, "eps must be a float", lambda g, r: fu.project_(g, r, eps=None)),
+    "eps_negative": (ValueError, "eps must be finite and >= 0", lambda g, r: fu.project_normal_(g, [r], eps=-1.0)),
+    "eps_nan": (ValueError, "eps must be finite", lambda g, r: fu.pcgrad_(g, [g, r], eps=math.nan)),
+    "generator_not_a_generator": (TypeError, "torch.Generator", lambda g, r: fu.pcgrad_(g, [g, r], generator=123)),
+    "order_on_other_device": (
+        ValueError,
+        "order is on meta",
+        lambda g, r: fu.pcgrad_(g, [g, r], order=torch.zeros(2, 2, dtype=torch.long, device="meta")),
+    ),
+    "integer_gram": (TypeError, "floating-point", lambda g, r: fu.pcgrad_weights(torch.ones(2, 2, dtype=torch.long))),
     "no_directions": (ValueError, "directions", lambda g, r: fu.project_normal_(g, [])),
     "direction_shape": (ValueError, "shape", lambda g, r: fu.project_normal_(g, [r, [r[0], r[1][:2]]])),
 }
@@ -131,3 +144,10 @@ def test_in_place_is_allowed_under_no_grad():
     with torch.no_grad():
         fu.project_(g, r)
     assert torch.dot(torch.cat([s.detach().reshape(-1) for s in g]), torch.cat([s.reshape(-1) for s in r])).abs() < 1e-5
+
+
+def test_backend_environment_variable_is_named_in_its_error(monkeypatch):
+    monkeypatch.setenv("FASTUNLEARN_BACKEND", "fortran")
+    g, r = fresh()
+    with pytest.raises(ValueError, match="FASTUNLEARN_BACKEND='fortran' names no backend"):
+        fu.dot(g, r)

@@ -184,6 +184,16 @@ def test_inference_params_are_updated_only_inside_inference_mode(optimizer):
     assert all((p < 1).all() for p in params)
 
 
+@pytest.mark.parametrize("optimizer", [fu.optim.SGD, fu.optim.AdamW])
+def test_sparse_gradients_are_refused_before_any_update(optimizer):
+    embedding = torch.nn.Embedding(10, 3, sparse=True)
+    before = embedding.weight.detach().clone()
+    embedding(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(TypeError, match="layout torch.sparse_coo; fastunlearn.optim updates dense gradients only"):
+        optimizer(embedding.parameters(), lr=0.1).step()
+    assert torch.equal(embedding.weight.detach(), before)
+
+
 def test_bad_hyperparameters_and_backend_names():
     params = list(small_model().parameters())
     with pytest.raises(ValueError, match="lr"):

@@ -421,6 +421,14 @@ def test_empty_objectives():
         opt.pc_backward([])
 
 
+def test_one_loss_tensor_instead_of_a_list():
+    model = nn.Linear(2, 1)
+    opt = fu.PCGrad(torch.optim.SGD(model.parameters(), lr=0.1))
+    with pytest.raises(TypeError, match=r"sequence of scalar losses"):
+        opt.pc_backward(model(torch.ones(1, 2)).sum())
+    assert all(p.grad is None for p in model.parameters())
+
+
 @pytest.mark.parametrize("order", [[[0, 0], [1, 1]], [[0, 2], [1, 0]]])
 def test_order_that_is_not_a_permutation_is_rejected_before_any_grad_changes(order):
     w = nn.Parameter(torch.tensor([1.0, 1.0]))

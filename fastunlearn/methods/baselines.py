@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fastunlearn import optim
+from fastunlearn import _validate, optim
 from fastunlearn.methods._base import LossFn, StepStats, UnlearningMethod, pair_stats
 from fastunlearn.ops import DEFAULT_EPS, pcgrad_order, pcgrad_weights
 
@@ -128,7 +128,8 @@ class PCGradUnlearn(UnlearningMethod):
         if reduction not in ("mean", "sum"):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         super().__init__(model, **kwargs)
-        self.retain_tasks, self.reduction, self.eps, self.generator = retain_tasks, reduction, float(eps), generator
+        self.retain_tasks, self.reduction, self.generator = retain_tasks, reduction, generator
+        self.eps = _validate.check_eps(eps)
 
     def step(self, forget_batch: Any, retain_batch: Any) -> StepStats:
         forget_loss, g_f = self.gradient("forget", self.forget_loss_fn, forget_batch)

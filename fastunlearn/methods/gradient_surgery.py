@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fastunlearn import _validate
 from fastunlearn.methods._base import LossFn, StepStats, UnlearningMethod, pair_stats
 from fastunlearn.ops import DEFAULT_EPS, _projection_coefficient, _span_coefficients
 
@@ -70,7 +71,8 @@ class GradientSurgery(UnlearningMethod):
             raise ValueError("several retain directions are projected out always; use projection='always'")
         kwargs = {} if loss_fn is None else {"loss_fn": loss_fn}
         super().__init__(model, optimizer=optimizer, lr=lr, forget_loss_fn=forget_loss_fn, backend=backend, **kwargs)
-        self.projection, self.retain_weight, self.eps = projection, float(retain_weight), float(eps)
+        self.projection, self.retain_weight = projection, float(retain_weight)
+        self.eps = _validate.check_eps(eps)
         self.retain_directions = retain_directions
 
     def step(self, forget_batch: Any, retain_batch: Any) -> StepStats:

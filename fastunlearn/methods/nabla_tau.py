@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fastunlearn import optim
+from fastunlearn import _validate, optim
 from fastunlearn.methods._base import History, LossFn, StepStats, UnlearningMethod, evaluating, pair_stats
 from fastunlearn.ops import DEFAULT_EPS, _projection_coefficient
 
@@ -100,7 +100,8 @@ class NablaTau(UnlearningMethod):
         self.val_loader = val_loader
         self.alpha0 = self.alpha = float(alpha0)
         self.two_sided, self.tau_refresh_every = two_sided, tau_refresh_every
-        self.projection, self.eps, self.lr_end_factor = projection, float(eps), lr_end_factor
+        self.projection, self.lr_end_factor = projection, lr_end_factor
+        self.eps = _validate.check_eps(eps)
         self.tau: Tensor | None = None
         self.epochs: int | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
