@@ -201,7 +201,7 @@ struct Vectors {
 // K vectors of n CPU shards: one supported dtype, shapes equal at each shard index, and no shard
 // that needs autograd while grad mode is on (the fast path has no backward; outputs that require
 // grad may only be written under no_grad). What fastunlearn/_validate.py checks, in C++.
-int64_t check_vectors(const BorrowedTensors& shards, int64_t k, bool allow_grad) {
+int64_t check_vectors(const BorrowedTensors& shards, int64_t k) {
   TORCH_CHECK_VALUE(k > 0 && shards.size() > 0 && shards.size() % k == 0, "fastunlearn: bad shard list");
   const int64_t n = static_cast<int64_t>(shards.size()) / k;
   const std::vector<Meta>& m = shards.metas();
@@ -210,7 +210,7 @@ int64_t check_vectors(const BorrowedTensors& shards, int64_t k, bool allow_grad)
   const bool grad_mode = at::GradMode::is_enabled();
   for (size_t s = 0; s < m.size(); ++s) {
     TORCH_CHECK_VALUE(m[s].plain && m[s].cpu && m[s].dtype == dtype, "fastunlearn: shard ", s);
-    TORCH_CHECK_VALUE(allow_grad || !grad_mode || !m[s].requires_grad, "fastunlearn: shard ", s, " requires grad");
+    TORCH_CHECK_VALUE(!grad_mode || !m[s].requires_grad, "fastunlearn: shard ", s, " requires grad");
     const size_t ref = s % n;
     TORCH_CHECK_VALUE(m[s].same_shape(m[ref], shards.tensors()[s], shards.tensors()[ref]), "fastunlearn: shard ", s);
   }
@@ -300,7 +300,8 @@ bool check_combine(const Outputs& outs, const BorrowedTensors& shards) {
 
 void check_weights(const at::Tensor& weights, int64_t k) {
   TORCH_CHECK_VALUE(plain_tensor(weights) && weights.dim() == 1 && weights.size(0) == k &&
-                        supported_dtype(weights.scalar_type()) && weights.device().is_cpu(),
+                        supported_dtype(weights.scalar_type()) && weights.device().is_cpu() &&
+                        !(at::GradMode::is_enabled() && weights.requires_grad()),
                     "fastunlearn: weights");
 }
 
@@ -371,7 +372,7 @@ PyObject* gram_vectors(PyObject* /*self*/, PyObject* vectors_obj) {
   HANDLE_TH_ERRORS
   const Vectors vectors(vectors_obj);
   const BorrowedTensors shards(vectors.sequences);
-  check_vectors(shards, vectors.k, /*allow_grad=*/false);
+  check_vectors(shards, vectors.k);
   return THPVariable_Wrap(run_gram(shards, vectors.k));
   END_HANDLE_TH_ERRORS
 }
@@ -384,7 +385,7 @@ PyObject* combine_vectors(PyObject* /*self*/, PyObject* args) {
   if (!PyArg_ParseTuple(args, "OOO", &out_obj, &weights_obj, &vectors_obj)) return nullptr;
   const Vectors vectors(vectors_obj);
   const BorrowedTensors shards(vectors.sequences);
-  const int64_t n = check_vectors(shards, vectors.k, /*allow_grad=*/true);
+  const int64_t n = check_vectors(shards, vectors.k);
   const at::Tensor& weights = tensor_arg(weights_obj, "weights");
   check_weights(weights, vectors.k);
   std::optional<BorrowedTensors> own_outs;
@@ -404,7 +405,7 @@ PyObject* gram_combine_vectors(PyObject* /*self*/, PyObject* args) {
   if (!PyArg_ParseTuple(args, "OOO", &out_obj, &vectors_obj, &weights_of)) return nullptr;
   const Vectors vectors(vectors_obj);
   const BorrowedTensors shards(vectors.sequences);
-  const int64_t n = check_vectors(shards, vectors.k, /*allow_grad=*/false);
+  const int64_t n = check_vectors(shards, vectors.k);
   std::optional<BorrowedTensors> own_outs;
   const Outputs outs = outputs_of(out_obj, vectors, shards, n, own_outs);
   check_outputs(outs, shards);

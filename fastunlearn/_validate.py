@@ -110,6 +110,19 @@ def check_writable(outs: list[Tensor], what: str) -> None:
                 )
 
 
+def check_not_differentiated(shards: list[Tensor], n: int, names: Sequence[str] | None = None) -> None:
+    """In-place ops have no backward: with grad mode on, an input that requires grad would lose its
+    graph without a word, so it is an error (names as in :func:`flatten_vectors`)."""
+    if torch.is_grad_enabled():
+        for s, t in enumerate(shards):
+            if t.requires_grad:
+                name = vector_names(len(shards) // n, names)[s // n]
+                raise ValueError(
+                    f"{name} shard {s % n} requires grad; in-place fastunlearn ops are not differentiable "
+                    "(pass .grad tensors or detached copies, or call under torch.no_grad())"
+                )
+
+
 def check_weights(weights: Tensor, shape: tuple[int, ...], device: torch.device) -> None:
     if not isinstance(weights, Tensor):
         raise TypeError(f"weights must be a Tensor on {device}, got {type(weights).__name__}")
@@ -119,6 +132,10 @@ def check_weights(weights: Tensor, shape: tuple[int, ...], device: torch.device)
         raise ValueError(f"weights must have shape {shape} (one per vector), got {tuple(weights.shape)}")
     if weights.device != device:
         raise ValueError(f"weights are on {weights.device} but the vectors are on {device}")
+    if weights.requires_grad and torch.is_grad_enabled():
+        raise ValueError(
+            "weights requires grad; combine_ is not differentiable (detach them or call under torch.no_grad())"
+        )
 
 
 def check_eps(eps: float) -> float:

@@ -314,6 +314,7 @@ def combine_(out: Vector, weights: Tensor, vectors: Sequence[Vector], *, backend
     _validate.check_matches(out_shards, shards[:n], "out", "vectors[0]")
     _validate.check_weights(weights, (len(vectors),), shards[0].device)
     _validate.check_writable(out_shards, "out")
+    _validate.check_not_differentiated(shards, n)
     name = _backend.resolve(backend, shards[0].device)
     _combine_(out_shards, weights, shards, len(vectors), name)
     return out
@@ -357,6 +358,7 @@ def project_(
             return ProjectionStats(gram[0, 1], gram[0, 0], gram[1, 1], -weights[1])
     shards, n = _validate.flatten_vectors([g, r], names=["g", "r"])
     _validate.check_writable(shards[:n], "g")
+    _validate.check_not_differentiated(shards, n, ["g", "r"])
     name = _backend.resolve(backend, shards[0].device)
     return ProjectionStats(*_project_(shards[:n], shards[n:], mode, eps, name).unbind())
 
@@ -394,10 +396,10 @@ def project_normal_(
         done = _fast.gram_combine_(g, [g, *directions], lambda gram: _unit_minus(_span_coefficients(gram, eps)))
         if done is not None:
             return -done[1][1:]
-    shards, n = _validate.flatten_vectors(
-        [g, *directions], names=["g", *(f"directions[{j}]" for j in range(len(directions)))]
-    )
+    names = ["g", *(f"directions[{j}]" for j in range(len(directions)))]
+    shards, n = _validate.flatten_vectors([g, *directions], names=names)
     _validate.check_writable(shards[:n], "g")
+    _validate.check_not_differentiated(shards, n, names)
     name = _backend.resolve(backend, shards[0].device)
     return _project_normal_(shards[:n], shards[n:], len(directions), eps, name)
 
@@ -482,6 +484,7 @@ def pcgrad_(
     out_shards = _validate.check_vector(out, "out")
     _validate.check_matches(out_shards, shards[:n], "out", "vectors[0]")
     _validate.check_writable(out_shards, "out")
+    _validate.check_not_differentiated(shards, n)
     device = shards[0].device
     name = _backend.resolve(backend, device)
     order = _checked_order(order, len(vectors), device, generator)

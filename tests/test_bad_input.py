@@ -151,3 +151,37 @@ def test_backend_environment_variable_is_named_in_its_error(monkeypatch):
     g, r = fresh()
     with pytest.raises(ValueError, match="FASTUNLEARN_BACKEND='fortran' names no backend"):
         fu.dot(g, r)
+
+
+IN_PLACE_OPS = {
+    "combine_": lambda out, a, b: fu.combine_(out, torch.ones(2), [a, b]),
+    "project_": lambda out, a, b: fu.project_(out, b),
+    "project_normal_": lambda out, a, b: fu.project_normal_(out, [a, b]),
+    "pcgrad_": lambda out, a, b: fu.pcgrad_(out, [a, b]),
+}
+
+
+@pytest.mark.parametrize("shards", [2, 80], ids=["ordinary", "fast_path"])
+@pytest.mark.parametrize("op", IN_PLACE_OPS.values(), ids=IN_PLACE_OPS.keys())
+def test_in_place_ops_refuse_inputs_that_require_grad(op, shards):
+    out, a, b = ([torch.randn(3) for _ in range(shards)] for _ in range(3))
+    b[shards - 1].requires_grad_()
+    before = [s.clone() for s in out]
+    with pytest.raises(ValueError, match=f"shard {shards - 1} requires grad; in-place fastunlearn ops are not diff"):
+        op(out, a, b)
+    assert_same_bits(out, before)
+    with torch.no_grad():
+        op(out, a, b)
+    assert not torch.equal(out[0], before[0])
+
+
+@pytest.mark.parametrize("shards", [2, 80], ids=["ordinary", "fast_path"])
+def test_combine_refuses_weights_that_require_grad(shards):
+    out, a = [torch.zeros(3) for _ in range(shards)], [torch.ones(3) for _ in range(shards)]
+    weights = torch.ones(1, requires_grad=True)
+    with pytest.raises(ValueError, match="weights requires grad; combine_ is not differentiable"):
+        fu.combine_(out, weights, [a])
+    assert all(torch.equal(s, torch.zeros(3)) for s in out)
+    with torch.no_grad():
+        fu.combine_(out, weights, [a])
+    assert all(torch.equal(s, torch.ones(3)) for s in out)
