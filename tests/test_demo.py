@@ -142,3 +142,10 @@ def test_feature_ratio_counts_the_removed_class():
         classifier.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0]]))
     samples = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, -1.0], [-2.0, -1.0]])
     assert ev.feature_ratio(classifier, samples, 2) == 0.5
+
+
+def test_result_tables_are_not_cut_when_output_is_piped(capsys):
+    from fastunlearn.demo.run import _table_console
+
+    console = _table_console()  # pytest captures stdout: not a terminal
+    assert not console.is_terminal and console.width == 200

@@ -141,7 +141,8 @@ def _sample_grids(plt, run: dict, path: Path) -> Path:
     samples = run["vae_samples"]
     cols = 5
     rows = -(-len(samples) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 3.1 * rows), squeeze=False)
+    # constrained layout keeps each row's titles clear of the samples above them
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 3.2 * rows + 0.4), squeeze=False, layout="constrained")
     for ax in axes.flat[len(samples) :]:
         ax.axis("off")
     for ax, (name, images) in zip(axes.flat, samples.items()):
@@ -153,7 +154,6 @@ def _sample_grids(plt, run: dict, path: Path) -> Path:
         ax.set_title(f"{name}\nratio {ratio:.3f}" if ratio is not None else name, fontsize=9)
         ax.axis("off")
     fig.suptitle(f"VAE samples (64 each), forget {run['forget']}: ratio = share classified as the removed class")
-    fig.tight_layout(rect=(0, 0, 1, 0.95 if rows > 1 else 0.9))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

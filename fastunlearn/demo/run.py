@@ -229,5 +229,14 @@ def run_demo(config: DemoConfig) -> dict:
     (config.out / "results.json").write_text(json.dumps(summary, indent=2))
     figures = report.figures(runs, config.out)
     (config.out / "report.md").write_text(report.markdown(summary, figures))
-    report.print_tables(summary, Console())
+    report.print_tables(summary, _table_console())
     return summary
+
+
+def _table_console():
+    """A console for the result tables: the terminal's width, or room for every column when the
+    output is a file or a pipe (rich would otherwise cut the tables to 80 columns)."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
