@@ -130,6 +130,12 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
             params = self.params
             grads = _checked_vectors(vectors, params)
             _validate.check_weights(weights, (len(grads),), params[0].device)
+            for i, p in enumerate(params):
+                if p.device != weights.device:
+                    raise ValueError(
+                        f"parameter {i} is on {p.device} but the weights are on {weights.device}; step_combined "
+                        "takes the parameters of one device (use one optimizer per device)"
+                    )
             _validate.check_writable(to_local(params), "param")
             self._update_groups([group["params"] for group in self.param_groups], weights, grads)
             return loss
@@ -138,8 +144,7 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
         if params:
             grads = _checked_vectors([[p.grad for p in params]], params)
             _validate.check_writable(to_local(params), "param")
-            local = to_local(params[:1])[0]
-            self._update_groups(with_grad, torch.ones(1, dtype=local.dtype, device=local.device), grads)
+            self._update_groups(with_grad, None, grads)
         return loss
 
     def step_combined(self, weights: Tensor, vectors: Sequence[Vector]) -> None:
@@ -152,7 +157,11 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
         """
         self.step(weights=weights, vectors=vectors)
 
-    def _update_groups(self, group_params: list[list[Tensor]], weights: Tensor, grads: list[list[Tensor]]) -> None:
+    def _update_groups(
+        self, group_params: list[list[Tensor]], weights: Tensor | None, grads: list[list[Tensor]]
+    ) -> None:
+        """Updates every group along ``sum_k weights[k] * grads[k]`` (``weights=None``: the one
+        gradient, with a unit weight on each bucket's own device)."""
         # Every bucket's backend is resolved (and may raise) before the first one is updated.
         plan, start = [], 0
         for group, params in zip(self.param_groups, group_params):
@@ -163,10 +172,12 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
                 name = _backend.resolve(self.backend, bucket[0].device)
                 if name in _backend.NATIVE and not all(self._flat_walkable(p) for p in bucket):
                     name = "torch"  # the native kernels walk params and their state as flat memory
-                plan.append((group, bucket, [vector[i] for vector in vectors for i in index], name))
+                local = to_local(bucket[:1])[0]
+                bucket_weights = torch.ones(1, dtype=local.dtype, device=local.device) if weights is None else weights
+                plan.append((group, bucket, bucket_weights, [vector[i] for vector in vectors for i in index], name))
             start = stop
-        for group, bucket, bucket_grads, name in plan:
-            self._apply(group, bucket, weights, bucket_grads, len(grads), name)
+        for group, bucket, bucket_weights, bucket_grads, name in plan:
+            self._apply(group, bucket, bucket_weights, bucket_grads, len(grads), name)
 
     def _bucket_key(self, p: Tensor) -> tuple:
         return (p.dtype, p.device)

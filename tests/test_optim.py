@@ -194,6 +194,22 @@ def test_sparse_gradients_are_refused_before_any_update(optimizer):
     assert torch.equal(embedding.weight.detach(), before)
 
 
+@pytest.mark.parametrize("optimizer", [fu.optim.SGD, fu.optim.AdamW])
+def test_parameters_on_two_devices(optimizer):
+    # meta stands in for a second device: its bucket runs on meta tensors, nothing is computed there.
+    on_cpu, elsewhere = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2, device="meta"))
+    on_cpu.grad, elsewhere.grad = torch.full((3,), 0.5), torch.full((2,), 0.5, device="meta")
+    alone = torch.nn.Parameter(torch.ones(3))
+    alone.grad = on_cpu.grad.clone()
+    optimizer([on_cpu, elsewhere], lr=0.1).step()  # each bucket's unit weight on its own device
+    optimizer([alone], lr=0.1).step()
+    assert torch.equal(on_cpu.detach(), alone.detach())
+    opt, before = optimizer([on_cpu, elsewhere], lr=0.1), on_cpu.detach().clone()
+    with pytest.raises(ValueError, match="parameter 1 is on meta but the weights are on cpu"):
+        opt.step_combined(torch.ones(1), [[on_cpu.grad, elsewhere.grad]])
+    assert torch.equal(on_cpu.detach(), before) and not opt.state
+
+
 def test_bad_hyperparameters_and_backend_names():
     params = list(small_model().parameters())
     with pytest.raises(ValueError, match="lr"):
