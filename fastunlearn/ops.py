@@ -408,7 +408,19 @@ def pcgrad_order(
     num_vectors: int, *, device: torch.device | str = "cpu", generator: torch.Generator | None = None
 ) -> Tensor:
     """A random projection order per task (row i: the order task i meets the others), made on the
-    device (no host round trip). Pass a ``generator`` on that device for reproducible orders."""
+    device (no host round trip). Pass a ``generator`` on that device for reproducible orders.
+
+    >>> import torch, fastunlearn as fu
+    >>> order = fu.pcgrad_order(3, generator=torch.Generator().manual_seed(0))
+    >>> order.shape
+    torch.Size([3, 3])
+    >>> order.sort(dim=1).values  # every row is a permutation of the task indices
+    tensor([[0, 1, 2],
+            [0, 1, 2],
+            [0, 1, 2]])
+    >>> torch.equal(order, fu.pcgrad_order(3, generator=torch.Generator().manual_seed(0)))
+    True
+    """
     _validate.check_generator(generator)
     noise = torch.rand(num_vectors, num_vectors, device=device, generator=generator)
     return noise.argsort(dim=1)

@@ -47,9 +47,11 @@ class PCGrad:
         return self._optim
 
     def zero_grad(self) -> None:
+        """Clears the wrapped optimizer's gradients (``.grad = None``, as ``set_to_none=True``)."""
         self._optim.zero_grad(set_to_none=True)
 
     def step(self):
+        """Steps the wrapped optimizer on the merged ``.grad`` that :meth:`pc_backward` left; returns its result."""
         return self._optim.step()
 
     def pc_backward(self, objectives: Sequence[Tensor], *, order: Tensor | None = None) -> ops.PCGradStats:

@@ -50,7 +50,15 @@ def _balanced(members: np.ndarray, others: np.ndarray, seed: int) -> tuple[np.nd
 
 
 def simple_mia(forget_feature: np.ndarray, test_feature: np.ndarray, *, n_splits: int = 10, seed: int = 0) -> float:
-    """Mean cross-validated accuracy of a logistic regression telling forget (1) from test (0)."""
+    """Mean cross-validated accuracy of a logistic regression telling forget (1) from test (0).
+
+    >>> import numpy as np, fastunlearn as fu
+    >>> rng = np.random.default_rng(0)
+    >>> fu.eval.simple_mia(rng.normal(0.0, 0.1, 50), rng.normal(2.0, 0.1, 50))  # forget losses far below test
+    1.0
+    >>> 0.3 < fu.eval.simple_mia(rng.normal(1.0, 0.5, 50), rng.normal(1.0, 0.5, 50)) < 0.7  # no signal: ~0.5
+    True
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedShuffleSplit, cross_val_score
 
@@ -62,7 +70,16 @@ def simple_mia(forget_feature: np.ndarray, test_feature: np.ndarray, *, n_splits
 def svc_mia_efficacy(
     retain_confidence: np.ndarray, test_confidence: np.ndarray, forget_confidence: np.ndarray, *, seed: int = 0
 ) -> float:
-    """Share of forget samples an SVC (trained on retain=member vs test=non-member) calls non-members."""
+    """Share of forget samples an SVC (trained on retain=member vs test=non-member) calls non-members.
+
+    >>> import numpy as np, fastunlearn as fu
+    >>> rng = np.random.default_rng(0)
+    >>> retain, test = rng.uniform(0.9, 1.0, 50), rng.uniform(0.2, 0.6, 50)
+    >>> fu.eval.svc_mia_efficacy(retain, test, rng.uniform(0.2, 0.6, 20))  # forget looks like test: forgotten
+    1.0
+    >>> fu.eval.svc_mia_efficacy(retain, test, rng.uniform(0.9, 1.0, 20))  # forget looks like retain: remembered
+    0.0
+    """
     from sklearn.svm import SVC
 
     x, y = _balanced(np.asarray(retain_confidence), np.asarray(test_confidence), seed)
@@ -73,7 +90,17 @@ def svc_mia_efficacy(
 def membership_inference(
     model: nn.Module, forget: Iterable, retain: Iterable, test: Iterable, *, seed: int = 0
 ) -> dict[str, float]:
-    """MIA-L, MIA-E and the SVC MIA efficacy of ``model`` in one call."""
+    """MIA-L, MIA-E and the SVC MIA efficacy of ``model`` in one call.
+
+    >>> import torch, fastunlearn as fu
+    >>> _ = torch.manual_seed(0)
+    >>> data = torch.utils.data.TensorDataset(torch.randn(24, 4), torch.randint(0, 3, (24,)))
+    >>> loader = lambda idx: torch.utils.data.DataLoader(torch.utils.data.Subset(data, idx), batch_size=8)
+    >>> forget, retain, test = loader(range(8)), loader(range(8, 16)), loader(range(16, 24))
+    >>> scores = fu.eval.membership_inference(torch.nn.Linear(4, 3), forget, retain, test)
+    >>> sorted(scores), all(0.0 <= v <= 1.0 for v in scores.values())
+    (['mia_efficacy', 'mia_entropy', 'mia_loss'], True)
+    """
     f, r, t = (sample_features(model, loader) for loader in (forget, retain, test))
     return {
         "mia_loss": simple_mia(f["loss"], t["loss"], seed=seed),

@@ -1,4 +1,30 @@
-"""The baselines every unlearning comparison needs, on the same machinery as the methods."""
+"""The baselines every unlearning comparison needs, on the same machinery as the methods.
+
+Each baseline is used like the other methods: build it on a model, call ``step(forget_batch,
+retain_batch)`` in your own loop (or ``run(forget_loader, retain_loader)``), read the stats.
+
+>>> import torch, fastunlearn as fu
+>>> from fastunlearn.methods import Finetune, GradientAscent, GradientDifference, PCGradUnlearn, RandomLabel
+>>> _ = torch.manual_seed(0)
+>>> x, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+>>> forget, retain = (x[:8], y[:8]), (x[8:], y[8:])
+>>> ascent = GradientAscent(torch.nn.Linear(4, 3), lr=0.5)
+>>> first = ascent.step(forget)["forget_loss"]
+>>> ascent.step(forget)["forget_loss"] > first  # the forget loss goes up
+tensor(True)
+>>> for method in [
+...     GradientDifference(torch.nn.Linear(4, 3), forget_weight=0.5),
+...     Finetune(torch.nn.Linear(4, 3)),
+...     RandomLabel(torch.nn.Linear(4, 3), num_classes=3),
+...     PCGradUnlearn(torch.nn.Linear(4, 3), retain_tasks=2),
+... ]:
+...     stats = method.step(forget, retain)  # device tensors: losses, and g_f/g_r geometry where both are used
+...     print(type(method).__name__, [name for name in sorted(stats) if name.endswith("loss")])
+GradientDifference ['forget_loss', 'retain_loss']
+Finetune ['retain_loss']
+RandomLabel ['relabelled_forget_loss', 'retain_loss']
+PCGradUnlearn ['forget_loss', 'retain_loss']
+"""
 
 from __future__ import annotations
 
@@ -70,6 +96,13 @@ class RandomLabel(UnlearningMethod):
     classes (drawn on the device), plus the retain loss when ``with_retain`` (default).
 
     Batches are ``(inputs, labels, ...)``; ``loss_fn`` sees the relabelled forget batch.
+
+    >>> import torch, fastunlearn as fu
+    >>> method = fu.methods.RandomLabel(torch.nn.Linear(4, 3), num_classes=3)
+    >>> labels = torch.tensor([0, 1, 2, 0, 1, 2])
+    >>> _, new_labels = method.relabel((torch.zeros(6, 4), labels))
+    >>> bool((new_labels != labels).all()), bool(((0 <= new_labels) & (new_labels < 3)).all())
+    (True, True)
     """
 
     def __init__(

@@ -43,6 +43,18 @@ class DecoupleRetain(UnlearningMethod):
     and measures ``mean_x |h_theta0(x) - h_theta(x)|_2`` (per sample, outputs flattened). ``corrupt``
     maps a forget batch to its corrupted version before both are evaluated. Phase 2 uses
     ``retain_optimizer`` (default SGD, momentum 0.9, lr ``retain_lr``).
+
+    >>> import torch, fastunlearn as fu
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Linear(4, 3)
+    >>> data = torch.utils.data.TensorDataset(torch.randn(16, 4), torch.randint(0, 3, (16,)))
+    >>> loader = lambda idx: torch.utils.data.DataLoader(torch.utils.data.Subset(data, idx), batch_size=4)
+    >>> method = fu.methods.DecoupleRetain(model, threshold=1.0, max_steps=50, lr=0.5)
+    >>> history = method.run(loader(range(4)), loader(range(4, 16)))
+    >>> method.reached_threshold, method.steps_taken  # phase 1 stopped once the outputs moved by 1.0
+    (True, 2)
+    >>> history["phase"].tolist()  # 2 ascent steps, then one epoch of 3 retain batches
+    [1.0, 1.0, 2.0, 2.0, 2.0]
     """
 
     def __init__(

@@ -61,6 +61,19 @@ class NablaTau(UnlearningMethod):
     * Epochs (known): :func:`nabla_tau_epochs`; the retain iterator restarts so it never runs out.
 
     One Gram pass per step gives the logged dot/cosine of g_f and g_r (and the projection).
+
+    >>> import torch, fastunlearn as fu
+    >>> _ = torch.manual_seed(0)
+    >>> model = torch.nn.Linear(4, 3)
+    >>> x, y = torch.randn(12, 4), torch.randint(0, 3, (12,))
+    >>> nabla_tau = fu.methods.NablaTau(model, [(x[8:], y[8:])], alpha0=0.5, lr=0.1)
+    >>> stats = nabla_tau.step((x[:4], y[:4]), (x[4:8], y[4:8]))  # the first step computes tau
+    >>> round(stats["tau"].item(), 2)
+    1.15
+    >>> stats["forget_loss"] < stats["tau"], stats["forget_weight"] < 0  # below tau: ascend g_f
+    (tensor(True), tensor(True))
+    >>> stats["retain_weight"].item()  # 1 - alpha
+    0.5
     """
 
     def __init__(
