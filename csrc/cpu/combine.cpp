@@ -82,9 +82,11 @@ FU_INLINE void combine_chunk(const ChunkPlan& plan, int64_t chunk, void* const* 
         comp_t* __restrict acc = sums.data() + m * kBlock;
         const comp_t* wm = w.data() + m * k;
         const auto* __restrict x0 = static_cast<const scalar_t*>(ins[shard]) + pos;
+        if (m == 0) prefetch_ahead(x0, len);
         for (int64_t t = 0; t < len; ++t) acc[t] = wm[0] * static_cast<comp_t>(x0[t]);
         for (int64_t v = 1; v < k; ++v) {
           const auto* __restrict x = static_cast<const scalar_t*>(ins[v * n + shard]) + pos;
+          if (m == 0) prefetch_ahead(x, len);
           const comp_t wv = wm[v];
           for (int64_t t = 0; t < len; ++t) acc[t] += wv * static_cast<comp_t>(x[t]);
         }

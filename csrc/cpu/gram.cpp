@@ -15,16 +15,9 @@ namespace {
 
 int64_t num_pairs(int64_t k) { return k * (k + 1) / 2; }
 
-// The hardware prefetcher loses track of K streams read in short bursts; ask for the lines a few
-// blocks ahead explicitly (prefetching past the end of a shard is harmless).
-constexpr int64_t kPrefetchBlocks = 4;
-
 template <typename scalar_t, typename acc_t>
 FU_INLINE void stage_block(const scalar_t* __restrict src, int64_t len, acc_t* __restrict dst) {
-  constexpr int64_t per_line = 64 / sizeof(scalar_t);
-  for (int64_t t = 0; t < len; t += per_line) {
-    __builtin_prefetch(src + t + kPrefetchBlocks * kBlock, 0, 0);
-  }
+  prefetch_ahead(src, len);
   for (int64_t t = 0; t < len; ++t) dst[t] = static_cast<acc_t>(src[t]);
   for (int64_t t = len; t < kBlock; ++t) dst[t] = acc_t(0);
 }

@@ -19,6 +19,16 @@ template <typename scalar_t> struct Compute { using type = scalar_t; };
 template <> struct Compute<c10::BFloat16> { using type = float; };
 template <> struct Compute<c10::Half> { using type = float; };
 
+// The hardware prefetcher loses track of K streams read in short bursts of kBlock elements; ask for
+// each line a few blocks ahead explicitly (prefetching past the end of a shard is harmless).
+constexpr int64_t kPrefetchBlocks = 4;
+
+template <typename scalar_t>
+inline __attribute__((always_inline)) void prefetch_ahead(const scalar_t* src, int64_t len) {
+  constexpr int64_t per_line = 64 / sizeof(scalar_t);
+  for (int64_t t = 0; t < len; t += per_line) __builtin_prefetch(src + t + kPrefetchBlocks * kBlock, 0, 0);
+}
+
 }  // namespace fastunlearn
 
 // One clone per ISA level, picked at load time; lane-structured loops give every clone the same bits.
