@@ -141,27 +141,29 @@ def _(g, directions, num_directions, eps, backend):
 def _span_coefficients(gram: Tensor, eps: float) -> Tensor:
     """alpha with sum_j alpha_j r_j the component of g in span(R), from the Gram of [g, r_1..r_m].
 
-    Gram-Schmidt in Gram space: row j of ``basis`` holds the coefficients over R of r_j's part
-    orthogonal to the earlier kept directions. A direction whose orthogonal part keeps no more than
-    ``_dependence_tolerance`` of its squared norm lies in the span already (a repeated, scaled or
-    zero direction) and gets alpha_j = 0; the normal equations would be singular there and solving
-    them would write NaN. Everything stays on the device: the choice is a ``torch.where``."""
+    Gram-Schmidt in Gram space: row j of ``basis`` holds the coefficients over R of u_j, r_j's part
+    orthogonal to the earlier kept directions, so the u_j are exactly orthogonal and removing
+    ``sum_j (g.u_j) / (|u_j|^2 + eps) u_j`` never overshoots (``eps`` only damps tiny directions). A
+    direction whose orthogonal part keeps no more than ``_dependence_tolerance`` of its squared norm
+    lies in the span already (a repeated, scaled or zero direction) and gets alpha_j = 0, where the
+    normal equations would be singular. Everything stays on the device: the choice is a
+    ``torch.where``; no tensor is written in place, so the result is differentiable."""
     m = gram.shape[0] - 1
     directions, along = gram[1:, 1:], gram[1:, 0]
     tolerance = _dependence_tolerance(gram.dtype)
-    basis = torch.zeros_like(directions)
-    squared_norms = torch.ones(m, dtype=gram.dtype, device=gram.device)
+    identity = torch.eye(m, dtype=gram.dtype, device=gram.device)
+    rows, squared_norms = [], []  # a dropped direction: a zero row and a placeholder norm of 1
     for j in range(m):
-        # Coefficients of r_j along each earlier basis vector u_k: (r_j . u_k) / |u_k|^2 (0 for dropped k).
-        overlap = basis[:j] @ directions[:, j] / squared_norms[:j]
-        row = torch.zeros(m, dtype=gram.dtype, device=gram.device)
-        row[j] = 1.0
-        row = row - overlap @ basis[:j]
+        row = identity[j]
+        if rows:
+            basis, norms = torch.stack(rows), torch.stack(squared_norms)
+            row = row - (basis @ directions[:, j] / norms) @ basis
         squared_norm = row @ directions @ row
         kept = squared_norm > tolerance * directions[j, j]
-        basis[j] = torch.where(kept, row, torch.zeros_like(row))
-        squared_norms[j] = torch.where(kept, squared_norm + eps, torch.ones_like(squared_norm))
-    return basis.mT @ (basis @ along / squared_norms)
+        rows.append(torch.where(kept, row, torch.zeros_like(row)))
+        squared_norms.append(torch.where(kept, squared_norm, torch.ones_like(squared_norm)))
+    basis, norms = torch.stack(rows), torch.stack(squared_norms)
+    return basis.mT @ (basis @ along / (norms + eps))
 
 
 def _dependence_tolerance(dtype: torch.dtype) -> float:
@@ -522,7 +524,7 @@ def _checked_order(order: Tensor | None, k: int, device: torch.device, generator
     if tuple(order.shape) != (k, k):
         raise ValueError(f"order must have shape ({k}, {k}), got {tuple(order.shape)}")
     if order.device.type not in ("cpu", device.type):
-        raise ValueError(f"order is on {order.device} but the Gram is on {device}")
+        raise ValueError(f"order is on {order.device}, not on {device} where the weights are computed")
     # Checking the values needs them on the host: done for CPU orders only, never a device sync.
     if order.device.type == "cpu" and not torch.equal(order.sort(dim=1).values.long(), torch.arange(k).expand(k, k)):
         raise ValueError("each row of order must be a permutation of 0..K-1")

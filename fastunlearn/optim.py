@@ -130,12 +130,6 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
             params = self.params
             grads = _checked_vectors(vectors, params)
             _validate.check_weights(weights, (len(grads),), params[0].device)
-            for i, p in enumerate(params):
-                if p.device != weights.device:
-                    raise ValueError(
-                        f"parameter {i} is on {p.device} but the weights are on {weights.device}; step_combined "
-                        "takes the parameters of one device (use one optimizer per device)"
-                    )
             _validate.check_writable(to_local(params), "param")
             self._update_groups([group["params"] for group in self.param_groups], weights, grads)
             return loss
@@ -173,6 +167,11 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
                 if name in _backend.NATIVE and not all(self._flat_walkable(p) for p in bucket):
                     name = "torch"  # the native kernels walk params and their state as flat memory
                 local = to_local(bucket[:1])[0]
+                if weights is not None and bucket[0].device != weights.device:
+                    raise ValueError(
+                        f"parameter {start + index[0]} is on {bucket[0].device} but the weights are on "
+                        f"{weights.device}; step_combined takes the parameters of one device (one optimizer per device)"
+                    )
                 bucket_weights = torch.ones(1, dtype=local.dtype, device=local.device) if weights is None else weights
                 plan.append((group, bucket, bucket_weights, [vector[i] for vector in vectors for i in index], name))
             start = stop

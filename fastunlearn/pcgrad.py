@@ -62,8 +62,10 @@ class PCGrad:
         parameters are read from the optimizer at each call. Unlike the reference, the graph is
         freed after the last objective's backward (as a plain ``backward()`` would).
         """
-        if isinstance(objectives, Tensor) or not isinstance(objectives, Sequence):
-            raise TypeError("objectives must be a sequence of scalar losses, e.g. [loss_a, loss_b]")
+        if (isinstance(objectives, Tensor) and objectives.dim() != 1) or not isinstance(objectives, (Tensor, Sequence)):
+            raise TypeError(
+                "objectives must be a sequence of scalar losses (or a 1-D tensor of them), e.g. [loss_a, loss_b]"
+            )
         if len(objectives) == 0:
             raise ValueError("pc_backward needs at least one objective")
         stash = GradientStash(p for group in self._optim.param_groups for p in group["params"])

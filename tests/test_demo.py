@@ -144,8 +144,11 @@ def test_feature_ratio_counts_the_removed_class():
     assert ev.feature_ratio(classifier, samples, 2) == 0.5
 
 
-def test_result_tables_are_not_cut_when_output_is_piped(capsys):
+def test_result_tables_are_not_cut_when_output_is_piped(capsys, monkeypatch):
     from fastunlearn.demo.run import _table_console
 
-    console = _table_console()  # pytest captures stdout: not a terminal
-    assert not console.is_terminal and console.width == 200
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setenv("FORCE_COLOR", "1")  # rich then calls any output a terminal
+    assert _table_console().width == 200  # pytest captures stdout: not a terminal
+    monkeypatch.setenv("COLUMNS", "132")
+    assert _table_console().width == 132

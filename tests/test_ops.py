@@ -19,6 +19,7 @@ from helpers import (
 from tolerances import elementwise_tol, reduction_atol
 
 import fastunlearn as fu
+from fastunlearn import ops
 
 
 def assert_gram_close(result, vectors, dtype):
@@ -156,6 +157,22 @@ def test_project_normal_with_dependent_directions_removes_the_span(backend, dtyp
     torch.testing.assert_close(flat64(g), expected, rtol=tolerance, atol=tolerance * float(g64.abs().max()))
     residual = R @ flat64(g)
     assert residual.abs().max() <= tolerance * float(R.norm(dim=1).max() * g64.norm())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_project_normal_damps_a_tiny_direction_without_overshooting(backend):
+    # eps comparable to a direction's squared norm shrinks its share; a repeat of its span adds nothing.
+    a, b = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64), torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    g = [a + b]
+    alpha = fu.project_normal_(g, [[1e-4 * a], [a.clone()]], eps=1e-8, backend=backend)
+    assert alpha[1] == 0
+    torch.testing.assert_close(g[0], torch.tensor([0.5, 1.0, 0.0], dtype=torch.float64))
+
+
+def test_span_coefficients_are_differentiable():
+    directions = torch.randn(4, 9, dtype=torch.float64)
+    gram = (directions @ directions.T).requires_grad_()
+    assert torch.autograd.gradcheck(lambda gram: ops._span_coefficients(gram, 0.0), (gram,))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -429,6 +429,19 @@ def test_one_loss_tensor_instead_of_a_list():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_a_stacked_tensor_of_losses_is_a_sequence_of_them():
+    torch.manual_seed(0)
+    model, x = nn.Linear(2, 1), torch.randn(4, 2)
+    opt = fu.PCGrad(torch.optim.SGD(model.parameters(), lr=0.1))
+    order = torch.tensor([[0, 1], [1, 0]])
+    stats = opt.pc_backward(torch.stack([model(x).sum(), (model(x) ** 2).sum()]), order=order)
+    stacked = [p.grad.clone() for p in model.parameters()]
+    opt.zero_grad()
+    expected = opt.pc_backward([model(x).sum(), (model(x) ** 2).sum()], order=order)
+    assert torch.equal(stats.weights, expected.weights)
+    assert all(torch.equal(a, p.grad) for a, p in zip(stacked, model.parameters()))
+
+
 @pytest.mark.parametrize("order", [[[0, 0], [1, 1]], [[0, 2], [1, 0]]])
 def test_order_that_is_not_a_permutation_is_rejected_before_any_grad_changes(order):
     w = nn.Parameter(torch.tensor([1.0, 1.0]))

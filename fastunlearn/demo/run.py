@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -235,8 +237,10 @@ def run_demo(config: DemoConfig) -> dict:
 
 def _table_console():
     """A console for the result tables: the terminal's width, or room for every column when the
-    output is a file or a pipe (rich would otherwise cut the tables to 80 columns)."""
+    output is a file or a pipe (rich would otherwise cut the tables to 80 columns); ``COLUMNS``
+    sets the width either way."""
     from rich.console import Console
 
-    console = Console()
-    return console if console.is_terminal else Console(width=200)
+    if sys.stdout.isatty() or "COLUMNS" in os.environ:
+        return Console()
+    return Console(width=200)
