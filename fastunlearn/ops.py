@@ -359,8 +359,8 @@ def project_(
             gram, weights = done
             return ProjectionStats(gram[0, 1], gram[0, 0], gram[1, 1], -weights[1])
     shards, n = _validate.flatten_vectors([g, r], names=["g", "r"])
-    _validate.check_writable(shards[:n], "g")
-    _validate.check_not_differentiated(shards, n, ["g", "r"])
+    _validate.check_writable(shards[:n], "g")  # g's own requires-grad check
+    _validate.check_not_differentiated(shards[n:], n, ["r"])
     name = _backend.resolve(backend, shards[0].device)
     return ProjectionStats(*_project_(shards[:n], shards[n:], mode, eps, name).unbind())
 
@@ -400,8 +400,8 @@ def project_normal_(
             return -done[1][1:]
     names = ["g", *(f"directions[{j}]" for j in range(len(directions)))]
     shards, n = _validate.flatten_vectors([g, *directions], names=names)
-    _validate.check_writable(shards[:n], "g")
-    _validate.check_not_differentiated(shards, n, names)
+    _validate.check_writable(shards[:n], "g")  # g's own requires-grad check
+    _validate.check_not_differentiated(shards[n:], n, names[1:])
     name = _backend.resolve(backend, shards[0].device)
     return _project_normal_(shards[:n], shards[n:], len(directions), eps, name)
 
