@@ -28,7 +28,7 @@ def with_cuda() -> bool:
 
 def extension():
     common = dict(name="fastunlearn._C", include_dirs=[os.path.join(HERE, "csrc")], extra_link_args=["-fopenmp"])
-    cpu_sources = sources("*.cpp", "cpu/*.cpp")
+    cpu_sources = sources("*.cpp", "common/*.cpp", "cpu/*.cpp")
     if not with_cuda():
         return CppExtension(sources=cpu_sources, extra_compile_args=CXX_FLAGS, **common)
     return CUDAExtension(

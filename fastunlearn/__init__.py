@@ -7,11 +7,12 @@
 tensor(1.)
 """
 
-from fastunlearn import methods, optim  # noqa: E402  (built on the ops above)
+from fastunlearn import methods, optim, weighting  # noqa: E402  (built on the ops above)
 from fastunlearn._backend import backends
 from fastunlearn.ops import (
     PCGradStats,
     ProjectionStats,
+    aggregate_,
     combine_,
     dot,
     gram,
@@ -23,6 +24,7 @@ from fastunlearn.ops import (
     sq_norm,
 )
 from fastunlearn.pcgrad import PCGrad  # noqa: E402
+from fastunlearn.weighting import Projection, SpanComplement, Weighting  # noqa: E402  (PCGrad's: fu.weighting.PCGrad)
 
 __version__ = "0.1.0"
 

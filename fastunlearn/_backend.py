@@ -1,5 +1,8 @@
-"""Which implementation of the primitives (``gram``, ``combine_``, the fused optimizer steps) runs a call.
+"""Which backend runs a call: ``cpp`` (C++ CPU kernels), ``cuda`` (CUDA kernels), ``triton``
+(``fastunlearn.kernels``) or ``torch`` (``fastunlearn.reference``, the specification).
 
+Every op runs through ``torch.ops.fastunlearn`` (csrc/library.cpp); this module picks the backend
+name the op is given, and registers the two backends written in Python with the extension.
 ``backend="auto"`` picks the fastest one available for the tensors' device; the environment
 variable ``FASTUNLEARN_BACKEND`` overrides ``auto``. Naming a backend that cannot run is an error,
 never a silent fallback.
@@ -14,15 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 
-from fastunlearn import reference
+from fastunlearn import reference, weighting
 
 try:
-    from fastunlearn import _C  # registers torch.ops.fastunlearn_cpu (and fastunlearn_cuda)
+    from fastunlearn import _C  # registers torch.ops.fastunlearn
 
     _CPP_ERROR: str | None = None
 except ImportError as exc:  # a source checkout without a build, or an incompatible torch
+    _C = None
     _CPP_ERROR = f"the C++ extension fastunlearn._C did not load ({exc})"
 
 ENV_VAR = "FASTUNLEARN_BACKEND"
@@ -31,52 +34,36 @@ ENV_VAR = "FASTUNLEARN_BACKEND"
 @dataclass(frozen=True)
 class Backend:
     name: str
-    gram: Callable[[list[Tensor], int], Tensor]
-    combine_: Callable[[list[Tensor], Tensor, list[Tensor], int], None]
-    sgd_step_: Callable[..., None]
-    adamw_step_: Callable[..., None]
+    gram: Callable | None
+    combine_: Callable | None
+    sgd_step_: Callable | None
+    adamw_step_: Callable | None
     devices: tuple[str, ...]
     unavailable_reason: str | None = None
     #: Why the backend cannot take tensors on a device it otherwise runs on (None: it can).
     device_error: Callable[[torch.device], str | None] = lambda device: None
 
 
-def _cpp_gram(shards: list[Tensor], num_vectors: int) -> Tensor:
-    return torch.ops.fastunlearn_cpu.gram(shards, num_vectors)
-
-
-def _cpp_combine_(outs: list[Tensor], weights: Tensor, shards: list[Tensor], num_vectors: int) -> None:
-    torch.ops.fastunlearn_cpu.combine_(outs, weights, shards, num_vectors)
-
-
-def _cpp_sgd_step_(*args) -> None:
-    torch.ops.fastunlearn_cpu.sgd_step_(*args)
-
-
-def _cpp_adamw_step_(*args) -> None:
-    torch.ops.fastunlearn_cpu.adamw_step_(*args)
-
-
 # Triton is imported on first use only: `import fastunlearn` stays fast and never needs it.
-def _triton_gram(shards: list[Tensor], num_vectors: int) -> Tensor:
+def _triton_gram(shards, num_vectors):
     from fastunlearn.kernels import gram
 
     return gram.gram(shards, num_vectors)
 
 
-def _triton_combine_(outs: list[Tensor], weights: Tensor, shards: list[Tensor], num_vectors: int) -> None:
+def _triton_combine_(outs, weights, shards, num_vectors):
     from fastunlearn.kernels import combine
 
     combine.combine_(outs, weights, shards, num_vectors)
 
 
-def _triton_sgd_step_(*args) -> None:
+def _triton_sgd_step_(*args):
     from fastunlearn.kernels import fused_step
 
     fused_step.sgd_step_(*args)
 
 
-def _triton_adamw_step_(*args) -> None:
+def _triton_adamw_step_(*args):
     from fastunlearn.kernels import fused_step
 
     fused_step.adamw_step_(*args)
@@ -102,22 +89,6 @@ def _triton_device_error(device: torch.device) -> str | None:
     return None
 
 
-def _cuda_gram(shards: list[Tensor], num_vectors: int) -> Tensor:
-    return torch.ops.fastunlearn_cuda.gram(shards, num_vectors)
-
-
-def _cuda_combine_(outs: list[Tensor], weights: Tensor, shards: list[Tensor], num_vectors: int) -> None:
-    torch.ops.fastunlearn_cuda.combine_(outs, weights, shards, num_vectors)
-
-
-def _cuda_sgd_step_(*args) -> None:
-    torch.ops.fastunlearn_cuda.sgd_step_(*args)
-
-
-def _cuda_adamw_step_(*args) -> None:
-    torch.ops.fastunlearn_cuda.adamw_step_(*args)
-
-
 def _cuda_unavailable() -> str | None:
     if _CPP_ERROR is not None:
         return _CPP_ERROR
@@ -130,15 +101,7 @@ _BACKENDS: dict[str, Backend] = {
     "torch": Backend(
         "torch", reference.gram, reference.combine_, reference.sgd_step_, reference.adamw_step_, devices=("*",)
     ),
-    "cpp": Backend(
-        "cpp",
-        _cpp_gram,
-        _cpp_combine_,
-        _cpp_sgd_step_,
-        _cpp_adamw_step_,
-        devices=("cpu",),
-        unavailable_reason=_CPP_ERROR,
-    ),
+    "cpp": Backend("cpp", None, None, None, None, devices=("cpu",), unavailable_reason=_CPP_ERROR),
     "triton": Backend(
         "triton",
         _triton_gram,
@@ -149,15 +112,7 @@ _BACKENDS: dict[str, Backend] = {
         unavailable_reason=_triton_unavailable(),
         device_error=_triton_device_error,
     ),
-    "cuda": Backend(
-        "cuda",
-        _cuda_gram,
-        _cuda_combine_,
-        _cuda_sgd_step_,
-        _cuda_adamw_step_,
-        devices=("cuda",),
-        unavailable_reason=_cuda_unavailable(),
-    ),
+    "cuda": Backend("cuda", None, None, None, None, devices=("cuda",), unavailable_reason=_cuda_unavailable()),
 }
 
 # Preference order of ``auto`` per device type.
@@ -178,8 +133,13 @@ def backends() -> dict[str, str]:
 
 
 def native_available() -> bool:
-    """Whether the C++ extension loaded (its metadata helpers serve every device)."""
+    """Whether the C++ extension loaded: every op runs through it."""
     return _CPP_ERROR is None
+
+
+def require_native() -> None:
+    if _CPP_ERROR is not None:
+        raise RuntimeError(f"fastunlearn ops need their C++ extension: {_CPP_ERROR}")
 
 
 def check_name(name: str) -> None:
@@ -193,7 +153,7 @@ def resolve(requested: str | None, device: torch.device) -> str:
     """The backend that runs a call on ``device``; raises if ``requested`` cannot."""
     name = requested or "auto"
     if name == "auto":
-        name = os.environ.get(ENV_VAR, "auto") or "auto"
+        name = os.environ.get(ENV_VAR) or "auto"
         if name != "auto" and name not in _BACKENDS:
             raise ValueError(f"{ENV_VAR}={name!r} names no backend; expected one of: {', '.join(['auto', *_BACKENDS])}")
     if name == "auto":
@@ -214,5 +174,13 @@ def resolve(requested: str | None, device: torch.device) -> str:
     return name
 
 
-def get(name: str) -> Backend:
-    return _BACKENDS[name]
+def _register() -> None:
+    """Hands the Python-written backends, the ``auto`` resolver and the weightings to the extension."""
+    for name in ("torch", "triton"):
+        b = _BACKENDS[name]
+        _C.register_backend(name, b.gram, b.combine_, b.sgd_step_, b.adamw_step_)
+    _C.set_hooks(lambda device: resolve("auto", torch.device(device)), weighting.native_weights)
+
+
+if _C is not None:
+    _register()

@@ -22,198 +22,72 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from fastunlearn import _backend, _fast, _validate, distributed
+from fastunlearn import _backend, _validate, distributed
 from fastunlearn.reference import accumulation_dtype
+from fastunlearn.weighting import DEFAULT_EPS, PCGrad, Projection, SpanComplement, Weighting
 
 Vector = Sequence[Tensor]
 
-DEFAULT_EPS = 1e-20
+_LISTS = (list, tuple)
 
 
-# --------------------------------------------------------------------------------------------
-# torch.library registrations. Shards travel flat and vector-major (vector k, shard i at k*n+i).
-# --------------------------------------------------------------------------------------------
+def _op(name: str):
+    _backend.require_native()
+    return getattr(torch.ops.fastunlearn, name).default
 
 
-@torch.library.custom_op("fastunlearn::gram", mutates_args=())
-def _gram(shards: list[Tensor], num_vectors: int, backend: str) -> Tensor:
-    return _backend.get(backend).gram(shards, num_vectors)
+def _flatten(vectors: Sequence[Vector], names: Sequence[str] | None = None) -> tuple[list[Tensor], int]:
+    """K >= 1 vectors of n >= 1 shards each, flat and vector-major (vector k, shard i at k*n + i).
+    Only the structure is checked here; the op checks every shard (csrc/common/validate.h)."""
+    if type(vectors) not in _LISTS and (isinstance(vectors, Tensor) or not isinstance(vectors, Sequence)):
+        raise TypeError("vectors must be a sequence of vectors (each a sequence of tensors)")
+    if len(vectors) == 0:
+        raise ValueError("vectors is empty: at least one vector is needed")
+    flat: list[Tensor] = []
+    n = -1
+    for k, vector in enumerate(vectors):
+        if type(vector) not in _LISTS:
+            vector = _as_vector(vector, _name(names, k))
+        if len(vector) == 0:
+            raise ValueError(f"{_name(names, k)} has no shards")
+        if n < 0:
+            n = len(vector)
+        elif len(vector) != n:
+            raise ValueError(f"{_name(names, k)} has {len(vector)} shards but {_name(names, 0)} has {n}")
+        flat += vector
+    return flat, n
 
 
-@_gram.register_fake
-def _(shards, num_vectors, backend):
-    return shards[0].new_empty((num_vectors, num_vectors), dtype=accumulation_dtype(shards[0].dtype))
+def _name(names: Sequence[str] | None, k: int) -> str:
+    return names[k] if names is not None else f"vectors[{k}]"
 
 
-def _gram_setup_context(ctx, inputs, output):
-    shards, num_vectors, backend = inputs
-    ctx.num_vectors, ctx.backend = num_vectors, backend
-    ctx.save_for_backward(*shards)
+def _as_vector(vector, what: str) -> list[Tensor]:
+    if isinstance(vector, Tensor):
+        raise TypeError(f"{what} is a Tensor; pass a vector as a list of shards, e.g. [t]")
+    if not isinstance(vector, Sequence):
+        raise TypeError(f"{what} must be a sequence of tensors, got {type(vector).__name__}")
+    return list(vector)
 
 
-def _gram_backward(ctx, grad_gram):
-    # d<v_a, v_b>/dv_k contributes (G_bar + G_bar^T)[k, :] . v: itself a combine pass.
-    shards = list(ctx.saved_tensors)
-    weights = grad_gram + grad_gram.mT
-    return _combine(shards, weights, ctx.num_vectors, ctx.backend), None, None
+def _call(op: str, *args, vectors=None, names=None):
+    """Runs ``torch.ops.fastunlearn.<op>``; an argument the dispatcher cannot read (a shard that is
+    not a tensor) is reported by argument name and shard, as every other bad input is."""
+    try:
+        return _op(op)(*args)
+    except RuntimeError as error:
+        if vectors is not None:
+            for k, vector in enumerate(vectors):
+                for i, shard in enumerate(vector):
+                    if not isinstance(shard, Tensor):
+                        raise TypeError(
+                            f"{_name(names, k)} shard {i} is a {type(shard).__name__}, not a Tensor"
+                        ) from None
+        raise error
 
 
-_gram.register_autograd(_gram_backward, setup_context=_gram_setup_context)
-
-
-@torch.library.custom_op("fastunlearn::combine", mutates_args=())
-def _combine(shards: list[Tensor], weights: Tensor, num_vectors: int, backend: str) -> list[Tensor]:
-    n = len(shards) // num_vectors
-    outs = [torch.empty_like(shards[i]) for _ in range(weights.shape[0]) for i in range(n)]
-    _backend.get(backend).combine_(outs, weights, shards, num_vectors)
-    return outs
-
-
-@_combine.register_fake
-def _(shards, weights, num_vectors, backend):
-    n = len(shards) // num_vectors
-    return [torch.empty_like(shards[i]) for _ in range(weights.shape[0]) for i in range(n)]
-
-
-@torch.library.custom_op("fastunlearn::combine_", mutates_args=("out",))
-def _combine_(out: list[Tensor], weights: Tensor, shards: list[Tensor], num_vectors: int, backend: str) -> None:
-    _validate.check_overlaps(out, shards, len(out))
-    _backend.get(backend).combine_(out, weights.reshape(1, -1), shards, num_vectors)
-
-
-@_combine_.register_fake
-def _(out, weights, shards, num_vectors, backend):
-    return None
-
-
-def _projection_coefficient(gram: Tensor, mode: str, eps: float) -> Tensor:
-    dot, r_sq = gram[0, 1], gram[1, 1]
-    coef = dot / (r_sq + eps)
-    if mode == "always":
-        return coef
-    conflict = dot < 0 if mode == "conflict" else dot > 0
-    # A NaN dot compares false; keep its NaN coefficient so the damage shows in g.
-    return torch.where(conflict | dot.isnan(), coef, torch.zeros_like(coef))
-
-
-def _unit_minus(coefs: Tensor) -> Tensor:
-    """The combine weights ``[1, -c_1, ..., -c_m]`` of ``g - sum_j c_j r_j``."""
-    return torch.cat([torch.ones_like(coefs.reshape(-1)[:1]), -coefs.reshape(-1)])
-
-
-@torch.library.custom_op("fastunlearn::project_", mutates_args=("g",))
-def _project_(g: list[Tensor], r: list[Tensor], when: str, eps: float, backend: str) -> Tensor:
-    # (`when` is `mode` of the public function: torch.library reserves the name `mode`.)
-    _validate.check_overlaps(g, r, len(g), what="g", input_names=["r"])
-    impl = _backend.get(backend)
-    shards = [*g, *r]
-    gram = impl.gram(shards, 2)
-    coef = _projection_coefficient(gram, when, eps)
-    impl.combine_(g, _unit_minus(coef).reshape(1, 2), shards, 2)
-    return torch.stack([gram[0, 1], gram[0, 0], gram[1, 1], coef])
-
-
-@_project_.register_fake
-def _(g, r, when, eps, backend):
-    return g[0].new_empty((4,), dtype=accumulation_dtype(g[0].dtype))
-
-
-@torch.library.custom_op("fastunlearn::project_normal_", mutates_args=("g",))
-def _project_normal_(
-    g: list[Tensor], directions: list[Tensor], num_directions: int, eps: float, backend: str
-) -> Tensor:
-    _validate.check_overlaps(
-        g, directions, len(g), what="g", input_names=[f"directions[{j}]" for j in range(num_directions)]
-    )
-    impl = _backend.get(backend)
-    shards = [*g, *directions]
-    gram = impl.gram(shards, num_directions + 1)
-    coefs = _span_coefficients(gram, eps)
-    impl.combine_(g, _unit_minus(coefs).reshape(1, -1), shards, num_directions + 1)
-    return coefs
-
-
-@_project_normal_.register_fake
-def _(g, directions, num_directions, eps, backend):
-    return g[0].new_empty((num_directions,), dtype=accumulation_dtype(g[0].dtype))
-
-
-def _span_coefficients(gram: Tensor, eps: float) -> Tensor:
-    """alpha with sum_j alpha_j r_j the component of g in span(R), from the Gram of [g, r_1..r_m].
-
-    Gram-Schmidt in Gram space: row j of ``basis`` holds the coefficients over R of u_j, r_j's part
-    orthogonal to the earlier kept directions, so the u_j are exactly orthogonal and removing
-    ``sum_j (g.u_j) / (|u_j|^2 + eps) u_j`` never overshoots (``eps`` only damps tiny directions). A
-    direction whose orthogonal part keeps no more than ``_dependence_tolerance`` of its squared norm
-    lies in the span already (a repeated, scaled or zero direction) and gets alpha_j = 0, where the
-    normal equations would be singular. Everything stays on the device: the choice is a
-    ``torch.where``; no tensor is written in place, so the result is differentiable."""
-    m = gram.shape[0] - 1
-    directions, along = gram[1:, 1:], gram[1:, 0]
-    tolerance = _dependence_tolerance(gram.dtype)
-    identity = torch.eye(m, dtype=gram.dtype, device=gram.device)
-    rows, squared_norms = [], []  # a dropped direction: a zero row and a placeholder norm of 1
-    for j in range(m):
-        row = identity[j]
-        if rows:
-            basis, norms = torch.stack(rows), torch.stack(squared_norms)
-            row = row - (basis @ directions[:, j] / norms) @ basis
-        squared_norm = row @ directions @ row
-        kept = squared_norm > tolerance * directions[j, j]
-        rows.append(torch.where(kept, row, torch.zeros_like(row)))
-        squared_norms.append(torch.where(kept, squared_norm, torch.ones_like(squared_norm)))
-    basis, norms = torch.stack(rows), torch.stack(squared_norms)
-    return basis.mT @ (basis @ along / (norms + eps))
-
-
-def _dependence_tolerance(dtype: torch.dtype) -> float:
-    """Fraction of a direction's squared norm below which its part outside the span is rounding."""
-    return 1000 * torch.finfo(dtype).eps
-
-
-@torch.library.custom_op("fastunlearn::pcgrad_", mutates_args=("out",))
-def _pcgrad_(
-    out: list[Tensor], shards: list[Tensor], num_vectors: int, order: Tensor, reduction: str, eps: float, backend: str
-) -> tuple[Tensor, Tensor]:
-    _validate.check_overlaps(out, shards, len(out))
-    impl = _backend.get(backend)
-    gram = impl.gram(shards, num_vectors)
-    weights = _pcgrad_weights(gram, order, reduction, eps)
-    impl.combine_(out, weights.reshape(1, -1), shards, num_vectors)
-    return gram, weights
-
-
-@_pcgrad_.register_fake
-def _(out, shards, num_vectors, order, reduction, eps, backend):
-    acc = accumulation_dtype(shards[0].dtype)
-    return (
-        shards[0].new_empty((num_vectors, num_vectors), dtype=acc),
-        shards[0].new_empty((num_vectors,), dtype=acc),
-    )
-
-
-def _pcgrad_weights(gram: Tensor, order: Tensor, reduction: str, eps: float) -> Tensor:
-    """PCGrad's sequential projections, exact in Gram space.
-
-    Row i of A holds g_i^PC = sum_k A[i, k] g_k, so g_i^PC . g_j = (A G)[i, j]. Step t projects
-    every g_i^PC against its t-th partner order[i, t] at once (original, unprojected partners, as
-    in the reference implementation), only where their dot product is negative.
-    """
-    k = gram.shape[0]
-    rows = torch.arange(k, device=gram.device)
-    coeffs = torch.eye(k, dtype=gram.dtype, device=gram.device)
-    sq_norms = gram.diagonal()
-    for t in range(k):
-        partner = order[:, t]
-        dots = (coeffs @ gram)[rows, partner]
-        step = torch.where(dots < 0, dots / (sq_norms[partner] + eps), torch.zeros_like(dots))
-        coeffs = coeffs.index_put((rows, partner), coeffs[rows, partner] - step)
-    return coeffs.sum(0) if reduction == "sum" else coeffs.mean(0)
-
-
-# --------------------------------------------------------------------------------------------
-# Public API
-# --------------------------------------------------------------------------------------------
+def _device(shard) -> torch.device:
+    return shard.device if isinstance(shard, Tensor) else torch.device("cpu")
 
 
 class ProjectionStats(NamedTuple):
@@ -239,7 +113,8 @@ def _result_dtype(dtype: torch.dtype) -> torch.dtype:
 def gram(vectors: Sequence[Vector], *, dtype: torch.dtype | None = None, backend: str = "auto", group=None) -> Tensor:
     """K x K matrix of pairwise dot products of K vectors, reading every shard once.
 
-    Differentiable; fp32/fp64 inputs give the input dtype (accumulated in fp64), bf16/fp16 give fp32.
+    Differentiable; fp32/fp64 inputs give the input dtype (accumulated in fp64), bf16/fp16 give fp32;
+    shards of several dtypes (bf16 weights beside fp32 adapters) give fp64 if any is fp64, else fp32.
     Pass ``dtype=torch.float64`` to keep the full accumulator (e.g. to derive coefficients from it).
     DTensor shards (FSDP2) or plain shards with ``group=`` give the Gram of the whole, sharded
     vectors: one all-reduce of the K x K result per sharded mesh dimension (not differentiable).
@@ -251,14 +126,13 @@ def gram(vectors: Sequence[Vector], *, dtype: torch.dtype | None = None, backend
     tensor([[10.,  8.],
             [ 8., 16.]])
     """
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype}")
     if distributed.needs_unwrap(vectors, group):
         return _sharded_gram(vectors, group, backend).to(dtype or _result_dtype(vectors[0][0].dtype))
-    result = _fast.gram(vectors) if _fast.eligible(vectors, backend) else None
-    if result is not None:
-        return result.to(dtype or _result_dtype(vectors[0][0].dtype))
-    shards, _ = _validate.flatten_vectors(vectors)
-    name = _backend.resolve(backend, shards[0].device)
-    return _gram(shards, len(vectors), name).to(dtype or _result_dtype(shards[0].dtype))
+    shards, _ = _flatten(vectors)
+    name = _backend.resolve(backend, _device(shards[0]))
+    return _call("gram", shards, len(vectors), dtype, name, vectors=vectors)
 
 
 def _sharded_gram(vectors, group, backend: str) -> Tensor:
@@ -298,7 +172,7 @@ def combine_(out: Vector, weights: Tensor, vectors: Sequence[Vector], *, backend
     """``out[i] = sum_k weights[k] * vectors[k][i]`` in one pass; returns ``out``.
 
     ``weights`` is a (K,) floating tensor on the vectors' device (values never leave it). ``out``
-    may be one of ``vectors`` (an in-place update); any other memory overlap is an error.
+    may be one of ``vectors`` (an in-place update); any other shared element is an error.
 
     >>> import torch, fastunlearn as fu
     >>> g, r = [torch.ones(3)], [torch.arange(3.0)]
@@ -309,17 +183,47 @@ def combine_(out: Vector, weights: Tensor, vectors: Sequence[Vector], *, backend
         local, _ = distributed.unwrap([out, *vectors])  # purely local: no collective
         combine_(local[0], weights, local[1:], backend=backend)
         return out
-    if _fast.eligible(vectors, backend) and _fast.combine_(out, weights, vectors):
-        return out
-    shards, n = _validate.flatten_vectors(vectors)
-    out_shards = _validate.check_vector(out, "out")
-    _validate.check_matches(out_shards, shards[:n], "out", "vectors[0]")
-    _validate.check_weights(weights, (len(vectors),), shards[0].device)
-    _validate.check_writable(out_shards, "out")
-    _validate.check_not_differentiated(shards, n)
-    name = _backend.resolve(backend, shards[0].device)
-    _combine_(out_shards, weights, shards, len(vectors), name)
+    shards, _ = _flatten(vectors)
+    if not isinstance(weights, Tensor):
+        raise TypeError(f"weights must be a Tensor on {_device(shards[0])}, got {type(weights).__name__}")
+    outs = out if type(out) in _LISTS else _as_vector(out, "out")
+    name = _backend.resolve(backend, _device(shards[0]))
+    names = ["out", *(f"vectors[{k}]" for k in range(len(vectors)))]
+    _call("combine_", outs, weights, shards, len(vectors), name, vectors=[outs, *vectors], names=names)
     return out
+
+
+def aggregate_(
+    out: Vector, vectors: Sequence[Vector], weighting: Weighting, *, backend: str = "auto"
+) -> tuple[Tensor, Tensor]:
+    """The engine under every op that writes a gradient: the Gram pass over ``vectors``, the
+    ``weighting`` on the K x K Gram, and the combine pass ``out = sum_k w_k vectors[k]``. Returns
+    ``(gram, weights)`` in the accumulation dtype. ``out`` may be one of ``vectors``.
+
+    A built-in weighting (``Projection``, ``SpanComplement``, ``PCGrad``) runs as one op with its
+    scalar stage in C++ on CPU; any other :class:`~fastunlearn.Weighting` runs as a Gram op, its own
+    ``__call__`` on the device, and a combine op.
+
+    >>> import torch, fastunlearn as fu
+    >>> g, r = [torch.tensor([1.0, 1.0])], [torch.tensor([1.0, 0.0])]
+    >>> gram, weights = fu.aggregate_(g, [g, r], fu.Projection("always"))
+    >>> g, weights
+    ([tensor([0., 1.])], tensor([ 1., -1.], dtype=torch.float64))
+    """
+    if not isinstance(weighting, Weighting):
+        raise TypeError(f"weighting must be a fastunlearn.Weighting, got {type(weighting).__name__}")
+    shards, _ = _flatten(vectors)
+    outs = out if type(out) in _LISTS else _as_vector(out, "out")
+    name = _backend.resolve(backend, _device(shards[0]))
+    names = ["out", *(f"vectors[{k}]" for k in range(len(vectors)))]
+    k = len(vectors)
+    if weighting.native is not None:
+        args = (outs, shards, k, weighting.native, weighting.eps, weighting.native_order(), name)
+        return tuple(_call("aggregate_", *args, vectors=[outs, *vectors], names=names))
+    gram = _call("gram", shards, k, accumulation_dtype(shards[0].dtype), name, vectors=vectors)
+    weights = weighting(gram)
+    _call("combine_", outs, weights, shards, k, name, vectors=[outs, *vectors], names=names)
+    return gram, weights
 
 
 def project_(
@@ -336,6 +240,7 @@ def project_(
       exactly when the raw gradients point the same way.
 
     Two passes (Gram, then update), no host sync; returns the :class:`ProjectionStats` it used.
+    (This is ``aggregate_(g, [g, r], Projection(mode, eps))``.)
 
     >>> import torch, fastunlearn as fu
     >>> g, r = [torch.tensor([1.0, 1.0])], [torch.tensor([1.0, 0.0])]
@@ -348,21 +253,14 @@ def project_(
     eps = _validate.check_eps(eps)
     if distributed.needs_unwrap([g, r], group):
         (g_local, r_local), reduction = distributed.unwrap([g, r], group)
-        _validate.check_writable(_validate.check_vector(g_local, "g"), "g")
         gram = _reduced_gram([g_local, r_local], reduction, backend)
-        coef = _projection_coefficient(gram, mode, eps)
-        combine_(g_local, _unit_minus(coef), [g_local, r_local], backend=backend)
-        return ProjectionStats(gram[0, 1], gram[0, 0], gram[1, 1], coef)
-    if _fast.eligible([g, r], backend):
-        done = _fast.gram_combine_(g, [g, r], lambda gram: _unit_minus(_projection_coefficient(gram, mode, eps)))
-        if done is not None:
-            gram, weights = done
-            return ProjectionStats(gram[0, 1], gram[0, 0], gram[1, 1], -weights[1])
-    shards, n = _validate.flatten_vectors([g, r], names=["g", "r"])
-    _validate.check_writable(shards[:n], "g")  # g's own requires-grad check
-    _validate.check_not_differentiated(shards[n:], n, ["r"])
-    name = _backend.resolve(backend, shards[0].device)
-    return ProjectionStats(*_project_(shards[:n], shards[n:], mode, eps, name).unbind())
+        weights = Projection(mode, eps)(gram)
+        combine_(g_local, weights, [g_local, r_local], backend=backend)
+        return ProjectionStats(gram[0, 1], gram[0, 0], gram[1, 1], -weights[1])
+    shards, n = _flatten([g, r], names=("g", "r"))
+    name = _backend.resolve(backend, _device(shards[0]))
+    stats = _call("project_", shards[:n], shards[n:], mode, eps, name, vectors=[g, r], names=("g", "r"))
+    return ProjectionStats(*stats.unbind())
 
 
 def project_normal_(
@@ -376,6 +274,7 @@ def project_normal_(
     direction already in the span of the earlier ones (repeated, scaled, zero, or within
     ``1000 * finfo.eps`` of it in squared norm, in the Gram's dtype) gets ``alpha_j = 0``. With one
     direction this is ``project_(g, r, mode="always")``. Returns ``alpha``.
+    (This is ``aggregate_(g, [g, *directions], SpanComplement(eps))``.)
 
     >>> import torch, fastunlearn as fu
     >>> g = [torch.tensor([1.0, 2.0, 3.0])]
@@ -389,21 +288,16 @@ def project_normal_(
     eps = _validate.check_eps(eps)
     if distributed.needs_unwrap([g, *directions], group):
         local, reduction = distributed.unwrap([g, *directions], group)
-        _validate.check_writable(_validate.check_vector(local[0], "g"), "g")
         gram = _reduced_gram(local, reduction, backend)
-        coefs = _span_coefficients(gram, eps)
-        combine_(local[0], _unit_minus(coefs), local, backend=backend)
-        return coefs
-    if _fast.eligible([g, *directions], backend):
-        done = _fast.gram_combine_(g, [g, *directions], lambda gram: _unit_minus(_span_coefficients(gram, eps)))
-        if done is not None:
-            return -done[1][1:]
+        weights = SpanComplement(eps)(gram)
+        combine_(local[0], weights, local, backend=backend)
+        return -weights[1:]
     names = ["g", *(f"directions[{j}]" for j in range(len(directions)))]
-    shards, n = _validate.flatten_vectors([g, *directions], names=names)
-    _validate.check_writable(shards[:n], "g")  # g's own requires-grad check
-    _validate.check_not_differentiated(shards[n:], n, names[1:])
-    name = _backend.resolve(backend, shards[0].device)
-    return _project_normal_(shards[:n], shards[n:], len(directions), eps, name)
+    shards, n = _flatten([g, *directions], names=names)
+    name = _backend.resolve(backend, _device(shards[0]))
+    return _call(
+        "project_normal_", shards[:n], shards[n:], len(directions), eps, name, vectors=[g, *directions], names=names
+    )
 
 
 def pcgrad_order(
@@ -455,7 +349,7 @@ def pcgrad_weights(
         raise ValueError(f"gram must be a non-empty square matrix, got shape {tuple(gram.shape)}")
     k = gram.shape[0]
     order = _checked_order(order, k, gram.device, generator)
-    return _pcgrad_weights(gram, order, reduction, eps)
+    return PCGrad(order, reduction, eps)(gram)
 
 
 def pcgrad_(
@@ -485,33 +379,22 @@ def pcgrad_(
     _validate.check_generator(generator)
     if distributed.needs_unwrap(vectors, group) or distributed.needs_unwrap([out], None):
         return _sharded_pcgrad_(out, vectors, reduction, order, generator, eps, backend, group)
-    if _fast.eligible(vectors, backend):
-
-        def weights_of(gram: Tensor) -> Tensor:
-            order_ = _checked_order(order, len(vectors), gram.device, generator)
-            return _pcgrad_weights(gram, order_, reduction, eps)
-
-        done = _fast.gram_combine_(out, vectors, weights_of)
-        if done is not None:
-            return PCGradStats(*done)
-    shards, n = _validate.flatten_vectors(vectors)
-    out_shards = _validate.check_vector(out, "out")
-    _validate.check_matches(out_shards, shards[:n], "out", "vectors[0]")
-    _validate.check_writable(out_shards, "out")
-    _validate.check_not_differentiated(shards, n)
-    device = shards[0].device
+    shards, _ = _flatten(vectors)
+    outs = out if type(out) in _LISTS else _as_vector(out, "out")
+    device = _device(shards[0])
     name = _backend.resolve(backend, device)
     order = _checked_order(order, len(vectors), device, generator)
-    return PCGradStats(*_pcgrad_(out_shards, shards, len(vectors), order, reduction, eps, name))
+    names = ["out", *(f"vectors[{k}]" for k in range(len(vectors)))]
+    args = (outs, shards, len(vectors), order, reduction, eps, name)
+    return PCGradStats(*_call("pcgrad_", *args, vectors=[outs, *vectors], names=names))
 
 
 def _sharded_pcgrad_(out, vectors, reduction, order, generator, eps, backend, group) -> PCGradStats:
     if order is None and generator is None:
         raise ValueError("pcgrad_ on sharded vectors needs order= or a generator seeded alike on every rank")
     local, shard_reduction = distributed.unwrap([out, *vectors], group)
-    _validate.check_writable(_validate.check_vector(local[0], "out"), "out")
     gram = _reduced_gram(local[1:], shard_reduction, backend)
-    weights = _pcgrad_weights(gram, _checked_order(order, len(vectors), gram.device, generator), reduction, eps)
+    weights = PCGrad(_checked_order(order, len(vectors), gram.device, generator), reduction, eps)(gram)
     combine_(local[0], weights, local[1:], backend=backend)
     return PCGradStats(gram, weights)
 

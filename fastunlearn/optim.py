@@ -37,66 +37,6 @@ __all__ = ["SGD", "AdamW", "FusedOptimizer"]
 
 
 # --------------------------------------------------------------------------------------------
-# torch.library registrations (gradients travel flat and vector-major, as in fastunlearn.ops)
-# --------------------------------------------------------------------------------------------
-
-
-@torch.library.custom_op("fastunlearn::sgd_step_", mutates_args=("params", "momentum_buffers"))
-def _sgd_step_(
-    params: list[Tensor],
-    momentum_buffers: list[Tensor],
-    weights: Tensor,
-    grads: list[Tensor],
-    num_vectors: int,
-    lr: float,
-    momentum: float,
-    dampening: float,
-    nesterov: bool,
-    weight_decay: float,
-    maximize: bool,
-    first_step: bool,
-    backend: str,
-) -> None:
-    _backend.get(backend).sgd_step_(
-        params, momentum_buffers, weights, grads, num_vectors, lr, momentum, dampening, nesterov, weight_decay,
-        maximize, first_step,
-    )  # fmt: skip
-
-
-@_sgd_step_.register_fake
-def _(params, momentum_buffers, weights, grads, num_vectors, *args):
-    return None
-
-
-@torch.library.custom_op("fastunlearn::adamw_step_", mutates_args=("params", "exp_avgs", "exp_avg_sqs"))
-def _adamw_step_(
-    params: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    weights: Tensor,
-    grads: list[Tensor],
-    num_vectors: int,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float,
-    step: int,
-    maximize: bool,
-    backend: str,
-) -> None:
-    _backend.get(backend).adamw_step_(
-        params, exp_avgs, exp_avg_sqs, weights, grads, num_vectors, lr, beta1, beta2, eps, weight_decay, step,
-        maximize,
-    )  # fmt: skip
-
-
-@_adamw_step_.register_fake
-def _(params, exp_avgs, exp_avg_sqs, weights, grads, *args):
-    return None
-
-
-# --------------------------------------------------------------------------------------------
 # Optimizers
 # --------------------------------------------------------------------------------------------
 
@@ -129,15 +69,16 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
         if vectors is not None:
             params = self.params
             grads = _checked_vectors(vectors, params)
-            _validate.check_weights(weights, (len(grads),), params[0].device)
-            _validate.check_writable(to_local(params), "param")
+            if not isinstance(weights, Tensor):
+                raise TypeError(f"weights must be a Tensor on {params[0].device}, got {type(weights).__name__}")
+            _check_step(params, grads, weights)
             self._update_groups([group["params"] for group in self.param_groups], weights, grads)
             return loss
         with_grad = [[p for p in group["params"] if p.grad is not None] for group in self.param_groups]
         params = [p for group in with_grad for p in group]
         if params:
             grads = _checked_vectors([[p.grad for p in params]], params)
-            _validate.check_writable(to_local(params), "param")
+            _check_step(params, grads, None)
             self._update_groups(with_grad, None, grads)
         return loss
 
@@ -217,9 +158,15 @@ def _checked_vectors(vectors: Sequence[Vector], params: list[Tensor]) -> list[li
             if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device or not _same_sharding(g, p):
                 raise ValueError(f"vectors[{k}] shard {i} is {_describe(g)} but parameter {i} is {_describe(p)}")
         checked.append(list(vector))
-    grads = to_local([g for vector in checked for g in vector])
-    _validate.check_overlaps(to_local(params), grads, len(params), what="parameter")
     return checked
+
+
+def _check_step(params: list[Tensor], grads: list[list[Tensor]], weights: Tensor | None) -> None:
+    """Weights, writable parameters and no shared memory (csrc/common/validate.h), for every bucket
+    before the first is written."""
+    _backend.require_native()
+    flat = to_local([g for vector in grads for g in vector])
+    torch.ops.fastunlearn.check_step(to_local(params), flat, len(grads), weights)
 
 
 def _describe(t: Tensor) -> str:
@@ -289,7 +236,7 @@ class SGD(FusedOptimizer):
             ]
         hyper = (float(group["lr"]), float(momentum), float(group["dampening"]), bool(group["nesterov"]))
         rest = (float(group["weight_decay"]), bool(group["maximize"]), first_step, name)
-        _sgd_step_(to_local(params), to_local(buffers), weights, to_local(grads), k, *hyper, *rest)
+        torch.ops.fastunlearn.sgd_step_(to_local(params), to_local(buffers), weights, to_local(grads), k, *hyper, *rest)
         if first_step:
             for p, buffer in zip(params, buffers):
                 self.state[p]["momentum_buffer"] = buffer
@@ -340,7 +287,8 @@ class AdamW(FusedOptimizer):
         beta1, beta2 = group["betas"]
         hyper = (float(group["lr"]), float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]))
         state = (to_local(params), to_local(avgs), to_local(sqs))
-        _adamw_step_(*state, weights, to_local(grads), k, *hyper, step, bool(group["maximize"]), name)
+        maximize = bool(group["maximize"])
+        torch.ops.fastunlearn.adamw_step_(*state, weights, to_local(grads), k, *hyper, step, maximize, name)
         for p, avg, sq in zip(params, avgs, sqs):
             self.state[p].update(step=step, exp_avg=avg, exp_avg_sq=sq)
 

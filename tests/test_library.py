@@ -7,7 +7,7 @@ import torch
 from helpers import BACKENDS, make_vectors
 
 import fastunlearn as fu
-from fastunlearn import ops
+OPS = torch.ops.fastunlearn
 
 
 def shard_args(k=2, dtype=torch.float64, seed=0):
@@ -18,16 +18,34 @@ def shard_args(k=2, dtype=torch.float64, seed=0):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_opcheck_every_op(backend):
     shards = shard_args(3)
-    torch.library.opcheck(ops._gram, (shards, 3, backend))
-    torch.library.opcheck(ops._combine, (shards, torch.randn(2, 3, dtype=torch.float64), 3, backend))
+    torch.library.opcheck(OPS.gram, (shards, 3, None, backend))
+    torch.library.opcheck(OPS.gram, (shards, 3, torch.float64, backend))
+    torch.library.opcheck(OPS.combine, (shards, torch.randn(2, 3, dtype=torch.float64), 3, backend))
     out = [torch.zeros_like(s) for s in shards[:3]]
-    torch.library.opcheck(ops._combine_, (out, torch.randn(3), shards, 3, backend))
+    torch.library.opcheck(OPS.combine_, (out, torch.randn(3), shards, 3, backend))
     g, r = [s.clone() for s in shards[:3]], shards[3:6]
     for mode in ("always", "conflict", "ascent_conflict"):
-        torch.library.opcheck(ops._project_, ([s.clone() for s in g], r, mode, 1e-20, backend))
-    torch.library.opcheck(ops._project_normal_, ([s.clone() for s in g], shards[3:], 2, 1e-20, backend))
+        torch.library.opcheck(OPS.project_, ([s.clone() for s in g], r, mode, 1e-20, backend))
+    torch.library.opcheck(OPS.project_normal_, ([s.clone() for s in g], shards[3:], 2, 1e-20, backend))
     order = fu.pcgrad_order(3, generator=torch.Generator().manual_seed(0))
-    torch.library.opcheck(ops._pcgrad_, ([torch.zeros_like(s) for s in g], shards, 3, order, "mean", 1e-20, backend))
+    torch.library.opcheck(OPS.pcgrad_, ([torch.zeros_like(s) for s in g], shards, 3, order, "mean", 1e-20, backend))
+    for weighting in ("always", "span", "pcgrad_sum"):
+        args = ([torch.zeros_like(s) for s in g], shards, 3, weighting, 1e-20, order, backend)
+        torch.library.opcheck(OPS.aggregate_, args)
+
+
+def test_every_op_is_registered_per_dispatch_key():
+    for op in ("gram", "combine", "combine_", "project_", "project_normal_", "pcgrad_", "aggregate_", "sgd_step_",
+               "adamw_step_"):
+        for key in ("CPU", "CUDA", "Meta", "Autograd"):
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastunlearn::{op}", key), (op, key)
+
+
+def test_every_op_runs_on_meta_tensors():
+    g, r = ([torch.empty(3, 4, device="meta"), torch.empty(5, device="meta")] for _ in range(2))
+    assert fu.gram([g, r]).shape == (2, 2)
+    assert fu.project_(g, r).coef.device.type == "meta"
+    assert fu.pcgrad_(g, [g, r], order=torch.tensor([[0, 1], [1, 0]], device="meta")).weights.shape == (2,)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -250,10 +250,6 @@ GramChunkFn gram_chunk_for(at::ScalarType dtype) {
 
 }  // namespace
 
-at::ScalarType accumulation_dtype(at::ScalarType dtype) {
-  return (dtype == at::kFloat || dtype == at::kDouble) ? at::kDouble : at::kFloat;
-}
-
 at::Tensor gram_cpu(at::TensorList shards, int64_t num_vectors) {
   TORCH_CHECK_VALUE(num_vectors > 0 && shards.size() % num_vectors == 0,
                     "fastunlearn: ", shards.size(), " shards do not split into ", num_vectors,

@@ -2,15 +2,13 @@
 
 #include <ATen/ATen.h>
 
+#include "common/dtypes.h"
 #include "shards.h"
 
 namespace fastunlearn {
 
-// The dtype a reduction over `dtype` inputs accumulates and returns in.
-at::ScalarType accumulation_dtype(at::ScalarType dtype);
-
 // K x K Gram matrix of the vectors in `shards` (vector-major, K = num_vectors), in the
-// accumulation dtype. Inputs are validated by the caller (fastunlearn/_validate.py).
+// accumulation dtype. Inputs are validated by the caller (csrc/common/validate.h).
 at::Tensor gram_cpu(at::TensorList shards, int64_t num_vectors);
 
 // The same pass over raw memory: ptrs[k * n + i] holds plan's shard i of vector k, dense and

@@ -1,18 +1,17 @@
-// torch.ops.fastunlearn_cuda: the CUDA kernels (launch.h) behind the op schemas of the `cuda`
-// backend. Built only when torch has CUDA (setup.py). Uses device-generic c10 APIs for the stream
+// The `cuda` backend: the CUDA kernels (launch.h) behind the op kernels of library.cpp, which have
+// validated every call. Built only when torch has CUDA (setup.py). Uses device-generic c10 APIs for the stream
 // and device guard, so it includes no CUDA header: it compiles (and is syntax-checked in the tests)
 // against a CPU-only torch too.
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "cpu/shards.h"
 #include "cuda/launch.h"
-#include "schemas.h"
+#include "backend.h"
 
 namespace fastunlearn {
 namespace cuda {
@@ -287,18 +286,9 @@ void adamw_step_cuda(at::TensorList params, at::TensorList exp_avgs, at::TensorL
 
 }  // namespace
 }  // namespace cuda
+
+NativeKernels cuda_kernels() {
+  return {&cuda::gram_cuda, &cuda::combine_cuda, &cuda::sgd_step_cuda, &cuda::adamw_step_cuda};
+}
+
 }  // namespace fastunlearn
-
-TORCH_LIBRARY(fastunlearn_cuda, m) {
-  m.def(fastunlearn::schema::kGram);
-  m.def(fastunlearn::schema::kCombine);
-  m.def(fastunlearn::schema::kSgdStep);
-  m.def(fastunlearn::schema::kAdamwStep);
-}
-
-TORCH_LIBRARY_IMPL(fastunlearn_cuda, CUDA, m) {
-  m.impl("gram", &fastunlearn::cuda::gram_cuda);
-  m.impl("combine_", &fastunlearn::cuda::combine_cuda);
-  m.impl("sgd_step_", &fastunlearn::cuda::sgd_step_cuda);
-  m.impl("adamw_step_", &fastunlearn::cuda::adamw_step_cuda);
-}

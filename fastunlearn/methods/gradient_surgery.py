@@ -9,7 +9,7 @@ from torch import nn
 
 from fastunlearn import _validate
 from fastunlearn.methods._base import LossFn, StepStats, UnlearningMethod, pair_stats
-from fastunlearn.ops import DEFAULT_EPS, _projection_coefficient, _span_coefficients
+from fastunlearn.weighting import DEFAULT_EPS, Projection, SpanComplement
 
 PROJECTIONS = ("always", "on_conflict", "never")
 
@@ -99,8 +99,8 @@ class GradientSurgery(UnlearningMethod):
 
     def _coefficients(self, gram: torch.Tensor) -> torch.Tensor:
         if self.retain_directions > 1:
-            return _span_coefficients(gram, self.eps)
+            return -SpanComplement(self.eps)(gram)[1:]
         if self.projection == "never":
             return torch.zeros(1, dtype=gram.dtype, device=gram.device)
         mode = "always" if self.projection == "always" else "ascent_conflict"
-        return _projection_coefficient(gram, mode, self.eps).reshape(1)
+        return -Projection(mode, self.eps)(gram)[1:]

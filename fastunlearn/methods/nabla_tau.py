@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from fastunlearn import _validate, optim
 from fastunlearn.methods._base import History, LossFn, StepStats, UnlearningMethod, evaluating, pair_stats
-from fastunlearn.ops import DEFAULT_EPS, _projection_coefficient
+from fastunlearn.weighting import DEFAULT_EPS, Projection
 
 PROJECTIONS = ("none", "always", "on_conflict")
 
@@ -154,7 +154,7 @@ class NablaTau(UnlearningMethod):
         coef = torch.zeros_like(forget_weight)
         if self.projection != "none":
             mode = "always" if self.projection == "always" else "ascent_conflict"
-            coef = _projection_coefficient(gram, mode, self.eps)
+            coef = -Projection(mode, self.eps)(gram)[1]
         # d = w_f (g_f - c g_r) + w_r g_r
         self.apply(torch.stack([forget_weight, retain_weight - forget_weight * coef]), [g_f, g_r])
         stats = pair_stats(gram, forget_loss, retain_loss)

@@ -1,0 +1,121 @@
+#include "common/overlap.h"
+
+#include <ATen/MemoryOverlap.h>
+
+#include <algorithm>
+#include <utility>
+
+namespace fastunlearn {
+namespace {
+
+// The memory [begin, end) of output or input `index`.
+struct Span {
+  uintptr_t begin, end;
+  bool is_out;
+  int64_t index;
+};
+
+Span span_of(const at::Tensor& t, bool is_out, int64_t index) {
+  int64_t last = 0;
+  for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+  const auto begin = reinterpret_cast<uintptr_t>(t.const_data_ptr());
+  return {begin, begin + static_cast<uintptr_t>((last + 1) * t.element_size()), is_out, index};
+}
+
+bool same_place(const at::Tensor& out, int64_t out_index, const at::Tensor& in, int64_t in_index, int64_t n) {
+  return out_index % n == in_index % n && out.const_data_ptr() == in.const_data_ptr() &&
+         out.sizes() == in.sizes() && out.strides() == in.strides();
+}
+
+// Whether `diff` (in elements) is sum_d delta_d * stride_d with |delta_d| < size_d, over the dims
+// from `d` on (sorted by decreasing stride). `reach[d]` is the largest |sum| the dims after d reach.
+bool reachable(int64_t diff, const std::vector<std::pair<int64_t, int64_t>>& dims, const std::vector<int64_t>& reach,
+               size_t d) {
+  if (d == dims.size()) return diff == 0;
+  const auto [stride, size] = dims[d];
+  const auto floor_div = [](int64_t a, int64_t b) { return a / b - (a % b != 0 && a < 0); };
+  // The deltas that leave a remainder the later dims can reach: an interval, usually one value.
+  const int64_t lo = std::max(-(size - 1), -floor_div(reach[d] - diff, stride));
+  const int64_t hi = std::min(size - 1, floor_div(diff + reach[d], stride));
+  for (int64_t delta = lo; delta <= hi; ++delta) {
+    if (reachable(diff - delta * stride, dims, reach, d + 1)) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+bool share_element(const at::Tensor& a, const at::Tensor& b) {
+  if (a.element_size() != b.element_size() || a.sizes() != b.sizes() || a.strides() != b.strides()) return true;
+  const int64_t itemsize = a.element_size();
+  const auto pa = reinterpret_cast<intptr_t>(a.const_data_ptr()), pb = reinterpret_cast<intptr_t>(b.const_data_ptr());
+  if ((pa - pb) % itemsize != 0) return true;  // misaligned views of one buffer: not worth the arithmetic
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (|stride|, size) of the dims that move
+  for (int64_t d = 0; d < a.dim(); ++d) {
+    if (a.size(d) > 1) dims.emplace_back(std::abs(a.stride(d)), a.size(d));
+  }
+  std::sort(dims.begin(), dims.end(), [](const auto& x, const auto& y) { return x.first > y.first; });
+  if (std::any_of(dims.begin(), dims.end(), [](const auto& x) { return x.first == 0; })) return true;
+  std::vector<int64_t> reach(dims.size(), 0);
+  for (size_t d = dims.size(); d-- > 1;) reach[d - 1] = reach[d] + (dims[d].second - 1) * dims[d].first;
+  return reachable((pa - pb) / itemsize, dims, reach, 0);
+}
+
+std::vector<int64_t> find_overlap(at::TensorList outs, at::TensorList inputs, int64_t n) {
+  TORCH_CHECK_VALUE(n > 0, "fastunlearn: find_overlap needs n > 0");
+  for (size_t i = 0; i < outs.size(); ++i) {
+    if (outs[i].numel() > 1 && at::has_internal_overlap(outs[i]) == at::MemOverlap::Yes) {
+      return {0, static_cast<int64_t>(i)};
+    }
+  }
+  std::vector<Span> spans;
+  spans.reserve(outs.size() + inputs.size());
+  for (size_t i = 0; i < outs.size(); ++i) {
+    if (outs[i].numel()) spans.push_back(span_of(outs[i], true, i));
+  }
+  const size_t num_outs = spans.size();
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    // The output at this shard index may be this very tensor (in place): its span stands for both.
+    const size_t own = i % n;
+    if (own < outs.size() && outs[own].unsafeGetTensorImpl() == inputs[i].unsafeGetTensorImpl()) continue;
+    if (inputs[i].numel()) spans.push_back(span_of(inputs[i], false, i));
+  }
+  // Outputs in address order (gradients mostly sit in allocation order, so this is nearly sorted).
+  const auto by_address = [](const Span& a, const Span& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.index < b.index;
+  };
+  std::sort(spans.begin(), spans.begin() + num_outs, by_address);
+  // An output meets an earlier one only if it starts before the furthest end so far; then every
+  // earlier output still open is asked whether it really shares an element.
+  bool disjoint = true;  // whether the outputs' address ranges are disjoint (not merely their elements)
+  for (size_t o = 1, furthest = 0; o < num_outs; ++o) {
+    if (spans[o].begin < spans[furthest].end) {
+      disjoint = false;
+      for (size_t p = 0; p < o; ++p) {
+        if (spans[p].end > spans[o].begin && share_element(outs[spans[o].index], outs[spans[p].index])) {
+          return {1, spans[o].index, spans[p].index, 1};
+        }
+      }
+    }
+    if (spans[o].end > spans[furthest].end) furthest = o;
+  }
+  // Each input is looked up among the sorted outputs; inputs may meet each other.
+  for (size_t s = num_outs; s < spans.size(); ++s) {
+    const Span& in = spans[s];
+    // Disjoint ranges in address order also end in order, so a binary search finds the first candidate.
+    auto first = disjoint ? std::partition_point(spans.begin(), spans.begin() + num_outs,
+                                                 [&](const Span& o) { return o.end <= in.begin; })
+                          : spans.begin();
+    for (auto o = first; o != spans.begin() + num_outs && o->begin < in.end; ++o) {
+      if (o->end <= in.begin) continue;
+      const at::Tensor& out = outs[o->index];
+      const at::Tensor& input = inputs[in.index];
+      if (!same_place(out, o->index, input, in.index, n) && share_element(out, input)) {
+        return {1, o->index, in.index, 0};
+      }
+    }
+  }
+  return {};
+}
+
+}  // namespace fastunlearn

@@ -1,0 +1,38 @@
+// The one engine under every op: a Gram pass, a weighting (the K x K scalar stage), a combine pass.
+// Shards of one vector may differ in dtype (bf16 weights beside fp32 adapters): each dtype's shards
+// are reduced at their own accumulation dtype and the partial Gram matrices meet in fp64.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+
+#include "backend.h"
+
+namespace fastunlearn {
+namespace engine {
+
+// The accumulation dtype of a call over these shards (the wider rule where dtypes differ).
+at::ScalarType accumulation_dtype_of(at::TensorList shards, int64_t n);
+// What gram returns by default: the input dtype (never below fp32; fp64 if any shard is fp64).
+at::ScalarType result_dtype_of(at::TensorList shards, int64_t n);
+
+// K x K Gram matrix of K vectors of n shards (validated), in accumulation_dtype_of.
+at::Tensor gram(const Backend& backend, at::TensorList shards, int64_t k);
+
+// outs[m * n + i] = sum_k weights[m, k] * shards[k * n + i] (validated; weights M x K).
+void combine(const Backend& backend, at::TensorList outs, const at::Tensor& weights, at::TensorList shards, int64_t k);
+
+// The built-in weightings: (K,) combine weights from the K x K Gram, on the Gram's device and in
+// its dtype. Plain C++ on CPU; elsewhere the Python definitions in fastunlearn/weighting.py.
+enum class Weighting { kProjectAlways, kProjectConflict, kProjectAscentConflict, kSpanComplement, kPCGradSum, kPCGradMean };
+Weighting projection(c10::string_view mode);
+Weighting pcgrad(c10::string_view reduction);
+// The names fastunlearn/weighting.py gives them ("always", ..., "span", "pcgrad_sum", "pcgrad_mean").
+Weighting parse(c10::string_view name);
+bool needs_order(Weighting weighting);
+at::Tensor weights(Weighting weighting, const at::Tensor& gram, double eps, const std::optional<at::Tensor>& order);
+
+}  // namespace engine
+}  // namespace fastunlearn

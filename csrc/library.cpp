@@ -1,0 +1,400 @@
+// torch.ops.fastunlearn: the one route of every op. Schemas live here; each dispatch key has one
+// kernel: Autograd (gram's backward, else straight through), CPU and CUDA (validate, bump the
+// versions of what will be written, then run the engine on the chosen backend), Meta (shapes, for
+// fake tensors and torch.compile). Everything is checked before anything is written or any version
+// counter moves. The public Python functions (fastunlearn/ops.py) only normalise arguments.
+#include <Python.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <string>
+#include <vector>
+
+#include "common/dtypes.h"
+#include "common/validate.h"
+#include "engine.h"
+#include "python_hooks.h"
+
+namespace fastunlearn {
+namespace {
+
+using at::Tensor;
+using at::TensorList;
+
+// ---- names in error messages --------------------------------------------------------------------
+
+std::string vectors_name(int64_t k) { return indexed("vectors", k); }
+VectorNames pair_names(const char* first, const char* second) {
+  return [first, second](int64_t k) { return std::string(k == 0 ? first : second); };
+}
+std::string directions_name(int64_t k) { return k == 0 ? std::string("g") : indexed("directions", k - 1); }
+
+std::vector<Tensor> joined(TensorList a, TensorList b) {
+  std::vector<Tensor> all;
+  all.reserve(a.size() + b.size());
+  all.insert(all.end(), a.begin(), a.end());
+  all.insert(all.end(), b.begin(), b.end());
+  return all;
+}
+
+// Inference tensors have no version counter (they are written only inside inference mode, which
+// check_writable ensured).
+void bump_versions(TensorList written) {
+  for (const Tensor& t : written) {
+    c10::TensorImpl* impl = t.unsafeGetTensorImpl();
+    if (impl->version_counter().enabled()) impl->bump_version();
+  }
+}
+
+// ---- CPU and CUDA kernels -------------------------------------------------------------------------
+
+Tensor gram_kernel(TensorList shards, int64_t k, std::optional<at::ScalarType> dtype, c10::string_view backend) {
+  const int64_t n = check_vectors(shards, k, vectors_name);
+  const Backend& b = backend_for(backend, shards[0].device());
+  return engine::gram(b, shards, k).to(dtype.value_or(engine::result_dtype_of(shards, n)));
+}
+
+std::vector<Tensor> combine_kernel(TensorList shards, const Tensor& weights, int64_t k, c10::string_view backend) {
+  const int64_t n = check_vectors(shards, k, vectors_name);
+  TORCH_CHECK_VALUE(weights.dim() == 2 && weights.size(1) == k, "fastunlearn: combine weights must be M x ", k);
+  std::vector<Tensor> outs;
+  outs.reserve(weights.size(0) * n);
+  for (int64_t m = 0; m < weights.size(0); ++m) {
+    for (int64_t i = 0; i < n; ++i) outs.push_back(at::empty_like(shards[i]));
+  }
+  engine::combine(backend_for(backend, shards[0].device()), outs, weights, shards, k);
+  return outs;
+}
+
+// The checks of an op that writes `out` from K vectors, in the order the errors are most useful.
+int64_t check_update(TensorList out, const char* what, TensorList shards, int64_t k, const VectorNames& name,
+                     bool out_is_first) {
+  const int64_t n = check_vectors(shards, k, name);
+  if (!out_is_first) check_outputs_match(out, shards.slice(0, n), what, name(0));
+  check_writable(out, what);
+  check_not_differentiated(out_is_first ? shards.slice(n) : shards, n, [&](int64_t v) {
+    return name(out_is_first ? v + 1 : v);
+  });
+  if (has_memory(out[0])) check_overlaps(out, shards, n, what, name);
+  return n;
+}
+
+void combine_inplace_kernel(TensorList out, const Tensor& weights, TensorList shards, int64_t k,
+                            c10::string_view backend) {
+  check_update(out, "out", shards, k, vectors_name, false);
+  check_weights(weights, k, shards[0].device());
+  const Backend& b = backend_for(backend, shards[0].device());
+  bump_versions(out);
+  engine::combine(b, out, weights.reshape({1, k}), shards, k);
+}
+
+// Gram pass, weighting, combine pass into `out` (validated): (gram, weights).
+std::pair<Tensor, Tensor> run_engine(TensorList out, TensorList shards, int64_t k, engine::Weighting weighting,
+                                     double eps, const std::optional<Tensor>& order, c10::string_view backend) {
+  const Backend& b = backend_for(backend, shards[0].device());
+  bump_versions(out);
+  Tensor gram = engine::gram(b, shards, k);
+  Tensor weights = engine::weights(weighting, gram, eps, order);
+  engine::combine(b, out, weights.reshape({1, k}), shards, k);
+  return {std::move(gram), std::move(weights)};
+}
+
+Tensor project_kernel(TensorList g, TensorList r, c10::string_view mode, double eps, c10::string_view backend) {
+  const engine::Weighting weighting = engine::projection(mode);
+  const std::vector<Tensor> shards = joined(g, r);
+  check_update(g, "g", shards, 2, pair_names("g", "r"), true);
+  const auto [gram, weights] = run_engine(g, shards, 2, weighting, eps, std::nullopt, backend);
+  if (gram.device().is_cpu()) {  // four host values: no chain of small ops
+    Tensor stats = at::empty({4}, gram.options());
+    AT_DISPATCH_FLOATING_TYPES(gram.scalar_type(), "project_stats", [&] {
+      const scalar_t* G = gram.const_data_ptr<scalar_t>();
+      scalar_t* s = stats.data_ptr<scalar_t>();
+      s[0] = G[1], s[1] = G[0], s[2] = G[3], s[3] = -weights.const_data_ptr<scalar_t>()[1];
+    });
+    return stats;
+  }
+  return at::stack({gram[0][1], gram[0][0], gram[1][1], -weights[1]});
+}
+
+Tensor project_normal_kernel(TensorList g, TensorList directions, int64_t m, double eps, c10::string_view backend) {
+  const std::vector<Tensor> shards = joined(g, directions);
+  check_update(g, "g", shards, m + 1, directions_name, true);
+  return -run_engine(g, shards, m + 1, engine::Weighting::kSpanComplement, eps, std::nullopt, backend).second.slice(0, 1);
+}
+
+void check_order(const Tensor& order, int64_t k, const at::Device& device) {
+  TORCH_CHECK_VALUE(order.dim() == 2 && order.size(0) == k && order.size(1) == k && order.scalar_type() == at::kLong &&
+                        order.device() == device,
+                    "fastunlearn: order must be a ", k, " x ", k, " int64 tensor on ", device);
+}
+
+std::tuple<Tensor, Tensor> pcgrad_kernel(TensorList out, TensorList shards, int64_t k, const Tensor& order,
+                                         c10::string_view reduction, double eps, c10::string_view backend) {
+  const engine::Weighting weighting = engine::pcgrad(reduction);
+  check_update(out, "out", shards, k, vectors_name, false);
+  check_order(order, k, shards[0].device());
+  auto [gram, weights] = run_engine(out, shards, k, weighting, eps, order, backend);
+  return {gram, weights};
+}
+
+std::tuple<Tensor, Tensor> aggregate_kernel(TensorList out, TensorList shards, int64_t k, c10::string_view weighting,
+                                            double eps, const std::optional<Tensor>& order, c10::string_view backend) {
+  const engine::Weighting w = engine::parse(weighting);
+  check_update(out, "out", shards, k, vectors_name, false);
+  if (order.has_value()) check_order(*order, k, shards[0].device());
+  TORCH_CHECK_VALUE(order.has_value() || !engine::needs_order(w), "fastunlearn: weighting '", std::string(weighting),
+                    "' needs an order");
+  auto [gram, weights] = run_engine(out, shards, k, w, eps, order, backend);
+  return {gram, weights};
+}
+
+// The checks of a fused optimizer step, run for every bucket before the first one is written
+// (fastunlearn/optim.py): parameters writable, weights (K,), no gradient sharing memory with a
+// parameter other than its own.
+void check_step(TensorList params, TensorList grads, int64_t k, const std::optional<Tensor>& weights) {
+  if (params.empty()) return;
+  if (weights.has_value()) check_weights(*weights, k, params[0].device());
+  check_writable(params, "param");
+  if (has_memory(params[0])) check_overlaps(params, grads, static_cast<int64_t>(params.size()), "parameter", vectors_name);
+}
+
+void sgd_step_kernel(TensorList params, TensorList momentum_buffers, const Tensor& weights, TensorList grads,
+                     int64_t k, double lr, double momentum, double dampening, bool nesterov, double weight_decay,
+                     bool maximize, bool first_step, c10::string_view backend) {
+  if (params.empty()) return;
+  const Backend& b = backend_for(backend, params[0].device());
+  bump_versions(params);
+  bump_versions(momentum_buffers);
+  b.sgd_step(params, momentum_buffers, weights, grads, k, lr, momentum, dampening, nesterov, weight_decay, maximize,
+             first_step);
+}
+
+void adamw_step_kernel(TensorList params, TensorList exp_avgs, TensorList exp_avg_sqs, const Tensor& weights,
+                       TensorList grads, int64_t k, double lr, double beta1, double beta2, double eps,
+                       double weight_decay, int64_t step, bool maximize, c10::string_view backend) {
+  if (params.empty()) return;
+  const Backend& b = backend_for(backend, params[0].device());
+  bump_versions(params);
+  bump_versions(exp_avgs);
+  bump_versions(exp_avg_sqs);
+  b.adamw_step(params, exp_avgs, exp_avg_sqs, weights, grads, k, lr, beta1, beta2, eps, weight_decay, step, maximize);
+}
+
+// ---- Meta kernels: the same structural checks, shapes and dtypes only --------------------------------
+
+Tensor gram_meta(TensorList shards, int64_t k, std::optional<at::ScalarType> dtype, c10::string_view) {
+  const int64_t n = check_vectors(shards, k, vectors_name);
+  return at::empty({k, k}, shards[0].options().dtype(dtype.value_or(engine::result_dtype_of(shards, n))));
+}
+
+std::vector<Tensor> combine_meta(TensorList shards, const Tensor& weights, int64_t k, c10::string_view) {
+  const int64_t n = check_vectors(shards, k, vectors_name);
+  std::vector<Tensor> outs;
+  for (int64_t m = 0; m < weights.size(0); ++m) {
+    for (int64_t i = 0; i < n; ++i) outs.push_back(at::empty_like(shards[i]));
+  }
+  return outs;
+}
+
+void combine_inplace_meta(TensorList out, const Tensor& weights, TensorList shards, int64_t k, c10::string_view) {
+  check_update(out, "out", shards, k, vectors_name, false);
+  check_weights(weights, k, shards[0].device());
+}
+
+Tensor project_meta(TensorList g, TensorList r, c10::string_view mode, double, c10::string_view) {
+  engine::projection(mode);
+  const std::vector<Tensor> shards = joined(g, r);
+  const int64_t n = check_update(g, "g", shards, 2, pair_names("g", "r"), true);
+  return at::empty({4}, g[0].options().dtype(engine::accumulation_dtype_of(shards, n)));
+}
+
+Tensor project_normal_meta(TensorList g, TensorList directions, int64_t m, double, c10::string_view) {
+  const std::vector<Tensor> shards = joined(g, directions);
+  const int64_t n = check_update(g, "g", shards, m + 1, directions_name, true);
+  return at::empty({m}, g[0].options().dtype(engine::accumulation_dtype_of(shards, n)));
+}
+
+std::tuple<Tensor, Tensor> pcgrad_meta(TensorList out, TensorList shards, int64_t k, const Tensor&,
+                                       c10::string_view reduction, double, c10::string_view) {
+  engine::pcgrad(reduction);
+  const int64_t n = check_update(out, "out", shards, k, vectors_name, false);
+  const auto options = shards[0].options().dtype(engine::accumulation_dtype_of(shards, n));
+  return {at::empty({k, k}, options), at::empty({k}, options)};
+}
+
+std::tuple<Tensor, Tensor> aggregate_meta(TensorList out, TensorList shards, int64_t k, c10::string_view weighting,
+                                          double, const std::optional<Tensor>&, c10::string_view) {
+  engine::parse(weighting);
+  const int64_t n = check_update(out, "out", shards, k, vectors_name, false);
+  const auto options = shards[0].options().dtype(engine::accumulation_dtype_of(shards, n));
+  return {at::empty({k, k}, options), at::empty({k}, options)};
+}
+
+void sgd_step_meta(TensorList, TensorList, const Tensor&, TensorList, int64_t, double, double, double, bool, double,
+                   bool, bool, c10::string_view) {}
+
+void adamw_step_meta(TensorList, TensorList, TensorList, const Tensor&, TensorList, int64_t, double, double, double,
+                     double, double, int64_t, bool, c10::string_view) {}
+
+// ---- Autograd ---------------------------------------------------------------------------------------
+
+const c10::TypedOperatorHandle<decltype(gram_kernel)>& gram_op() {
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("fastunlearn::gram", "").typed<decltype(gram_kernel)>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<decltype(combine_kernel)>& combine_op() {
+  static const auto op =
+      c10::Dispatcher::singleton().findSchemaOrThrow("fastunlearn::combine", "").typed<decltype(combine_kernel)>();
+  return op;
+}
+
+// d<v_a, v_b>/dv_k contributes (G_bar + G_bar^T)[k, :] . v: the backward of a Gram pass is a combine pass.
+class GramFunction : public torch::autograd::Function<GramFunction> {
+ public:
+  static Tensor forward(torch::autograd::AutogradContext* ctx, TensorList shards, int64_t k,
+                        std::optional<at::ScalarType> dtype, const std::string& backend) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward(shards.vec());
+    ctx->saved_data["k"] = k;
+    ctx->saved_data["backend"] = backend;
+    return gram_op().call(shards, k, dtype, backend);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const std::vector<Tensor> shards = ctx->get_saved_variables();
+    const int64_t k = ctx->saved_data["k"].toInt();
+    const Tensor weights = grads[0] + grads[0].mT();
+    torch::autograd::variable_list out = combine_op().call(shards, weights, k, ctx->saved_data["backend"].toStringRef());
+    out.resize(out.size() + 3);  // no gradient for k, dtype, backend
+    return out;
+  }
+};
+
+// Tensor subclasses (DTensor) run their own dispatch below this key: a list that mixes them with
+// plain tensors would reach it half-understood, so it is refused here, before any kernel.
+void check_same_kind(c10::ArrayRef<c10::IValue> list, std::optional<bool>& subclass, const char* op_name,
+                     const std::string& argument) {
+  for (size_t i = 0; i < list.size(); ++i) {
+    const bool is_subclass = list[i].toTensor().key_set().has(c10::DispatchKey::Python);
+    if (!subclass.has_value()) subclass = is_subclass;
+    TORCH_CHECK_TYPE(is_subclass == *subclass, "fastunlearn.", op_name, ": ", argument, "[", i, "] is ",
+                     *subclass ? "a plain tensor among tensor subclasses"
+                               : "a tensor subclass (e.g. a DTensor) among plain tensors",
+                     "; pass every shard as a DTensor or as a local tensor");
+  }
+}
+
+Tensor gram_autograd(TensorList shards, int64_t k, std::optional<at::ScalarType> dtype, c10::string_view backend) {
+  const bool subclass = !shards.empty() && shards[0].key_set().has(c10::DispatchKey::Python);
+  for (size_t i = 1; i < shards.size(); ++i) {
+    TORCH_CHECK_TYPE(shards[i].key_set().has(c10::DispatchKey::Python) == subclass, "fastunlearn.gram: ",
+                     vectors_name(i / (shards.size() / k)), " shard ", i % (shards.size() / k), " is ",
+                     subclass ? "a plain tensor among tensor subclasses"
+                              : "a tensor subclass (e.g. a DTensor) among plain tensors",
+                     "; pass every shard as a DTensor or as a local tensor");
+  }
+  bool needs_grad = false;
+  if (at::GradMode::is_enabled()) {
+    for (const Tensor& t : shards) needs_grad = needs_grad || t.requires_grad();
+  }
+  if (needs_grad) return GramFunction::apply(shards, k, dtype, std::string(backend));
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return gram_op().call(shards, k, dtype, backend);
+}
+
+// Every other op has no backward (in-place updates, and combine, the Gram backward itself).
+void straight_through(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
+  const auto& arguments = op.schema().arguments();
+  std::optional<bool> subclass;
+  for (size_t a = 0; a < arguments.size(); ++a) {
+    const c10::IValue& value = (*stack)[stack->size() - arguments.size() + a];
+    if (value.isTensorList()) {
+      check_same_kind(value.toListRef(), subclass, op.schema().name().c_str() + 13, arguments[a].name());
+    }
+  }
+  at::AutoDispatchBelowADInplaceOrView guard;
+  op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
+}
+
+PyObject* has_cuda(PyObject*, PyObject*) {
+#ifdef FASTUNLEARN_WITH_CUDA
+  Py_RETURN_TRUE;
+#else
+  Py_RETURN_FALSE;
+#endif
+}
+
+PyMethodDef methods[] = {
+    {"has_cuda", has_cuda, METH_NOARGS, "Whether the CUDA kernels were built."},
+    {"register_backend", register_backend, METH_VARARGS, "Registers a backend written in Python."},
+    {"set_hooks", set_hooks, METH_VARARGS, "Registers the Python resolver of backend='auto' and the weightings."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+}  // namespace
+}  // namespace fastunlearn
+
+extern "C" {
+// Importing fastunlearn._C runs the registrations below.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, fastunlearn::methods};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(fastunlearn, m) {
+  m.def("gram(Tensor[] shards, int num_vectors, ScalarType? dtype=None, str backend=\"auto\") -> Tensor");
+  m.def("combine(Tensor[] shards, Tensor weights, int num_vectors, str backend=\"auto\") -> Tensor[]");
+  m.def("combine_(Tensor(a!)[] out, Tensor weights, Tensor[] shards, int num_vectors, str backend=\"auto\") -> ()");
+  // `when` is the public `mode`: torch.library reserves the name `mode` for dispatch modes.
+  m.def("project_(Tensor(a!)[] g, Tensor[] r, str when=\"always\", float eps=1e-20, str backend=\"auto\") -> Tensor");
+  m.def(
+      "project_normal_(Tensor(a!)[] g, Tensor[] directions, int num_directions, float eps=1e-20, "
+      "str backend=\"auto\") -> Tensor");
+  m.def(
+      "pcgrad_(Tensor(a!)[] out, Tensor[] shards, int num_vectors, Tensor order, str reduction=\"mean\", "
+      "float eps=1e-20, str backend=\"auto\") -> (Tensor, Tensor)");
+  m.def("check_step(Tensor[] params, Tensor[] grads, int num_vectors, Tensor? weights) -> ()");
+  m.def(
+      "aggregate_(Tensor(a!)[] out, Tensor[] shards, int num_vectors, str weighting, float eps=1e-20, "
+      "Tensor? order=None, str backend=\"auto\") -> (Tensor, Tensor)");
+  m.def(
+      "sgd_step_(Tensor(a!)[] params, Tensor(b!)[] momentum_buffers, Tensor weights, Tensor[] grads, "
+      "int num_vectors, float lr, float momentum, float dampening, bool nesterov, float weight_decay, "
+      "bool maximize, bool first_step, str backend=\"auto\") -> ()");
+  m.def(
+      "adamw_step_(Tensor(a!)[] params, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, Tensor weights, "
+      "Tensor[] grads, int num_vectors, float lr, float beta1, float beta2, float eps, float weight_decay, "
+      "int step, bool maximize, str backend=\"auto\") -> ()");
+}
+
+#define FASTUNLEARN_IMPLS(m, suffix)                                \
+  m.impl("gram", &fastunlearn::gram_##suffix);                      \
+  m.impl("combine", &fastunlearn::combine_##suffix);                \
+  m.impl("combine_", &fastunlearn::combine_inplace_##suffix);       \
+  m.impl("project_", &fastunlearn::project_##suffix);               \
+  m.impl("project_normal_", &fastunlearn::project_normal_##suffix); \
+  m.impl("pcgrad_", &fastunlearn::pcgrad_##suffix);                 \
+  m.impl("aggregate_", &fastunlearn::aggregate_##suffix);           \
+  m.impl("sgd_step_", &fastunlearn::sgd_step_##suffix);             \
+  m.impl("adamw_step_", &fastunlearn::adamw_step_##suffix);
+
+// Sparse tensors reach the dense kernels too, whose checks name them.
+TORCH_LIBRARY_IMPL(fastunlearn, CPU, m) { FASTUNLEARN_IMPLS(m, kernel) }
+TORCH_LIBRARY_IMPL(fastunlearn, SparseCPU, m) { FASTUNLEARN_IMPLS(m, kernel) }
+TORCH_LIBRARY_IMPL(fastunlearn, CUDA, m) { FASTUNLEARN_IMPLS(m, kernel) }
+TORCH_LIBRARY_IMPL(fastunlearn, SparseCUDA, m) { FASTUNLEARN_IMPLS(m, kernel) }
+TORCH_LIBRARY_IMPL(fastunlearn, Meta, m) { FASTUNLEARN_IMPLS(m, meta) }
+TORCH_LIBRARY_IMPL(fastunlearn, CompositeExplicitAutograd, m) { m.impl("check_step", &fastunlearn::check_step); }
+
+TORCH_LIBRARY_IMPL(fastunlearn, Autograd, m) {
+  m.impl("gram", &fastunlearn::gram_autograd);
+  for (const char* name : {"combine", "combine_", "project_", "project_normal_", "pcgrad_", "aggregate_", "sgd_step_",
+                           "adamw_step_"}) {
+    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&fastunlearn::straight_through>());
+  }
+}
