@@ -78,8 +78,10 @@ def main() -> None:
     parser.add_argument("--shards", type=int, nargs="+", default=[4, 300, 10_000])
     parser.add_argument("--calls", type=int, default=300)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, fastunlearn backends: "
-          f"{', '.join(name for name, state in fu.backends().items() if state == 'available')}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, fastunlearn backends: "
+        f"{', '.join(name for name, state in fu.backends().items() if state == 'available')}"
+    )
     table = {}
     for n in args.shards:
         fns = cases(n, args.device)

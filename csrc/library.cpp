@@ -123,10 +123,24 @@ Tensor project_normal_kernel(TensorList g, TensorList directions, int64_t m, dou
   return -run_engine(g, shards, m + 1, engine::Weighting::kSpanComplement, eps, std::nullopt, backend).second.slice(0, 1);
 }
 
+// The order indexes the Gram: rows that are not permutations would read out of bounds. Checked on
+// CPU only (elsewhere that would be a host sync; fastunlearn.pcgrad_order makes valid ones).
 void check_order(const Tensor& order, int64_t k, const at::Device& device) {
   TORCH_CHECK_VALUE(order.dim() == 2 && order.size(0) == k && order.size(1) == k && order.scalar_type() == at::kLong &&
                         order.device() == device,
                     "fastunlearn: order must be a ", k, " x ", k, " int64 tensor on ", device);
+  if (!order.device().is_cpu()) return;
+  const Tensor o = order.contiguous();
+  const int64_t* values = o.const_data_ptr<int64_t>();
+  std::vector<char> seen(k);
+  for (int64_t i = 0; i < k; ++i) {
+    std::fill(seen.begin(), seen.end(), 0);
+    for (int64_t t = 0; t < k; ++t) {
+      const int64_t v = values[i * k + t];
+      TORCH_CHECK_VALUE(v >= 0 && v < k && !seen[v], "each row of order must be a permutation of 0..K-1");
+      seen[v] = 1;
+    }
+  }
 }
 
 std::tuple<Tensor, Tensor> pcgrad_kernel(TensorList out, TensorList shards, int64_t k, const Tensor& order,

@@ -44,7 +44,11 @@ def __getattr__(name: str):
 __all__ = [
     "PCGrad",
     "PCGradStats",
+    "Projection",
     "ProjectionStats",
+    "SpanComplement",
+    "Weighting",
+    "aggregate_",
     "backends",
     "combine_",
     "dot",
@@ -57,4 +61,5 @@ __all__ = [
     "project_",
     "project_normal_",
     "sq_norm",
+    "weighting",
 ]

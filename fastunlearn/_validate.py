@@ -13,6 +13,7 @@ from fastunlearn.weighting import MODES, REDUCTIONS
 
 __all__ = ["MODES", "REDUCTIONS", "check_choice", "check_eps", "check_generator", "is_dense"]
 
+
 def check_eps(eps: float) -> float:
     """``eps`` as a float: a finite, non-negative real number."""
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):

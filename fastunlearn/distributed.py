@@ -50,9 +50,11 @@ def unwrap(vectors: Sequence[Sequence[Tensor]], group=None) -> tuple[list[list[T
     the caller sharded by hand: their partial results are summed over it.
     """
     first = _first_tensor(vectors)
+    if group is not None and dist is None:
+        raise RuntimeError("group= needs torch.distributed")
+    if group is not None and not isinstance(group, dist.ProcessGroup):
+        raise TypeError(f"group must be a torch.distributed.ProcessGroup, got {type(group).__name__}")
     if not is_dtensor(first):
-        if group is not None and dist is None:
-            raise RuntimeError("group= needs torch.distributed")
         for k, vector in enumerate(vectors):
             for i, t in enumerate(vector):
                 if is_dtensor(t):

@@ -68,6 +68,14 @@ class PCGrad:
             )
         if len(objectives) == 0:
             raise ValueError("pc_backward needs at least one objective")
+        for k, loss in enumerate(objectives):
+            if not isinstance(loss, Tensor) or loss.numel() != 1:
+                raise TypeError(f"objectives[{k}] must be a scalar loss tensor, got {_describe(loss)}")
+            if not loss.requires_grad:
+                raise ValueError(
+                    f"objectives[{k}] does not require grad: it was computed without autograd (under no_grad, "
+                    "or from tensors that require no grad), so it has no gradient to project"
+                )
         stash = GradientStash(p for group in self._optim.param_groups for p in group["params"])
         names = [f"task{k}" for k in range(len(objectives))]
         vectors = [
@@ -88,3 +96,7 @@ class PCGrad:
         for p, g in zip(stash.params, vectors[0]):
             p.grad = g
         return ops.PCGradStats(gram, weights)
+
+
+def _describe(value) -> str:
+    return f"a tensor of shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__

@@ -22,7 +22,6 @@ CASES = {
     "list_length": (ValueError, "has 1 shards", lambda g, r: fu.project_(g, r[:1])),
     "shape": (ValueError, "shard 1 has shape", lambda g, r: fu.project_(g, [r[0], r[1][:4]])),
     "dtype": (TypeError, "dtype", lambda g, r: fu.project_(g, [s.double() for s in r])),
-    "dtype_within_vector": (TypeError, "shard 1 has dtype", lambda g, r: fu.project_(g, [r[0], r[1].double()])),
     "integer": (TypeError, "floating-point", lambda g, r: fu.project_(g, [s.long() for s in r])),
     "device": (ValueError, "meta", lambda g, r: fu.project_(g, [r[0], r[1].to("meta")])),
     "empty_vector": (ValueError, "no shards", lambda g, r: fu.project_(g, [])),
@@ -71,6 +70,27 @@ CASES = {
     ),
     "integer_gram": (TypeError, "floating-point", lambda g, r: fu.pcgrad_weights(torch.ones(2, 2, dtype=torch.long))),
     "no_directions": (ValueError, "directions", lambda g, r: fu.project_normal_(g, [])),
+    "group_not_a_process_group": (
+        TypeError,
+        "group must be a torch.distributed.ProcessGroup",
+        lambda g, r: fu.gram([g, r], group="world"),
+    ),
+    "integer_result_dtype": (
+        TypeError,
+        "dtype must be a floating-point",
+        lambda g, r: fu.gram([g, r], dtype=torch.int32),
+    ),
+    "weighting_not_a_weighting": (TypeError, "fastunlearn.Weighting", lambda g, r: fu.aggregate_(g, [g, r], "always")),
+    "aggregate_overlap": (
+        ValueError,
+        r"out shard 1 overlaps vectors\[1\] shard 0",
+        lambda g, r: fu.aggregate_([g[0], r[0].view(-1)[:5]], [g, r], fu.Projection("always")),
+    ),
+    "dtype_at_one_shard_index": (
+        TypeError,
+        r"r shard 1 has dtype torch.float64 but g shard 1 has torch.float32",
+        lambda g, r: fu.project_(g, [r[0], r[1].double()]),
+    ),
     "direction_shape": (ValueError, "shape", lambda g, r: fu.project_normal_(g, [r, [r[0], r[1][:2]]])),
 }
 
@@ -80,10 +100,13 @@ def test_bad_input_raises_before_writing(case):
     error, message, call = case
     g, r = fresh()
     g_before, r_before = [s.clone() for s in g], [s.clone() for s in r]
+    versions = [s._version for s in [*g, *r]]
     with pytest.raises(error, match=message):
         call(g, r)
     assert_same_bits([s.detach() for s in g], g_before)
     assert_same_bits(r, r_before)
+    # A rejected call moves no version counter either: autograd would see the tensors as modified.
+    assert [s._version for s in [*g, *r]] == versions
 
 
 def in_one_buffer():
@@ -185,3 +208,22 @@ def test_combine_refuses_weights_that_require_grad(shards):
     with torch.no_grad():
         fu.combine_(out, weights, [a])
     assert all(torch.equal(s, torch.ones(3)) for s in out)
+
+
+def test_pc_backward_names_a_loss_that_does_not_require_grad():
+    model = torch.nn.Linear(3, 1)
+    opt = fu.PCGrad(torch.optim.SGD(model.parameters(), lr=0.1))
+    loss = model(torch.ones(1, 3)).sum()
+    with pytest.raises(ValueError, match=r"objectives\[1\] does not require grad"):
+        opt.pc_backward([loss, loss.detach()])
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_pcgrad_weights_keep_a_nan_gram_visible():
+    gram = torch.tensor([[1.0, float("nan")], [float("nan"), 1.0]], dtype=torch.float64)
+    weights = fu.pcgrad_weights(gram, order=torch.tensor([[0, 1], [1, 0]]))
+    assert weights.isnan().any()
+    g, r = [torch.tensor([1.0, float("nan")])], [torch.tensor([1.0, 0.0])]
+    out = [torch.zeros(2)]
+    stats = fu.pcgrad_(out, [g, r], order=torch.tensor([[0, 1], [1, 0]]))
+    assert stats.weights.isnan().any() and out[0].isnan().any()

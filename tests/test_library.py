@@ -7,6 +7,7 @@ import torch
 from helpers import BACKENDS, make_vectors
 
 import fastunlearn as fu
+
 OPS = torch.ops.fastunlearn
 
 
@@ -35,8 +36,17 @@ def test_opcheck_every_op(backend):
 
 
 def test_every_op_is_registered_per_dispatch_key():
-    for op in ("gram", "combine", "combine_", "project_", "project_normal_", "pcgrad_", "aggregate_", "sgd_step_",
-               "adamw_step_"):
+    for op in (
+        "gram",
+        "combine",
+        "combine_",
+        "project_",
+        "project_normal_",
+        "pcgrad_",
+        "aggregate_",
+        "sgd_step_",
+        "adamw_step_",
+    ):
         for key in ("CPU", "CUDA", "Meta", "Autograd"):
             assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastunlearn::{op}", key), (op, key)
 

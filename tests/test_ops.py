@@ -19,7 +19,6 @@ from helpers import (
 from tolerances import elementwise_tol, reduction_atol
 
 import fastunlearn as fu
-from fastunlearn import ops
 
 
 def assert_gram_close(result, vectors, dtype):
