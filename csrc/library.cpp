@@ -8,6 +8,7 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -76,7 +77,7 @@ int64_t check_update(TensorList out, const char* what, TensorList shards, int64_
   check_not_differentiated(out_is_first ? shards.slice(n) : shards, n, [&](int64_t v) {
     return name(out_is_first ? v + 1 : v);
   });
-  if (has_memory(out[0])) check_overlaps(out, shards, n, what, name);
+  check_overlaps(out, shards, n, what, name);
   return n;
 }
 
@@ -164,20 +165,57 @@ std::tuple<Tensor, Tensor> aggregate_kernel(TensorList out, TensorList shards, i
 }
 
 // The checks of a fused optimizer step, run for every bucket before the first one is written
-// (fastunlearn/optim.py): parameters writable, weights (K,), no gradient sharing memory with a
-// parameter other than its own.
+// (fastunlearn/optim.py): each gradient pairs with its parameter, weights (K,), parameters
+// writable, no gradient sharing memory with a parameter other than its own.
 void check_step(TensorList params, TensorList grads, int64_t k, const std::optional<Tensor>& weights) {
-  if (params.empty()) return;
+  const int64_t n = static_cast<int64_t>(params.size());
+  TORCH_CHECK_VALUE(static_cast<int64_t>(grads.size()) == k * n, "fastunlearn: ", grads.size(),
+                    " gradients for ", k, " vectors of ", n, " parameters");
+  if (n == 0) return;
+  const auto describe = [](const Tensor& t) {
+    std::ostringstream out;
+    out << t.sizes() << " " << python_name(t.scalar_type()) << " on " << t.device();
+    return out.str();
+  };
+  for (int64_t s = 0; s < k * n; ++s) {
+    const Tensor& g = grads[s];
+    const Tensor& p = params[s % n];
+    TORCH_CHECK_TYPE(g.layout() == at::kStrided, "the gradient for parameter ", s % n, " has layout ",
+                     g.layout() == at::kSparse ? "torch.sparse_coo" : c10::str(g.layout()),
+                     "; fastunlearn.optim updates dense gradients only (torch.optim.SGD and SparseAdam take sparse "
+                     "ones)");
+    TORCH_CHECK_VALUE(g.sizes() == p.sizes() && g.scalar_type() == p.scalar_type() && g.device() == p.device(),
+                      vectors_name(s / n), " shard ", s % n, " is ", describe(g), " but parameter ", s % n, " is ",
+                      describe(p));
+  }
   if (weights.has_value()) check_weights(*weights, k, params[0].device());
   check_writable(params, "param");
-  if (has_memory(params[0])) check_overlaps(params, grads, static_cast<int64_t>(params.size()), "parameter", vectors_name);
+  check_overlaps(params, grads, n, "parameter", vectors_name);
+}
+
+// The native kernels walk each parameter and its state as one flat run of memory: a parameter
+// that is not dense, or state that no longer shares its layout and dtype (after `p.data` was
+// replaced in another memory format), sends its bucket to the torch backend instead.
+const Backend& step_backend(c10::string_view name, TensorList params, std::initializer_list<TensorList> states) {
+  const Backend& chosen = backend_for(name, params[0].device());
+  if (name == "torch") return chosen;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const Tensor& p = params[i];
+    bool walkable = p.is_non_overlapping_and_dense();
+    for (TensorList state : states) {
+      walkable = walkable && (state.empty() || (state[i].scalar_type() == p.scalar_type() &&
+                                                state[i].sizes() == p.sizes() && state[i].strides() == p.strides()));
+    }
+    if (!walkable) return backend_for("torch", p.device());
+  }
+  return chosen;
 }
 
 void sgd_step_kernel(TensorList params, TensorList momentum_buffers, const Tensor& weights, TensorList grads,
                      int64_t k, double lr, double momentum, double dampening, bool nesterov, double weight_decay,
                      bool maximize, bool first_step, c10::string_view backend) {
   if (params.empty()) return;
-  const Backend& b = backend_for(backend, params[0].device());
+  const Backend& b = step_backend(backend, params, {momentum_buffers});
   bump_versions(params);
   bump_versions(momentum_buffers);
   b.sgd_step(params, momentum_buffers, weights, grads, k, lr, momentum, dampening, nesterov, weight_decay, maximize,
@@ -188,7 +226,7 @@ void adamw_step_kernel(TensorList params, TensorList exp_avgs, TensorList exp_av
                        TensorList grads, int64_t k, double lr, double beta1, double beta2, double eps,
                        double weight_decay, int64_t step, bool maximize, c10::string_view backend) {
   if (params.empty()) return;
-  const Backend& b = backend_for(backend, params[0].device());
+  const Backend& b = step_backend(backend, params, {exp_avgs, exp_avg_sqs});
   bump_versions(params);
   bump_versions(exp_avgs);
   bump_versions(exp_avg_sqs);

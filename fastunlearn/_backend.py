@@ -118,9 +118,6 @@ _BACKENDS: dict[str, Backend] = {
 # Preference order of ``auto`` per device type.
 _AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("triton", "cuda", "torch")}
 
-#: Backends that walk parameters and their state as flat memory (the optimizers check for that).
-NATIVE = ("cpp", "triton", "cuda")
-
 
 def backends() -> dict[str, str]:
     """Every backend and whether it can run here: ``"available"`` or the reason it cannot.

@@ -28,8 +28,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from fastunlearn import _backend, _validate
-from fastunlearn.distributed import is_dtensor, to_local
+from fastunlearn import _backend, distributed
+from fastunlearn.distributed import is_dtensor
 
 Vector = Sequence[Tensor]
 
@@ -77,7 +77,7 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
         with_grad = [[p for p in group["params"] if p.grad is not None] for group in self.param_groups]
         params = [p for group in with_grad for p in group]
         if params:
-            grads = _checked_vectors([[p.grad for p in params]], params)
+            grads = [[p.grad for p in params]]
             _check_step(params, grads, None)
             self._update_groups(with_grad, None, grads)
         return loss
@@ -105,8 +105,6 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
             for index in _buckets(params, self._bucket_key):
                 bucket = [params[i] for i in index]
                 name = _backend.resolve(self.backend, bucket[0].device)
-                if name in _backend.NATIVE and not all(self._flat_walkable(p) for p in bucket):
-                    name = "torch"  # the native kernels walk params and their state as flat memory
                 local = to_local(bucket[:1])[0]
                 if weights is not None and bucket[0].device != weights.device:
                     raise ValueError(
@@ -122,23 +120,15 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
     def _bucket_key(self, p: Tensor) -> tuple:
         return (p.dtype, p.device)
 
-    def _flat_walkable(self, p: Tensor) -> bool:
-        """Whether the native kernels can take ``p``: dense, with state tensors in its layout and dtype
-        (state can drift, e.g. after ``p.data`` is replaced in another memory format)."""
-        local = to_local([p])[0]
-        if not _validate.is_dense(local):
-            return False
-        state = [to_local([v])[0] for v in self.state[p].values() if isinstance(v, Tensor)]
-        return all(v.dtype == local.dtype and v.shape == local.shape and v.stride() == local.stride() for v in state)
-
     @abc.abstractmethod
     def _apply(self, group: dict, params: list[Tensor], weights: Tensor, grads: list[Tensor], k: int, name: str):
         """Updates one bucket of ``params`` (one dtype, device and state) with its kernel."""
 
 
 def _checked_vectors(vectors: Sequence[Vector], params: list[Tensor]) -> list[list[Tensor]]:
-    """K gradient vectors, each pairing shard i with parameter i (shape, dtype, device), and no
-    shard sharing memory with a parameter other than itself."""
+    """K gradient vectors of one shard per parameter. Each shard's pairing with its parameter (shape,
+    dtype, device, dense layout) is checked with the rest of the step (``_check_step``); DTensor
+    shards are also checked here for their placement, which only Python sees."""
     if isinstance(vectors, Tensor) or not isinstance(vectors, Sequence) or not vectors:
         raise TypeError("vectors must be a non-empty sequence of gradient vectors (each a sequence of tensors)")
     checked = []
@@ -147,17 +137,13 @@ def _checked_vectors(vectors: Sequence[Vector], params: list[Tensor]) -> list[li
             raise TypeError(f"vectors[{k}] must be a sequence of tensors, one per parameter")
         if len(vector) != len(params):
             raise ValueError(f"vectors[{k}] has {len(vector)} shards but the optimizer has {len(params)} parameters")
+        checked.append(list(vector))
+    for k, vector in enumerate(checked):
         for i, (g, p) in enumerate(zip(vector, params)):
             if not isinstance(g, Tensor):
                 raise TypeError(f"vectors[{k}] shard {i} is a {type(g).__name__}, not a Tensor")
-            if g.layout != torch.strided:
-                raise TypeError(
-                    f"the gradient for parameter {i} has layout {g.layout}; fastunlearn.optim updates dense "
-                    "gradients only (torch.optim.SGD and SparseAdam take sparse ones)"
-                )
-            if g.shape != p.shape or g.dtype != p.dtype or g.device != p.device or not _same_sharding(g, p):
+            if (is_dtensor(g) or is_dtensor(p)) and not _same_sharding(g, p):
                 raise ValueError(f"vectors[{k}] shard {i} is {_describe(g)} but parameter {i} is {_describe(p)}")
-        checked.append(list(vector))
     return checked
 
 
@@ -167,6 +153,11 @@ def _check_step(params: list[Tensor], grads: list[list[Tensor]], weights: Tensor
     _backend.require_native()
     flat = to_local([g for vector in grads for g in vector])
     torch.ops.fastunlearn.check_step(to_local(params), flat, len(grads), weights)
+
+
+def to_local(tensors: list[Tensor]) -> list[Tensor]:
+    """Local shards of DTensors; a list of plain tensors (every shard plain, as the first) as it is."""
+    return distributed.to_local(tensors) if tensors and is_dtensor(tensors[0]) else tensors
 
 
 def _describe(t: Tensor) -> str:

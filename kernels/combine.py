@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from fastunlearn.kernels import _support, _tables
 from torch import Tensor
 
+from fastunlearn.kernels import _support, _tables
 from fastunlearn.reference import compute_dtype
 
 

@@ -22,23 +22,34 @@ Span span_of(const at::Tensor& t, bool is_out, int64_t index) {
   return {begin, begin + static_cast<uintptr_t>((last + 1) * t.element_size()), is_out, index};
 }
 
+// Meta and fake tensors have no memory to share.
+bool in_memory(const at::Tensor& t) {
+  return t.has_storage() && !t.is_meta() && !t.key_set().has(c10::DispatchKey::Python) && t.numel() > 0;
+}
+
 bool same_place(const at::Tensor& out, int64_t out_index, const at::Tensor& in, int64_t in_index, int64_t n) {
   return out_index % n == in_index % n && out.const_data_ptr() == in.const_data_ptr() &&
          out.sizes() == in.sizes() && out.strides() == in.strides();
 }
 
-// Whether `diff` (in elements) is sum_d delta_d * stride_d with |delta_d| < size_d, over the dims
-// from `d` on (sorted by decreasing stride). `reach[d]` is the largest |sum| the dims after d reach.
-bool reachable(int64_t diff, const std::vector<std::pair<int64_t, int64_t>>& dims, const std::vector<int64_t>& reach,
-               size_t d) {
-  if (d == dims.size()) return diff == 0;
-  const auto [stride, size] = dims[d];
+// One dim of the question below: a stride, and the range [lo, hi] of index differences i_a - i_b.
+struct Step {
+  int64_t stride, lo, hi;
+};
+
+// Whether `diff` (in elements) is sum_d delta_d * stride_d with lo_d <= delta_d <= hi_d, over the
+// dims from `d` on (sorted by decreasing stride); [reach_lo[d], reach_hi[d]] bounds what the dims
+// after d can add.
+bool reachable(int64_t diff, const std::vector<Step>& steps, const std::vector<int64_t>& reach_lo,
+               const std::vector<int64_t>& reach_hi, size_t d) {
+  if (d == steps.size()) return diff == 0;
+  const Step& step = steps[d];
   const auto floor_div = [](int64_t a, int64_t b) { return a / b - (a % b != 0 && a < 0); };
   // The deltas that leave a remainder the later dims can reach: an interval, usually one value.
-  const int64_t lo = std::max(-(size - 1), -floor_div(reach[d] - diff, stride));
-  const int64_t hi = std::min(size - 1, floor_div(diff + reach[d], stride));
+  const int64_t lo = std::max(step.lo, -floor_div(reach_hi[d] - diff, step.stride));
+  const int64_t hi = std::min(step.hi, floor_div(diff - reach_lo[d], step.stride));
   for (int64_t delta = lo; delta <= hi; ++delta) {
-    if (reachable(diff - delta * stride, dims, reach, d + 1)) return true;
+    if (reachable(diff - delta * step.stride, steps, reach_lo, reach_hi, d + 1)) return true;
   }
   return false;
 }
@@ -46,39 +57,43 @@ bool reachable(int64_t diff, const std::vector<std::pair<int64_t, int64_t>>& dim
 }  // namespace
 
 bool share_element(const at::Tensor& a, const at::Tensor& b) {
-  if (a.element_size() != b.element_size() || a.sizes() != b.sizes() || a.strides() != b.strides()) return true;
+  if (a.element_size() != b.element_size() || a.dim() != b.dim() || a.strides() != b.strides()) return true;
   const int64_t itemsize = a.element_size();
   const auto pa = reinterpret_cast<intptr_t>(a.const_data_ptr()), pb = reinterpret_cast<intptr_t>(b.const_data_ptr());
-  if ((pa - pb) % itemsize != 0) return true;  // misaligned views of one buffer: not worth the arithmetic
-  std::vector<std::pair<int64_t, int64_t>> dims;  // (|stride|, size) of the dims that move
+  if ((pb - pa) % itemsize != 0) return true;  // misaligned views of one buffer: not worth the arithmetic
+  std::vector<Step> steps;  // a's element i meets b's element j where sum_d (i_d - j_d) stride_d = pb - pa
   for (int64_t d = 0; d < a.dim(); ++d) {
-    if (a.size(d) > 1) dims.emplace_back(std::abs(a.stride(d)), a.size(d));
+    if (a.size(d) == 1 && b.size(d) == 1) continue;
+    if (a.stride(d) <= 0) return true;  // broadcast or reversed dims: answer conservatively
+    steps.push_back({a.stride(d), -(b.size(d) - 1), a.size(d) - 1});
   }
-  std::sort(dims.begin(), dims.end(), [](const auto& x, const auto& y) { return x.first > y.first; });
-  if (std::any_of(dims.begin(), dims.end(), [](const auto& x) { return x.first == 0; })) return true;
-  std::vector<int64_t> reach(dims.size(), 0);
-  for (size_t d = dims.size(); d-- > 1;) reach[d - 1] = reach[d] + (dims[d].second - 1) * dims[d].first;
-  return reachable((pa - pb) / itemsize, dims, reach, 0);
+  std::sort(steps.begin(), steps.end(), [](const Step& x, const Step& y) { return x.stride > y.stride; });
+  std::vector<int64_t> reach_lo(steps.size(), 0), reach_hi(steps.size(), 0);
+  for (size_t d = steps.size(); d-- > 1;) {
+    reach_lo[d - 1] = reach_lo[d] + steps[d].lo * steps[d].stride;
+    reach_hi[d - 1] = reach_hi[d] + steps[d].hi * steps[d].stride;
+  }
+  return reachable((pb - pa) / itemsize, steps, reach_lo, reach_hi, 0);
 }
 
 std::vector<int64_t> find_overlap(at::TensorList outs, at::TensorList inputs, int64_t n) {
   TORCH_CHECK_VALUE(n > 0, "fastunlearn: find_overlap needs n > 0");
   for (size_t i = 0; i < outs.size(); ++i) {
-    if (outs[i].numel() > 1 && at::has_internal_overlap(outs[i]) == at::MemOverlap::Yes) {
+    if (in_memory(outs[i]) && outs[i].numel() > 1 && at::has_internal_overlap(outs[i]) == at::MemOverlap::Yes) {
       return {0, static_cast<int64_t>(i)};
     }
   }
   std::vector<Span> spans;
   spans.reserve(outs.size() + inputs.size());
   for (size_t i = 0; i < outs.size(); ++i) {
-    if (outs[i].numel()) spans.push_back(span_of(outs[i], true, i));
+    if (in_memory(outs[i])) spans.push_back(span_of(outs[i], true, i));
   }
   const size_t num_outs = spans.size();
   for (size_t i = 0; i < inputs.size(); ++i) {
     // The output at this shard index may be this very tensor (in place): its span stands for both.
     const size_t own = i % n;
     if (own < outs.size() && outs[own].unsafeGetTensorImpl() == inputs[i].unsafeGetTensorImpl()) continue;
-    if (inputs[i].numel()) spans.push_back(span_of(inputs[i], false, i));
+    if (in_memory(inputs[i])) spans.push_back(span_of(inputs[i], false, i));
   }
   // Outputs in address order (gradients mostly sit in allocation order, so this is nearly sorted).
   const auto by_address = [](const Span& a, const Span& b) {

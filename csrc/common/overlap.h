@@ -17,8 +17,8 @@ namespace fastunlearn {
 std::vector<int64_t> find_overlap(at::TensorList outs, at::TensorList inputs, int64_t n);
 
 // Whether two tensors whose address ranges meet share an element: exact where both have the same
-// sizes, strides and element size (is their offset difference a reachable index difference?);
-// otherwise meeting ranges count as sharing.
+// strides and element size (is their offset difference a reachable index difference?); otherwise
+// meeting ranges count as sharing.
 bool share_element(const at::Tensor& a, const at::Tensor& b);
 
 }  // namespace fastunlearn

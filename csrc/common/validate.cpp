@@ -59,8 +59,6 @@ std::string python_name(at::ScalarType dtype) {
   }
 }
 
-bool has_memory(const at::Tensor& t) { return t.has_storage() && !t.is_meta() && !is_subclass(t); }
-
 int64_t check_vectors(at::TensorList shards, int64_t k, const VectorNames& name) {
   TORCH_CHECK_VALUE(k > 0, "vectors is empty: at least one vector is needed");
   TORCH_CHECK_VALUE(shards.size() % k == 0, "fastunlearn: ", shards.size(), " shards do not split into ", k,

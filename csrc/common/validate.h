@@ -34,12 +34,9 @@ void check_not_differentiated(at::TensorList shards, int64_t n, const VectorName
 void check_weights(const at::Tensor& weights, int64_t k, const at::Device& device);
 
 // No output writes an element twice or shares one with another output or with an input other
-// than itself at its own shard index.
+// than itself at its own shard index. Tensors without memory (meta, fake) are not compared.
 void check_overlaps(at::TensorList outs, at::TensorList inputs, int64_t n, const char* what,
                     const VectorNames& input_name);
-
-// Whether the tensors hold real memory (not meta or fake tensors) that writes and overlap checks touch.
-bool has_memory(const at::Tensor& t);
 
 // Every shard is a plain tensor, or every shard a tensor subclass (DTensor): mixing is an error.
 void check_no_mixed_subclass(at::TensorList shards, int64_t n, const VectorNames& name);
