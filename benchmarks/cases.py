@@ -4,7 +4,8 @@ Peers, on the same inputs:
   fastunlearn  -- the public ops (backend "cpp" on CPU)
   reference.py -- the same ops on the pure-PyTorch backend ("torch")
   cat          -- torch.cat-flatten code as public PCGrad / surgery implementations write it,
-                  with their .item() reads
+                  with their .item() reads: fastunlearn.flatten_reference (shared with the profiler,
+                  the showcase and the demo), built on here for the ops only the benchmarks compare
   composition  -- the best pure-PyTorch composition: per-shard torch.dot, torch._foreach_* updates
   stacked      -- (pcgrad_ only) torchjd-style "stack then aggregate": the K flattened gradients
                   stacked into a K x N matrix J, Gram J @ J.T, PCGrad weights w, result w @ J
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor
 
 import fastunlearn as fu
+from fastunlearn import flatten_reference
 
 # Bytes per element each op must move at the least, fp32 (DESIGN.md's roofline).
 ROOFLINE_BYTES = {"gram": 8, "project_": 20, "pcgrad_": 20, "surgery_step": 32}
@@ -42,17 +44,6 @@ def numel(vector):
     return sum(s.numel() for s in vector)
 
 
-def _flat(vector):
-    return torch.cat([s.reshape(-1) for s in vector])
-
-
-def _unflatten_into(vector, flat):
-    offset = 0
-    for s in vector:
-        s.copy_(flat[offset : offset + s.numel()].view_as(s))
-        offset += s.numel()
-
-
 def cyclic_order(k: int) -> Tensor:
     """A fixed PCGrad order: task i meets i+1, i+2, ... (mod K), itself last. K=2: [[1, 0], [0, 1]]."""
     return torch.tensor([[(i + 1 + t) % k for t in range(k)] for i in range(k)])
@@ -65,19 +56,11 @@ _ORDER = cyclic_order(2)
 
 
 def cat_gram(g, r):
-    return cat_gram_k([g, r])
-
-
-def cat_gram_k(vectors):
-    rows = torch.stack([_flat(v) for v in vectors])
-    return rows @ rows.T
+    return flatten_reference.gram([g, r])
 
 
 def cat_project_(g, r):
-    flat_g, flat_r = _flat(g), _flat(r)
-    d = torch.dot(flat_g, flat_r).item()
-    flat_g -= d / (flat_r.norm().item() ** 2) * flat_r
-    _unflatten_into(g, flat_g)
+    flatten_reference.project_(g, r)
 
 
 def cat_pcgrad_(out, g, r):
@@ -87,7 +70,7 @@ def cat_pcgrad_(out, g, r):
 def cat_pcgrad_k_(out, vectors, order):
     """The public PyTorch PCGrad port: per task, project on each conflicting partner (a host read
     per `if d < 0`), in `order[i]`; then the mean of the projected gradients."""
-    grads = [_flat(v) for v in vectors]
+    grads = [flatten_reference.flatten(v) for v in vectors]
     projected = []
     for i, g_i in enumerate(grads):
         g_i = g_i.clone()
@@ -96,7 +79,7 @@ def cat_pcgrad_k_(out, vectors, order):
             if d < 0:
                 g_i -= d * grads[j] / grads[j].norm() ** 2
         projected.append(g_i)
-    _unflatten_into(out, torch.stack(projected).mean(0))
+    flatten_reference.unflatten_into(torch.stack(projected).mean(0), out)
 
 
 # --- best pure-PyTorch composition ---------------------------------------------------------------
@@ -169,9 +152,7 @@ def unfused_surgery_step(opt, params, g, r):
 
 def cat_surgery_step(opt, params, g, r):
     """Public surgery code: flatten, .item() the coefficient, unflatten into .grad, torch.optim step."""
-    flat_g, flat_r = _flat(g), _flat(r)
-    coef = torch.dot(flat_g, flat_r).item() / (flat_r.norm().item() ** 2)
-    flat_u = flat_g - coef * flat_r
+    flat_u = flatten_reference.projected(g, r)
     offset = 0
     for p in params:
         p.grad = -flat_u[offset : offset + p.numel()].view_as(p)
@@ -257,8 +238,8 @@ def composition_gram_k(vectors):
 
 
 def cat_combine_(out, weights, vectors):
-    flat = sum(w * _flat(v) for w, v in zip(weights, vectors))
-    _unflatten_into(out, flat)
+    flat = sum(w * flatten_reference.flatten(v) for w, v in zip(weights, vectors))
+    flatten_reference.unflatten_into(flat, out)
 
 
 def composition_combine_(out, weights, vectors):
@@ -270,10 +251,10 @@ def composition_combine_(out, weights, vectors):
 
 def cat_project_normal_(g, directions):
     """Flatten, solve (R R^T) alpha = R g, subtract alpha @ R, unflatten (no host read)."""
-    flat_g, rows = _flat(g), torch.stack([_flat(d) for d in directions])
+    flat_g, rows = flatten_reference.flatten(g), torch.stack([flatten_reference.flatten(d) for d in directions])
     alpha = torch.linalg.solve(rows @ rows.T, rows @ flat_g)
     flat_g -= alpha @ rows
-    _unflatten_into(g, flat_g)
+    flatten_reference.unflatten_into(flat_g, g)
 
 
 def composition_project_normal_(g, directions):
@@ -294,9 +275,9 @@ def composition_pcgrad_k_(out, vectors, order):
 def stacked_pcgrad_(out, vectors, order):
     """torchjd-style: J = stack of the K flattened gradients (K x N), Gram J @ J.T, PCGrad weights
     (mean reduction, as the other peers), result w @ J unflattened into out."""
-    jac = torch.stack([_flat(v) for v in vectors])
+    jac = torch.stack([flatten_reference.flatten(v) for v in vectors])
     weights = fu.pcgrad_weights(jac @ jac.T, order=order)
-    _unflatten_into(out, weights.to(jac.dtype) @ jac)
+    flatten_reference.unflatten_into(weights.to(jac.dtype) @ jac, out)
 
 
 def peers(op: str, vectors: Sequence[Vector], out: Vector | None = None, k: int = 2) -> dict[str, Callable[[], object]]:
@@ -313,19 +294,19 @@ def peers(op: str, vectors: Sequence[Vector], out: Vector | None = None, k: int 
         "gram": {
             "fastunlearn": lambda: fu.gram(vs),
             "reference.py": lambda: fu.gram(vs, backend="torch"),
-            "cat": lambda: cat_gram_k(vs),
+            "cat": lambda: flatten_reference.gram(vs),
             "composition": lambda: composition_gram_k(vs),
         },
         "dot": {
             "fastunlearn": lambda: fu.dot(a, b),
             "reference.py": lambda: fu.dot(a, b, backend="torch"),
-            "cat": lambda: torch.dot(_flat(a), _flat(b)),
+            "cat": lambda: torch.dot(flatten_reference.flatten(a), flatten_reference.flatten(b)),
             "composition": lambda: _dots(a, b),
         },
         "sq_norm": {
             "fastunlearn": lambda: fu.sq_norm(a),
             "reference.py": lambda: fu.sq_norm(a, backend="torch"),
-            "cat": lambda: _flat(a).norm() ** 2,
+            "cat": lambda: flatten_reference.flatten(a).norm() ** 2,
             "composition": lambda: torch.stack(torch._foreach_norm(a)).square().sum(),
         },
         "combine_": {

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "common/dtypes.h"
+#include "common/shard_table.h"
 #include "common/validate.h"
 #include "engine.h"
 #include "python_hooks.h"
@@ -211,6 +212,19 @@ const Backend& step_backend(c10::string_view name, TensorList params, std::initi
   return chosen;
 }
 
+// The GPU shard table (common/shard_table.h) of `rows` rows of n dense tensors, paired by index, for
+// the Triton launchers (the CUDA binding builds it directly).
+Tensor shard_table_kernel(TensorList tensors, int64_t rows, int64_t chunk) {
+  TORCH_CHECK_VALUE(rows > 0 && tensors.size() % rows == 0, "fastunlearn: ", tensors.size(),
+                    " tensors do not split into ", rows, " rows");
+  const int64_t n = static_cast<int64_t>(tensors.size()) / rows;
+  std::vector<const void*> addresses(tensors.size());
+  std::vector<int64_t> sizes(n);
+  for (size_t s = 0; s < tensors.size(); ++s) addresses[s] = tensors[s].const_data_ptr();
+  for (int64_t i = 0; i < n; ++i) sizes[i] = tensors[i].numel();
+  return build_shard_table(addresses, rows, sizes, n > 0 ? tensors[0].element_size() : 1, chunk);
+}
+
 void sgd_step_kernel(TensorList params, TensorList momentum_buffers, const Tensor& weights, TensorList grads,
                      int64_t k, double lr, double momentum, double dampening, bool nesterov, double weight_decay,
                      bool maximize, bool first_step, c10::string_view backend) {
@@ -394,7 +408,12 @@ extern "C" {
 // Importing fastunlearn._C runs the registrations below.
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, fastunlearn::methods};
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+  if (module != nullptr && PyModule_AddIntConstant(module, "TABLE_CHUNK", fastunlearn::kTableChunk) < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }
 }
 
@@ -410,6 +429,7 @@ TORCH_LIBRARY(fastunlearn, m) {
   m.def(
       "pcgrad_(Tensor(a!)[] out, Tensor[] shards, int num_vectors, Tensor order, str reduction=\"mean\", "
       "float eps=1e-20, str backend=\"auto\") -> (Tensor, Tensor)");
+  m.def("shard_table(Tensor[] tensors, int rows, int chunk) -> Tensor");
   m.def("check_step(Tensor[] params, Tensor[] grads, int num_vectors, Tensor? weights) -> ()");
   m.def(
       "aggregate_(Tensor(a!)[] out, Tensor[] shards, int num_vectors, str weighting, float eps=1e-20, "
@@ -441,7 +461,10 @@ TORCH_LIBRARY_IMPL(fastunlearn, SparseCPU, m) { FASTUNLEARN_IMPLS(m, kernel) }
 TORCH_LIBRARY_IMPL(fastunlearn, CUDA, m) { FASTUNLEARN_IMPLS(m, kernel) }
 TORCH_LIBRARY_IMPL(fastunlearn, SparseCUDA, m) { FASTUNLEARN_IMPLS(m, kernel) }
 TORCH_LIBRARY_IMPL(fastunlearn, Meta, m) { FASTUNLEARN_IMPLS(m, meta) }
-TORCH_LIBRARY_IMPL(fastunlearn, CompositeExplicitAutograd, m) { m.impl("check_step", &fastunlearn::check_step); }
+TORCH_LIBRARY_IMPL(fastunlearn, CompositeExplicitAutograd, m) {
+  m.impl("check_step", &fastunlearn::check_step);
+  m.impl("shard_table", &fastunlearn::shard_table_kernel);
+}
 
 TORCH_LIBRARY_IMPL(fastunlearn, Autograd, m) {
   m.impl("gram", &fastunlearn::gram_autograd);

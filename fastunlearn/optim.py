@@ -138,12 +138,11 @@ def _checked_vectors(vectors: Sequence[Vector], params: list[Tensor]) -> list[li
         if len(vector) != len(params):
             raise ValueError(f"vectors[{k}] has {len(vector)} shards but the optimizer has {len(params)} parameters")
         checked.append(list(vector))
-    for k, vector in enumerate(checked):
-        for i, (g, p) in enumerate(zip(vector, params)):
-            if not isinstance(g, Tensor):
-                raise TypeError(f"vectors[{k}] shard {i} is a {type(g).__name__}, not a Tensor")
-            if (is_dtensor(g) or is_dtensor(p)) and not _same_sharding(g, p):
-                raise ValueError(f"vectors[{k}] shard {i} is {_describe(g)} but parameter {i} is {_describe(p)}")
+    if is_dtensor(params[0]) or any(is_dtensor(vector[0]) for vector in checked):
+        for k, vector in enumerate(checked):
+            for i, (g, p) in enumerate(zip(vector, params)):
+                if not _same_sharding(g, p):
+                    raise ValueError(f"vectors[{k}] shard {i} is {_describe(g)} but parameter {i} is {_describe(p)}")
     return checked
 
 
@@ -152,7 +151,14 @@ def _check_step(params: list[Tensor], grads: list[list[Tensor]], weights: Tensor
     before the first is written."""
     _backend.require_native()
     flat = to_local([g for vector in grads for g in vector])
-    torch.ops.fastunlearn.check_step(to_local(params), flat, len(grads), weights)
+    try:
+        torch.ops.fastunlearn.check_step(to_local(params), flat, len(grads), weights)
+    except RuntimeError:  # the dispatcher could not read the lists: name the shard that is no tensor
+        for k, vector in enumerate(grads):
+            for i, g in enumerate(vector):
+                if not isinstance(g, Tensor):
+                    raise TypeError(f"vectors[{k}] shard {i} is a {type(g).__name__}, not a Tensor") from None
+        raise
 
 
 def to_local(tensors: list[Tensor]) -> list[Tensor]:

@@ -8,23 +8,11 @@ from __future__ import annotations
 import torch
 
 import fastunlearn as fu
+from fastunlearn import flatten_reference
 from fastunlearn._timing import median_seconds
 
 # A small transformer-like gradient: a few large matrices and many small vectors.
 SHAPES = [(1024, 1024)] * 4 + [(2816, 1024)] * 2 + [(1024,)] * 16
-
-
-def _flatten_surgery(g_f, g_r):
-    """Gradient Surgery as public code writes it: flatten, read the scalars back, unflatten."""
-    flat_f = torch.cat([s.reshape(-1) for s in g_f])
-    flat_r = torch.cat([s.reshape(-1) for s in g_r])
-    d = torch.dot(flat_f, flat_r).item()
-    flat_f -= d / flat_r.norm().item() ** 2 * flat_r
-    offset = 0
-    for s in g_f:
-        s.copy_(flat_f[offset : offset + s.numel()].view_as(s))
-        offset += s.numel()
-    return d
 
 
 def main() -> None:
@@ -42,8 +30,8 @@ def main() -> None:
 
     fused, flat = [s.clone() for s in g_f], [s.clone() for s in g_f]
     stats = fu.project_(fused, g_r)
-    d_flat = _flatten_surgery(flat, g_r)
-    d64 = torch.dot(torch.cat([s.reshape(-1) for s in g_f]).double(), torch.cat([s.reshape(-1) for s in g_r]).double())
+    d_flat = flatten_reference.project_(flat, g_r)
+    d64 = torch.dot(flatten_reference.flatten(g_f).double(), flatten_reference.flatten(g_r).double())
     print(f"project_: g.r  float64 {d64.item():.10g}  fused {stats.dot.item():.10g}  flatten code {d_flat:.10g}")
     print(
         f"          relative error of g.r: fused {abs(stats.dot.item() - d64.item()) / abs(d64.item()):.1e}, "
@@ -55,7 +43,7 @@ def main() -> None:
         (
             "project_ (surgery step)",
             lambda: fu.project_([s.clone() for s in g_f], g_r),
-            lambda: _flatten_surgery([s.clone() for s in g_f], g_r),
+            lambda: flatten_reference.project_([s.clone() for s in g_f], g_r),
         ),
     ]
     out = [torch.empty_like(s) for s in g_f]
@@ -64,7 +52,7 @@ def main() -> None:
         (
             "gram (K=2)",
             lambda: fu.gram([g_f, g_r]),
-            lambda: (lambda m: m @ m.T)(torch.stack([torch.cat([s.reshape(-1) for s in v]) for v in (g_f, g_r)])),
+            lambda: flatten_reference.gram([g_f, g_r]),
         )
     )
     rows.append(

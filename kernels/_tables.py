@@ -1,4 +1,5 @@
-"""Shard lists as the Triton kernels see them: a table of base addresses and a table of chunks.
+"""Shard lists as the Triton kernels see them: a table of base addresses and a table of chunks,
+built by the same C++ builder as the CUDA backend's (``torch.ops.fastunlearn.shard_table``).
 
 K vectors of n shards arrive flat and vector-major (``shards[k * n + i]``). A kernel reads shard i
 of every vector as flat memory, so each shard index is computed in one dense layout: the layout of
@@ -7,10 +8,8 @@ in another layout is read through a dense copy in the reference layout, so eleme
 logical index, never by memory position.
 
 Work is cut into chunks of at most ``CHUNK`` elements that never straddle a shard; a program of
-the persistent grid takes chunks ``pid, pid + grid, ...``. Empty shards are dropped, and runs of
-shards that sit back to back in memory in every vector (views of one flat gradient buffer) are
-merged into one shard, so a flat-buffer gradient costs one table row however many parameters it
-holds.
+the persistent grid takes chunks ``pid, pid + grid, ...`` (csrc/common/shard_table.h has the rules:
+empty shards dropped, back-to-back runs merged).
 
 Tables are cached by their contents (addresses and sizes), so a training loop that reuses its
 ``.grad`` tensors uploads them once. They reach the device with a non-blocking copy: no host sync.
@@ -21,14 +20,14 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
+from fastunlearn import _C
 from fastunlearn._validate import is_dense
 
-#: Elements of one shard one chunk covers: a task of the persistent grid and one fp32 partial sum.
-CHUNK = 1 << 14
+#: Elements of one shard one chunk covers (csrc/common/chunking.h): a task of the persistent grid.
+CHUNK = _C.TABLE_CHUNK
 
 _CACHE_SIZE = 64
 
@@ -64,20 +63,6 @@ def readable(shards: list[Tensor], refs: list[Tensor]) -> list[Tensor]:
         ref = refs[s % n]
         out.append(t if same_dense_layout(t, ref) else torch.empty_like(ref).copy_(t))
     return out
-
-
-def _merged_runs(addresses: np.ndarray, sizes: np.ndarray, itemsize: int) -> tuple[np.ndarray, np.ndarray]:
-    """Drops empty shards, then merges shard i+1 into shard i wherever, in every row, it starts
-    where shard i ends."""
-    nonempty = sizes > 0
-    addresses, sizes = addresses[:, nonempty], sizes[nonempty]
-    n = sizes.shape[0]
-    if n <= 1:
-        return addresses, sizes
-    follows = np.all(addresses[:, 1:] == addresses[:, :-1] + sizes[:-1] * itemsize, axis=0)
-    starts = np.flatnonzero(np.concatenate(([True], ~follows)))
-    merged_sizes = np.add.reduceat(sizes, starts)
-    return addresses[:, starts], merged_sizes
 
 
 class _TableCache:
@@ -119,21 +104,15 @@ def shard_table(rows: list[list[Tensor]]) -> ShardTable:
     addresses = tuple(tuple(t.data_ptr() for t in row) for row in rows)
     # A table is uploaded on the current stream; reusing it on another could race with the upload.
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (device, stream, first[0].element_size(), sizes, addresses)
-    return _cache.get(key, lambda: _build(addresses, sizes, first[0].element_size(), device))
+    key = (device, stream, first[0].element_size(), sizes, addresses, CHUNK)
+    return _cache.get(key, lambda: _build(rows, device))
 
 
-def _build(addresses: tuple, sizes: tuple, itemsize: int, device: torch.device) -> ShardTable:
-    address_array = np.array(addresses, dtype=np.int64).reshape(len(addresses), len(sizes))
-    size_array = np.array(sizes, dtype=np.int64)
-    address_array, size_array = _merged_runs(address_array, size_array, itemsize)
-    chunks_per_shard = -(-size_array // CHUNK)
-    shard_of_chunk = np.repeat(np.arange(size_array.shape[0], dtype=np.int64), chunks_per_shard)
-    first_chunk = np.concatenate(([0], np.cumsum(chunks_per_shard)[:-1]))
-    start_of_chunk = (np.arange(shard_of_chunk.shape[0], dtype=np.int64) - first_chunk[shard_of_chunk]) * CHUNK
-    host = np.concatenate((address_array.reshape(-1), size_array, shard_of_chunk, start_of_chunk))
-    packed = to_device(torch.from_numpy(host), device)
-    rows, n, c = address_array.shape[0], size_array.shape[0], shard_of_chunk.shape[0]
+def _build(rows: list[list[Tensor]], device: torch.device) -> ShardTable:
+    host = torch.ops.fastunlearn.shard_table([t for row in rows for t in row], len(rows), CHUNK)
+    n, c = host[:2].tolist()  # a host tensor: no device sync
+    packed = to_device(host[2:], device)
+    rows = len(rows)
     return ShardTable(
         ptrs=packed[: rows * n],
         sizes=packed[rows * n : rows * n + n],

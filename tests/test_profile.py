@@ -12,6 +12,8 @@ import fastunlearn as fu
 from fastunlearn import methods
 from fastunlearn import profile as fp
 from fastunlearn.cli import main as cli_main
+from fastunlearn.profile import measure
+from fastunlearn.profile.targets import make_method
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ def test_reference_ops_compute_the_same_update_as_the_fused_method():
     results = []
     for reference in (False, True):
         target.model.load_state_dict(initial)
-        method = fp._method("surgery", target.model, target, 1e-2, 0.9, reference)
+        method = make_method("surgery", target.model, target, 1e-2, 0.9, reference)
         for forget_batch, retain_batch in batches:
             method.step(forget_batch, retain_batch)
         results.append(torch.cat([p.detach().reshape(-1) for p in target.model.parameters()]))
@@ -116,8 +118,9 @@ def test_bad_arguments():
     ],
 )
 def test_cli_rejects_bad_options_before_running(flags, message, capsys, monkeypatch):
-    # A run that started would call the bandwidth proxy first; fail the test if it does.
-    monkeypatch.setattr(fp, "bandwidth_proxy_gbs", lambda *a, **k: pytest.fail("the run started"))
+    # A run that started would call the bandwidth proxy first (from measure, where the run loop
+    # looks it up); fail the test if it does.
+    monkeypatch.setattr(measure, "bandwidth_proxy_gbs", lambda *a, **k: pytest.fail("the run started"))
     with pytest.raises(SystemExit) as exit_info:
         cli_main(["profile", "--size", "tiny", "--steps", "1", *flags])
     assert exit_info.value.code == 2

@@ -12,6 +12,7 @@
 #include "cpu/shards.h"
 #include "cuda/launch.h"
 #include "backend.h"
+#include "common/shard_table.h"
 
 namespace fastunlearn {
 namespace cuda {
@@ -47,49 +48,17 @@ struct DeviceTable {
   ShardTable view;
 };
 
-// Rows of n shard addresses paired by index. Empty shards are dropped, and runs of shards that sit
-// back to back in every row (views of one flat buffer) are merged; then the chunks are listed.
+// The call's table (common/shard_table.h), uploaded: pageable memory is staged at once, so the
+// copy never waits for the device.
 DeviceTable make_table(const std::vector<std::vector<const void*>>& rows, const std::vector<int64_t>& sizes,
                        int64_t itemsize, const at::Device& device) {
-  const size_t n = sizes.size();
-  std::vector<size_t> starts;
-  std::vector<int64_t> merged_sizes;
-  for (size_t i = 0; i < n; ++i) {
-    if (sizes[i] == 0) continue;
-    const bool follows = !starts.empty() && std::all_of(rows.begin(), rows.end(), [&](const auto& row) {
-      const size_t last = starts.back();
-      return static_cast<const char*>(row[i]) ==
-             static_cast<const char*>(row[last]) + merged_sizes.back() * itemsize;
-    });
-    if (follows) {
-      merged_sizes.back() += sizes[i];
-    } else {
-      starts.push_back(i);
-      merged_sizes.push_back(sizes[i]);
-    }
-  }
-  const int64_t shards = static_cast<int64_t>(starts.size());
-  std::vector<int64_t> chunk_shard, chunk_begin;
-  for (int64_t s = 0; s < shards; ++s) {
-    for (int64_t begin = 0; begin < merged_sizes[s]; begin += kChunk) {
-      chunk_shard.push_back(s);
-      chunk_begin.push_back(begin);
-    }
-  }
-  const int64_t chunks = static_cast<int64_t>(chunk_shard.size());
-  const int64_t total = static_cast<int64_t>(rows.size()) * shards + shards + 2 * chunks;
-  at::Tensor host = at::empty({std::max<int64_t>(total, 1)}, at::kLong);
-  int64_t* out = host.data_ptr<int64_t>();
-  for (const auto& row : rows) {
-    for (size_t start : starts) *out++ = reinterpret_cast<int64_t>(row[start]);
-  }
-  out = std::copy(merged_sizes.begin(), merged_sizes.end(), out);
-  out = std::copy(chunk_shard.begin(), chunk_shard.end(), out);
-  std::copy(chunk_begin.begin(), chunk_begin.end(), out);
-  // Pageable memory is staged at once: the copy never waits for the device.
-  at::Tensor packed = host.to(device, /*non_blocking=*/true);
+  std::vector<const void*> addresses;
+  for (const auto& row : rows) addresses.insert(addresses.end(), row.begin(), row.end());
+  const at::Tensor host = build_shard_table(addresses, static_cast<int64_t>(rows.size()), sizes, itemsize);
+  const int64_t shards = host[0].item<int64_t>(), chunks = host[1].item<int64_t>();  // host tensor: no sync
+  at::Tensor packed = host.slice(0, 2).to(device, /*non_blocking=*/true);
   const int64_t* base = packed.const_data_ptr<int64_t>();
-  const int64_t num_rows = static_cast<int64_t>(rows.size());
+  const auto num_rows = static_cast<int64_t>(rows.size());
   return {packed, ShardTable{base, base + num_rows * shards, base + num_rows * shards + shards, shards, chunks}};
 }
 

@@ -9,13 +9,15 @@
 
 #include <cstdint>
 
+#include "common/chunking.h"
+
 namespace fastunlearn {
 namespace cuda {
 
 enum class Dtype : int { kF64 = 0, kF32 = 1, kBF16 = 2, kF16 = 3 };
 
 // Elements of one shard that one chunk covers (one task of the persistent grid).
-constexpr int64_t kChunk = int64_t{1} << 14;
+constexpr int64_t kChunk = kTableChunk;
 constexpr int kThreads = 256;
 // Vectors one Gram pass reduces together, and the side of the partials each block writes.
 constexpr int kMaxGramVectors = 16;

@@ -1,0 +1,167 @@
+"""What the profiler steps: the built-in transformer and its sizes, a user's model by import path,
+and the unlearning methods it runs on them (fused, or the reference ops for ``compare``)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import fastunlearn as fu
+from fastunlearn import flatten_reference, methods
+
+# --------------------------------------------------------------------------------------------
+# A decoder-only transformer of a chosen size (random init, no download)
+# --------------------------------------------------------------------------------------------
+
+#: name -> (width, layers, heads, vocabulary); parameters ~ 12 L d^2 + 2 V d
+SIZES = {
+    "tiny": (64, 2, 4, 512),
+    "10m": (256, 8, 8, 8192),
+    "100m": (768, 12, 12, 16384),
+    "300m": (1024, 24, 16, 16384),
+    "1b": (2048, 18, 16, 32000),
+}
+
+
+#: Positions the built-in transformer embeds: the longest ``seq_len`` it takes.
+CONTEXT = 256
+
+
+class Block(nn.Module):
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).transpose(1, 3).unbind(2)
+        attention = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.proj(attention.transpose(1, 2).reshape(b, t, d))
+        return x + self.mlp(self.norm2(x))
+
+
+class DecoderLM(nn.Module):
+    """A GPT-style language model: token + position embeddings, pre-norm blocks, untied head."""
+
+    def __init__(self, width: int, layers: int, heads: int, vocab_size: int, context: int = CONTEXT) -> None:
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.embed, self.position = nn.Embedding(vocab_size, width), nn.Embedding(context, width)
+        self.blocks = nn.ModuleList(Block(width, heads) for _ in range(layers))
+        self.norm, self.head = nn.LayerNorm(width), nn.Linear(width, vocab_size, bias=False)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        x = self.embed(tokens) + self.position(torch.arange(tokens.shape[1], device=tokens.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+
+def next_token_loss(model: nn.Module, tokens: Tensor) -> Tensor:
+    logits = model(tokens[:, :-1])
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1))
+
+
+@dataclass
+class ProfileTarget:
+    """What the profiler unlearns: a model, its loss, and a batch factory (forget or retain)."""
+
+    model: nn.Module
+    loss_fn: methods.LossFn
+    make_batch: Callable[[torch.Generator], Any]
+
+
+def transformer_target(size: str = "10m", *, batch: int = 2, seq_len: int = 64, device="cpu", dtype=None):
+    """The built-in target: :class:`DecoderLM` of ``size`` on random tokens."""
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; expected one of {', '.join(SIZES)}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    if not 1 <= seq_len <= CONTEXT:
+        raise ValueError(f"seq_len must be between 1 and {CONTEXT} (the built-in transformer's context), got {seq_len}")
+    width, layers, heads, vocab = SIZES[size]
+    model = DecoderLM(width, layers, heads, vocab).to(device=device, dtype=dtype)
+
+    def make_batch(generator: torch.Generator) -> Tensor:
+        return torch.randint(0, vocab, (batch, seq_len + 1), generator=generator).to(device)
+
+    return ProfileTarget(model, next_token_loss, make_batch)
+
+
+def load_target(spec: str, **kwargs) -> ProfileTarget:
+    """``"transformer"`` or ``"package.module:factory"``; the factory returns a :class:`ProfileTarget`."""
+    if spec == "transformer":
+        return transformer_target(**kwargs)
+    module_name, _, attr = spec.partition(":")
+    if not attr:
+        raise ValueError(f"model {spec!r}: expected 'transformer' or 'package.module:factory'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"model {spec!r}: cannot import {module_name!r} ({exc})") from exc
+    if not hasattr(module, attr):
+        raise ValueError(f"model {spec!r}: module {module_name!r} has no attribute {attr!r}")
+    target = getattr(module, attr)()
+    if not isinstance(target, ProfileTarget):
+        raise TypeError(f"{spec} must return a fastunlearn.profile.ProfileTarget, got {type(target).__name__}")
+    return target
+
+
+# --------------------------------------------------------------------------------------------
+# The methods: fastunlearn's, and the reference ops (what public unlearning code does) as a
+# method for the same harness
+# --------------------------------------------------------------------------------------------
+
+
+class ReferenceSurgery(methods.UnlearningMethod):
+    """Gradient Surgery as public code writes it: flatten both gradients with ``torch.cat``, read
+    the dot product and the squared norm back with ``.item()``, project, unflatten into ``.grad``,
+    then ``torch.optim.SGD(maximize=True)``. Same captures and phases as the fused method."""
+
+    def __init__(self, model: nn.Module, *, lr: float, momentum: float, loss_fn: methods.LossFn) -> None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, maximize=True)
+        super().__init__(model, optimizer=opt, loss_fn=loss_fn, backend="torch")
+
+    def step(self, forget_batch: Any, retain_batch: Any) -> methods.StepStats:
+        forget_loss, g_f = self.gradient("forget", self.forget_loss_fn, forget_batch)
+        retain_loss, g_r = self.gradient("retain", self.loss_fn, retain_batch)
+        with self.phase("vector_algebra"):
+            flat_u = flatten_reference.projected(g_f, g_r, fu.ops.DEFAULT_EPS)
+            # Views of the flat update, not copies: public code hands them to the optimizer as they are.
+            for p, u in zip(self.params, torch.split(flat_u, [p.numel() for p in self.params])):
+                p.grad = u.view_as(p)
+        with self.phase("optimizer"):
+            self.optimizer.step()
+        for p in self.params:
+            p.grad = None
+        return {"forget_loss": forget_loss, "retain_loss": retain_loss}
+
+
+#: Methods the profiler runs; ``compare`` has a reference implementation for the first only.
+METHODS = ("surgery", "gradient_difference", "pcgrad", "gradient_ascent")
+
+
+def make_method(name: str, model: nn.Module, target: ProfileTarget, lr: float, momentum: float, reference: bool):
+    """The method ``name`` (one of :data:`METHODS`) on ``model`` with fused SGD, or with
+    ``reference`` the reference ops (surgery only)."""
+    if reference:
+        return ReferenceSurgery(model, lr=lr, momentum=momentum, loss_fn=target.loss_fn)
+    params = [p for p in model.parameters() if p.requires_grad]
+    sgd = fu.optim.SGD(params, lr=lr, momentum=momentum)
+    builders = {
+        "surgery": lambda: methods.GradientSurgery(model, optimizer=sgd, loss_fn=target.loss_fn),
+        "gradient_difference": lambda: methods.GradientDifference(model, optimizer=sgd, loss_fn=target.loss_fn),
+        "pcgrad": lambda: methods.PCGradUnlearn(model, optimizer=sgd, loss_fn=target.loss_fn, retain_tasks=2),
+        "gradient_ascent": lambda: methods.GradientAscent(model, optimizer=sgd, loss_fn=target.loss_fn),
+    }
+    return builders[name]()
