@@ -31,7 +31,7 @@ except ImportError as exc:  # a source checkout without a build, or an incompati
 ENV_VAR = "FASTUNLEARN_BACKEND"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by identity (the auto cache below)
 class Backend:
     name: str
     gram: Callable | None
@@ -146,19 +146,26 @@ def check_name(name: str) -> None:
         raise ValueError(f"unknown backend {name!r}; expected one of: {known}")
 
 
+# auto's choice on CPU tensors, kept with the candidates it weighed: valid while they are unchanged.
+_auto_cpu: tuple[str, tuple[Backend, ...]] | None = None
+
+
 def resolve(requested: str | None, device: torch.device) -> str:
     """The backend that runs a call on ``device``; raises if ``requested`` cannot."""
+    global _auto_cpu
     name = requested or "auto"
     if name == "auto":
         name = os.environ.get(ENV_VAR) or "auto"
+        if name == "auto" and device.type == "cpu":
+            first, fallback = _AUTO_ORDER["cpu"]
+            candidates = (_BACKENDS[first], _BACKENDS[fallback])
+            if _auto_cpu is None or _auto_cpu[1] != candidates:
+                _auto_cpu = (_auto(device), candidates)
+            return _auto_cpu[0]
         if name != "auto" and name not in _BACKENDS:
             raise ValueError(f"{ENV_VAR}={name!r} names no backend; expected one of: {', '.join(['auto', *_BACKENDS])}")
     if name == "auto":
-        for candidate in _AUTO_ORDER.get(device.type, ("torch",)):
-            backend = _BACKENDS[candidate]
-            if backend.unavailable_reason is None and backend.device_error(device) is None:
-                return candidate
-        return "torch"
+        return _auto(device)
     check_name(name)
     backend = _BACKENDS[name]
     if backend.unavailable_reason is not None:
@@ -169,6 +176,14 @@ def resolve(requested: str | None, device: torch.device) -> str:
     if error is not None:
         raise ValueError(error)
     return name
+
+
+def _auto(device: torch.device) -> str:
+    for candidate in _AUTO_ORDER.get(device.type, ("torch",)):
+        backend = _BACKENDS[candidate]
+        if backend.unavailable_reason is None and backend.device_error(device) is None:
+            return candidate
+    return "torch"
 
 
 def _register() -> None:

@@ -31,12 +31,18 @@ Vector = Sequence[Tensor]
 _LISTS = (list, tuple)
 
 
+_OPS: dict = {}
+
+
 def _op(name: str):
-    _backend.require_native()
-    return getattr(torch.ops.fastunlearn, name).default
+    op = _OPS.get(name)
+    if op is None:
+        _backend.require_native()
+        op = _OPS[name] = getattr(torch.ops.fastunlearn, name).default
+    return op
 
 
-def _flatten(vectors: Sequence[Vector], names: Sequence[str] | None = None) -> tuple[list[Tensor], int]:
+def _flatten(vectors: Sequence[Vector], names=None) -> tuple[list[Tensor], int]:
     """K >= 1 vectors of n >= 1 shards each, flat and vector-major (vector k, shard i at k*n + i).
     Only the structure is checked here; the op checks every shard (csrc/common/validate.h)."""
     if type(vectors) not in _LISTS and (isinstance(vectors, Tensor) or not isinstance(vectors, Sequence)):
@@ -58,8 +64,11 @@ def _flatten(vectors: Sequence[Vector], names: Sequence[str] | None = None) -> t
     return flat, n
 
 
-def _name(names: Sequence[str] | None, k: int) -> str:
-    return names[k] if names is not None else f"vectors[{k}]"
+def _name(names, k: int) -> str:
+    """How errors call vector k: ``names[k]``, or ``names(k)`` (formatted only when needed)."""
+    if names is None:
+        return f"vectors[{k}]"
+    return names(k) if callable(names) else names[k]
 
 
 def _as_vector(vector, what: str) -> list[Tensor]:
@@ -84,6 +93,14 @@ def _call(op: str, *args, vectors=None, names=None):
                             f"{_name(names, k)} shard {i} is a {type(shard).__name__}, not a Tensor"
                         ) from None
         raise error
+
+
+def _out_and_vectors(k: int) -> str:
+    return "out" if k == 0 else f"vectors[{k - 1}]"
+
+
+def _g_and_directions(k: int) -> str:
+    return "g" if k == 0 else f"directions[{k - 1}]"
 
 
 def _device(shard) -> torch.device:
@@ -188,8 +205,7 @@ def combine_(out: Vector, weights: Tensor, vectors: Sequence[Vector], *, backend
         raise TypeError(f"weights must be a Tensor on {_device(shards[0])}, got {type(weights).__name__}")
     outs = out if type(out) in _LISTS else _as_vector(out, "out")
     name = _backend.resolve(backend, _device(shards[0]))
-    names = ["out", *(f"vectors[{k}]" for k in range(len(vectors)))]
-    _call("combine_", outs, weights, shards, len(vectors), name, vectors=[outs, *vectors], names=names)
+    _call("combine_", outs, weights, shards, len(vectors), name, vectors=[outs, *vectors], names=_out_and_vectors)
     return out
 
 
@@ -215,14 +231,13 @@ def aggregate_(
     shards, _ = _flatten(vectors)
     outs = out if type(out) in _LISTS else _as_vector(out, "out")
     name = _backend.resolve(backend, _device(shards[0]))
-    names = ["out", *(f"vectors[{k}]" for k in range(len(vectors)))]
     k = len(vectors)
     if weighting.native is not None:
         args = (outs, shards, k, weighting.native, weighting.eps, weighting.native_order(), name)
-        return tuple(_call("aggregate_", *args, vectors=[outs, *vectors], names=names))
+        return tuple(_call("aggregate_", *args, vectors=[outs, *vectors], names=_out_and_vectors))
     gram = _call("gram", shards, k, accumulation_dtype(shards[0].dtype), name, vectors=vectors)
     weights = weighting(gram)
-    _call("combine_", outs, weights, shards, k, name, vectors=[outs, *vectors], names=names)
+    _call("combine_", outs, weights, shards, k, name, vectors=[outs, *vectors], names=_out_and_vectors)
     return gram, weights
 
 
@@ -292,7 +307,7 @@ def project_normal_(
         weights = SpanComplement(eps)(gram)
         combine_(local[0], weights, local, backend=backend)
         return -weights[1:]
-    names = ["g", *(f"directions[{j}]" for j in range(len(directions)))]
+    names = _g_and_directions
     shards, n = _flatten([g, *directions], names=names)
     name = _backend.resolve(backend, _device(shards[0]))
     return _call(
@@ -385,9 +400,8 @@ def pcgrad_(
     name = _backend.resolve(backend, device)
     # The op checks a CPU order's values itself; one that moves to the device is checked here.
     order = _checked_order(order, len(vectors), device, generator, values=device.type != "cpu")
-    names = ["out", *(f"vectors[{k}]" for k in range(len(vectors)))]
     args = (outs, shards, len(vectors), order, reduction, eps, name)
-    return PCGradStats(*_call("pcgrad_", *args, vectors=[outs, *vectors], names=names))
+    return PCGradStats(*_call("pcgrad_", *args, vectors=[outs, *vectors], names=_out_and_vectors))
 
 
 def _sharded_pcgrad_(out, vectors, reduction, order, generator, eps, backend, group) -> PCGradStats:

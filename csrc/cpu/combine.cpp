@@ -1,6 +1,7 @@
 // Weighted sums of K shard-list vectors into M outputs, one pass over the inputs.
 #include "combine.h"
 
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <cstring>
@@ -146,10 +147,18 @@ void combine_cpu(at::TensorList outs, const at::Tensor& weights, at::TensorList 
   const Layouts layouts = layouts_of(outs.slice(0, n));
   OutputPointers out = output_pointers(outs, n, layouts);
   const InputPointers in = input_pointers(shards, n, layouts);
-  const at::Tensor w = weights.to(at::kDouble).contiguous();
+  // The few weights are read on the host directly: a converted copy would cost an allocation and a
+  // kernel, which on short lists is a visible share of the call.
+  std::vector<double> w(num_outs * k);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weights.scalar_type(), "combine_weights", [&] {
+    const auto values = weights.accessor<scalar_t, 2>();
+    for (int64_t m = 0; m < num_outs; ++m) {
+      for (int64_t v = 0; v < k; ++v) w[m * k + v] = static_cast<double>(values[m][v]);
+    }
+  });
 
-  combine_pointers(out.ptrs.data(), num_outs, in.ptrs.data(), plan_chunks(outs.slice(0, n)), k,
-                   w.data_ptr<double>(), shards[0].scalar_type());
+  combine_pointers(out.ptrs.data(), num_outs, in.ptrs.data(), plan_chunks(outs.slice(0, n)), k, w.data(),
+                   shards[0].scalar_type());
   out.finish();
 }
 
