@@ -5,7 +5,10 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
 #include <string>
+
+#include "common/weightings.h"
 
 namespace fastunlearn {
 
@@ -22,6 +25,15 @@ class Backend {
   virtual void adamw_step(at::TensorList params, at::TensorList exp_avgs, at::TensorList exp_avg_sqs,
                           const at::Tensor& weights, at::TensorList grads, int64_t k, double lr, double beta1,
                           double beta2, double eps, double weight_decay, int64_t step, bool maximize) const = 0;
+  // The whole engine on the backend's own kernels (Gram pass, the scalar stage on the device, the
+  // combine pass into `out`): the packed scalars [gram K*K | weights K | weightings::stats] in the
+  // accumulation dtype; nullopt where the backend has no such path for this call, and the engine
+  // runs the three stages itself.
+  virtual std::optional<at::Tensor> aggregate(at::TensorList /*out*/, at::TensorList /*shards*/, int64_t /*k*/,
+                                              weightings::Kind /*kind*/, double /*eps*/,
+                                              const std::optional<at::Tensor>& /*order*/) const {
+    return std::nullopt;
+  }
 };
 
 // Plain function pointers of a native backend.
@@ -32,6 +44,9 @@ struct NativeKernels {
                    bool, double, bool, bool);
   void (*adamw_step)(at::TensorList, at::TensorList, at::TensorList, const at::Tensor&, at::TensorList, int64_t,
                      double, double, double, double, double, int64_t, bool);
+  // Optional (nullptr: none): see Backend::aggregate.
+  std::optional<at::Tensor> (*aggregate)(at::TensorList, at::TensorList, int64_t, weightings::Kind, double,
+                                         const std::optional<at::Tensor>&) = nullptr;
 };
 
 NativeKernels cpu_kernels();   // csrc/cpu

@@ -1,9 +1,12 @@
 #include "engine.h"
 
+#include <ATen/Dispatch.h>
+
 #include <cmath>
 #include <vector>
 
 #include "common/dtypes.h"
+#include "common/weightings.h"
 
 namespace fastunlearn {
 namespace engine {
@@ -42,102 +45,25 @@ std::vector<DtypeGroup> groups_of(at::TensorList shards, int64_t n) {
   return groups;
 }
 
-// ---- The CPU scalar stage: the same arithmetic as fastunlearn/weighting.py, on host values. ----
-
-template <typename acc_t>
-void projection_weights(Weighting weighting, const acc_t* g, double eps, acc_t* w) {
-  const acc_t dot = g[1], coef = dot / (g[3] + static_cast<acc_t>(eps));
-  bool project = true;
-  // A NaN dot compares false; keep its NaN coefficient so the damage shows in g.
-  if (weighting == Weighting::kProjectConflict) project = dot < 0 || std::isnan(dot);
-  if (weighting == Weighting::kProjectAscentConflict) project = dot > 0 || std::isnan(dot);
-  w[0] = 1;
-  w[1] = project ? -coef : acc_t(0);
-}
-
-// Gram-Schmidt in Gram space (see SpanComplement in fastunlearn/weighting.py).
-template <typename acc_t>
-void span_weights(const acc_t* g, int64_t k, double eps, acc_t* w) {
-  const int64_t m = k - 1;
-  const auto d = [&](int64_t a, int64_t b) { return g[(a + 1) * k + (b + 1)]; };  // directions' Gram
-  const acc_t tolerance = 1000 * std::numeric_limits<acc_t>::epsilon();
-  std::vector<acc_t> basis(m * m, 0), norms(m, 1), row(m);
-  for (int64_t j = 0; j < m; ++j) {
-    std::fill(row.begin(), row.end(), acc_t(0));
-    row[j] = 1;
-    for (int64_t a = 0; a < j; ++a) {  // row -= sum_a (basis_a . D e_j / norm_a) basis_a
-      acc_t along = 0;
-      for (int64_t b = 0; b < m; ++b) along += basis[a * m + b] * d(b, j);
-      const acc_t c = along / norms[a];
-      for (int64_t b = 0; b < m; ++b) row[b] -= c * basis[a * m + b];
-    }
-    acc_t sq = 0;
-    for (int64_t a = 0; a < m; ++a) {
-      acc_t da = 0;
-      for (int64_t b = 0; b < m; ++b) da += d(a, b) * row[b];
-      sq += row[a] * da;
-    }
-    if (sq > tolerance * d(j, j)) {
-      std::copy(row.begin(), row.end(), basis.begin() + j * m);
-      norms[j] = sq;
-    }
-  }
-  w[0] = 1;
-  for (int64_t b = 0; b < m; ++b) w[b + 1] = 0;
-  for (int64_t a = 0; a < m; ++a) {
-    acc_t along = 0;  // basis_a . g
-    for (int64_t b = 0; b < m; ++b) along += basis[a * m + b] * g[b + 1];
-    const acc_t c = along / (norms[a] + static_cast<acc_t>(eps));
-    for (int64_t b = 0; b < m; ++b) w[b + 1] -= c * basis[a * m + b];
-  }
-}
-
-// PCGrad's sequential projections in Gram space (see PCGrad in fastunlearn/weighting.py).
-template <typename acc_t>
-void pcgrad_weights(Weighting weighting, const acc_t* g, int64_t k, const int64_t* order, double eps, acc_t* w) {
-  std::vector<acc_t> coeffs(k * k, 0), step(k);
-  for (int64_t i = 0; i < k; ++i) coeffs[i * k + i] = 1;
-  for (int64_t t = 0; t < k; ++t) {
-    for (int64_t i = 0; i < k; ++i) {
-      const int64_t partner = order[i * k + t];
-      acc_t dot = 0;
-      for (int64_t c = 0; c < k; ++c) dot += coeffs[i * k + c] * g[c * k + partner];
-      // A NaN dot is projected like a conflict, so the NaN reaches the weights.
-      step[i] = (dot < 0 || std::isnan(dot)) ? dot / (g[partner * k + partner] + static_cast<acc_t>(eps)) : acc_t(0);
-    }
-    for (int64_t i = 0; i < k; ++i) coeffs[i * k + order[i * k + t]] -= step[i];
-  }
-  for (int64_t c = 0; c < k; ++c) {
-    acc_t sum = 0;
-    for (int64_t i = 0; i < k; ++i) sum += coeffs[i * k + c];
-    w[c] = weighting == Weighting::kPCGradMean ? sum / static_cast<acc_t>(k) : sum;
-  }
-}
-
+// The CPU scalar stage: the shared definitions (common/weightings.h) on host values.
 template <typename acc_t>
 void cpu_weights(Weighting weighting, const at::Tensor& gram, double eps, const std::optional<at::Tensor>& order,
                  at::Tensor& out) {
-  const acc_t* g = gram.const_data_ptr<acc_t>();
-  acc_t* w = out.data_ptr<acc_t>();
   const int64_t k = gram.size(0);
-  switch (weighting) {
-    case Weighting::kSpanComplement: return span_weights(g, k, eps, w);
-    case Weighting::kPCGradSum:
-    case Weighting::kPCGradMean: {
-      const at::Tensor o = order->to(at::kLong).contiguous();
-      return pcgrad_weights(weighting, g, k, o.const_data_ptr<int64_t>(), eps, w);
-    }
-    default: return projection_weights(weighting, g, eps, w);
-  }
+  std::vector<acc_t> scratch(weightings::scratch_size(k));
+  at::Tensor o;
+  if (order.has_value()) o = order->to(at::kLong).contiguous();
+  weightings::apply<acc_t>(weighting, gram.const_data_ptr<acc_t>(), k, o.defined() ? o.const_data_ptr<int64_t>() : nullptr,
+                           eps, out.data_ptr<acc_t>(), scratch.data());
 }
 
 const char* name_of(Weighting weighting) {
   switch (weighting) {
-    case Weighting::kProjectAlways: return "always";
-    case Weighting::kProjectConflict: return "conflict";
-    case Weighting::kProjectAscentConflict: return "ascent_conflict";
-    case Weighting::kSpanComplement: return "span";
-    case Weighting::kPCGradSum: return "pcgrad_sum";
+    case weightings::kProjectAlways: return "always";
+    case weightings::kProjectConflict: return "conflict";
+    case weightings::kProjectAscentConflict: return "ascent_conflict";
+    case weightings::kSpanComplement: return "span";
+    case weightings::kPCGradSum: return "pcgrad_sum";
     default: return "pcgrad_mean";
   }
 }
@@ -179,28 +105,28 @@ void combine(const Backend& backend, at::TensorList outs, const at::Tensor& weig
 }
 
 Weighting projection(c10::string_view mode) {
-  if (mode == "always") return Weighting::kProjectAlways;
-  if (mode == "conflict") return Weighting::kProjectConflict;
+  if (mode == "always") return weightings::kProjectAlways;
+  if (mode == "conflict") return weightings::kProjectConflict;
   TORCH_CHECK_VALUE(mode == "ascent_conflict", "unknown mode '", std::string(mode),
                     "'; expected one of 'always', 'conflict', 'ascent_conflict'");
-  return Weighting::kProjectAscentConflict;
+  return weightings::kProjectAscentConflict;
 }
 
 Weighting pcgrad(c10::string_view reduction) {
-  if (reduction == "sum") return Weighting::kPCGradSum;
+  if (reduction == "sum") return weightings::kPCGradSum;
   TORCH_CHECK_VALUE(reduction == "mean", "unknown reduction '", std::string(reduction),
                     "'; expected one of 'sum', 'mean'");
-  return Weighting::kPCGradMean;
+  return weightings::kPCGradMean;
 }
 
 Weighting parse(c10::string_view name) {
-  if (name == "span") return Weighting::kSpanComplement;
+  if (name == "span") return weightings::kSpanComplement;
   if (name.substr(0, 7) == "pcgrad_") return pcgrad(name.substr(7));
   return projection(name);
 }
 
 bool needs_order(Weighting weighting) {
-  return weighting == Weighting::kPCGradSum || weighting == Weighting::kPCGradMean;
+  return weighting == weightings::kPCGradSum || weighting == weightings::kPCGradMean;
 }
 
 at::Tensor weights(Weighting weighting, const at::Tensor& gram, double eps, const std::optional<at::Tensor>& order) {
@@ -213,6 +139,35 @@ at::Tensor weights(Weighting weighting, const at::Tensor& gram, double eps, cons
     cpu_weights<float>(weighting, g, eps, order, out);
   }
   return out;
+}
+
+Result aggregate(const Backend& backend, at::TensorList out, at::TensorList shards, int64_t k, Weighting weighting,
+                 double eps, const std::optional<at::Tensor>& order) {
+  const int64_t n = static_cast<int64_t>(shards.size()) / k;
+  const int64_t num_stats = weightings::stats_size(weighting, k);
+  if (uniform_dtype(shards, n)) {
+    if (std::optional<at::Tensor> packed = backend.aggregate(out, shards, k, weighting, eps, order)) {
+      return {packed->slice(0, 0, k * k).view({k, k}), packed->slice(0, k * k, k * k + k),
+              packed->slice(0, k * k + k, k * k + k + num_stats)};
+    }
+  }
+  Result result;
+  result.gram = gram(backend, shards, k);
+  result.weights = weights(weighting, result.gram, eps, order);
+  combine(backend, out, result.weights.reshape({1, k}), shards, k);
+  if (result.gram.device().is_cpu()) {  // a few host values: no chain of small ops
+    result.stats = at::empty({num_stats}, result.gram.options());
+    AT_DISPATCH_FLOATING_TYPES(result.gram.scalar_type(), "engine_stats", [&] {
+      weightings::stats<scalar_t>(weighting, result.gram.const_data_ptr<scalar_t>(), k,
+                                  result.weights.const_data_ptr<scalar_t>(), result.stats.data_ptr<scalar_t>());
+    });
+  } else if (weighting <= weightings::kProjectAscentConflict) {
+    const at::Tensor& g = result.gram;
+    result.stats = at::stack({g[0][1], g[0][0], g[1][1], -result.weights[1]});
+  } else {
+    result.stats = -result.weights.slice(0, 1);
+  }
+  return result;
 }
 
 }  // namespace engine

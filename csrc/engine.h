@@ -9,6 +9,7 @@
 #include <string>
 
 #include "backend.h"
+#include "common/weightings.h"
 
 namespace fastunlearn {
 namespace engine {
@@ -26,13 +27,24 @@ void combine(const Backend& backend, at::TensorList outs, const at::Tensor& weig
 
 // The built-in weightings: (K,) combine weights from the K x K Gram, on the Gram's device and in
 // its dtype. Plain C++ on CPU; elsewhere the Python definitions in fastunlearn/weighting.py.
-enum class Weighting { kProjectAlways, kProjectConflict, kProjectAscentConflict, kSpanComplement, kPCGradSum, kPCGradMean };
+using Weighting = weightings::Kind;
 Weighting projection(c10::string_view mode);
 Weighting pcgrad(c10::string_view reduction);
 // The names fastunlearn/weighting.py gives them ("always", ..., "span", "pcgrad_sum", "pcgrad_mean").
 Weighting parse(c10::string_view name);
 bool needs_order(Weighting weighting);
 at::Tensor weights(Weighting weighting, const at::Tensor& gram, double eps, const std::optional<at::Tensor>& order);
+
+// What an engine run computed, in the accumulation dtype: the K x K Gram, the K weights, and the
+// weighting's stats (weightings::stats: ProjectionStats, or alpha for the span complement).
+struct Result {
+  at::Tensor gram, weights, stats;
+};
+
+// Gram pass, weighting, combine pass into `out` (all validated). The backend's fused path where it
+// has one (CUDA: three launches), else the three stages above.
+Result aggregate(const Backend& backend, at::TensorList out, at::TensorList shards, int64_t k, Weighting weighting,
+                 double eps, const std::optional<at::Tensor>& order);
 
 }  // namespace engine
 }  // namespace fastunlearn

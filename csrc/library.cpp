@@ -91,38 +91,25 @@ void combine_inplace_kernel(TensorList out, const Tensor& weights, TensorList sh
   engine::combine(b, out, weights.reshape({1, k}), shards, k);
 }
 
-// Gram pass, weighting, combine pass into `out` (validated): (gram, weights).
-std::pair<Tensor, Tensor> run_engine(TensorList out, TensorList shards, int64_t k, engine::Weighting weighting,
-                                     double eps, const std::optional<Tensor>& order, c10::string_view backend) {
+// Gram pass, weighting, combine pass into `out` (validated).
+engine::Result run_engine(TensorList out, TensorList shards, int64_t k, engine::Weighting weighting, double eps,
+                          const std::optional<Tensor>& order, c10::string_view backend) {
   const Backend& b = backend_for(backend, shards[0].device());
   bump_versions(out);
-  Tensor gram = engine::gram(b, shards, k);
-  Tensor weights = engine::weights(weighting, gram, eps, order);
-  engine::combine(b, out, weights.reshape({1, k}), shards, k);
-  return {std::move(gram), std::move(weights)};
+  return engine::aggregate(b, out, shards, k, weighting, eps, order);
 }
 
 Tensor project_kernel(TensorList g, TensorList r, c10::string_view mode, double eps, c10::string_view backend) {
   const engine::Weighting weighting = engine::projection(mode);
   const std::vector<Tensor> shards = joined(g, r);
   check_update(g, "g", shards, 2, pair_names("g", "r"), true);
-  const auto [gram, weights] = run_engine(g, shards, 2, weighting, eps, std::nullopt, backend);
-  if (gram.device().is_cpu()) {  // four host values: no chain of small ops
-    Tensor stats = at::empty({4}, gram.options());
-    AT_DISPATCH_FLOATING_TYPES(gram.scalar_type(), "project_stats", [&] {
-      const scalar_t* G = gram.const_data_ptr<scalar_t>();
-      scalar_t* s = stats.data_ptr<scalar_t>();
-      s[0] = G[1], s[1] = G[0], s[2] = G[3], s[3] = -weights.const_data_ptr<scalar_t>()[1];
-    });
-    return stats;
-  }
-  return at::stack({gram[0][1], gram[0][0], gram[1][1], -weights[1]});
+  return run_engine(g, shards, 2, weighting, eps, std::nullopt, backend).stats;
 }
 
 Tensor project_normal_kernel(TensorList g, TensorList directions, int64_t m, double eps, c10::string_view backend) {
   const std::vector<Tensor> shards = joined(g, directions);
   check_update(g, "g", shards, m + 1, directions_name, true);
-  return -run_engine(g, shards, m + 1, engine::Weighting::kSpanComplement, eps, std::nullopt, backend).second.slice(0, 1);
+  return run_engine(g, shards, m + 1, weightings::kSpanComplement, eps, std::nullopt, backend).stats;
 }
 
 // The order indexes the Gram: rows that are not permutations would read out of bounds. Checked on
@@ -150,8 +137,8 @@ std::tuple<Tensor, Tensor> pcgrad_kernel(TensorList out, TensorList shards, int6
   const engine::Weighting weighting = engine::pcgrad(reduction);
   check_update(out, "out", shards, k, vectors_name, false);
   check_order(order, k, shards[0].device());
-  auto [gram, weights] = run_engine(out, shards, k, weighting, eps, order, backend);
-  return {gram, weights};
+  engine::Result result = run_engine(out, shards, k, weighting, eps, order, backend);
+  return {result.gram, result.weights};
 }
 
 std::tuple<Tensor, Tensor> aggregate_kernel(TensorList out, TensorList shards, int64_t k, c10::string_view weighting,
@@ -161,8 +148,8 @@ std::tuple<Tensor, Tensor> aggregate_kernel(TensorList out, TensorList shards, i
   if (order.has_value()) check_order(*order, k, shards[0].device());
   TORCH_CHECK_VALUE(order.has_value() || !engine::needs_order(w), "fastunlearn: weighting '", std::string(weighting),
                     "' needs an order");
-  auto [gram, weights] = run_engine(out, shards, k, w, eps, order, backend);
-  return {gram, weights};
+  engine::Result result = run_engine(out, shards, k, w, eps, order, backend);
+  return {result.gram, result.weights};
 }
 
 // The checks of a fused optimizer step, run for every bucket before the first one is written

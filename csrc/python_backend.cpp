@@ -117,6 +117,10 @@ class NativeBackend final : public Backend {
     k_.adamw_step(params, exp_avgs, exp_avg_sqs, weights, grads, k, lr, beta1, beta2, eps, weight_decay, step,
                   maximize);
   }
+  std::optional<at::Tensor> aggregate(at::TensorList out, at::TensorList shards, int64_t k, weightings::Kind kind,
+                                      double eps, const std::optional<at::Tensor>& order) const override {
+    return k_.aggregate != nullptr ? k_.aggregate(out, shards, k, kind, eps, order) : std::nullopt;
+  }
 
  private:
   NativeKernels k_;

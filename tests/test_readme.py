@@ -30,5 +30,14 @@ def test_surgery_loop_example_runs_and_raises_the_forget_loss(capsys):
     assert all(abs(float(s["retain_dot_update"])) <= 1e-6 * float(s["retain_grad_norm"]) for s in log)
 
 
+def test_custom_weighting_example_runs_and_averages(capsys):
+    namespace: dict = {}
+    exec(compile(example("custom-weighting"), str(README), "exec"), namespace)
+    out = namespace["out"]
+    assert torch.equal(out[0], torch.full((3,), 0.5)) and torch.equal(out[1], torch.full((2,), 1.5))
+    assert torch.equal(namespace["weights"], torch.tensor([0.5, 0.5], dtype=torch.float64))
+    assert "0.5000" in capsys.readouterr().out
+
+
 if __name__ == "__main__":
     pytest.main([__file__])

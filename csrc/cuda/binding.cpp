@@ -12,6 +12,7 @@
 #include "cpu/shards.h"
 #include "cuda/launch.h"
 #include "backend.h"
+#include "common/dtypes.h"
 #include "common/shard_table.h"
 
 namespace fastunlearn {
@@ -105,8 +106,19 @@ at::Tensor gram_cuda(at::TensorList shards, int64_t num_vectors) {
   const int grid = grid_for(table.view, device);
   const Dtype dtype = dtype_of(shards[0].scalar_type());
   void* stream = current_stream(device);
+  if (k <= kMaxGramVectors) {  // partials, then one block adds them: two launches
+    at::Tensor partials = at::empty({grid, kMaxGramVectors, kMaxGramVectors}, shards[0].options().dtype(at::kDouble));
+    check_launch(launch_gram_partials(dtype, table.view, 0, 0, static_cast<int>(k), static_cast<int>(k), true,
+                                      partials.data_ptr<double>(), grid, stream),
+                 "gram");
+    at::Tensor gram = at::empty({k, k}, shards[0].options().dtype(accumulation_dtype(shards[0].scalar_type())));
+    check_launch(launch_gram_finish(dtype, partials.const_data_ptr<double>(), grid, static_cast<int>(k), -1, 0.0,
+                                    nullptr, gram.data_ptr(), nullptr, stream),
+                 "gram finish");
+    return gram;
+  }
   at::Tensor result = at::zeros({k, k}, shards[0].options().dtype(at::kDouble));
-  const int tile = k <= kMaxGramVectors ? static_cast<int>(k) : kTile;
+  const int tile = kTile;
   for (int64_t a = 0; a < k; a += tile) {
     for (int64_t b = a; b < k; b += tile) {
       const int rows = static_cast<int>(std::min<int64_t>(tile, k - a));
@@ -119,10 +131,45 @@ at::Tensor gram_cuda(at::TensorList shards, int64_t num_vectors) {
     }
   }
   const at::Tensor upper = result.triu();
-  const at::ScalarType acc = shards[0].scalar_type() == at::kDouble || shards[0].scalar_type() == at::kFloat
-                                 ? at::kDouble
-                                 : at::kFloat;
-  return (upper + upper.triu(1).mT()).to(acc);
+  return (upper + upper.triu(1).mT()).to(accumulation_dtype(shards[0].scalar_type()));
+}
+
+// The engine in three launches: Gram partials over the inputs' rows of one table (inputs, then
+// the output), the finish kernel (the Gram and the weighting's scalar stage, on the device), and the
+// combine reading its weights from device memory. Up to kMaxGramVectors vectors.
+std::optional<at::Tensor> aggregate_cuda(at::TensorList out, at::TensorList shards, int64_t num_vectors,
+                                         weightings::Kind kind, double eps, const std::optional<at::Tensor>& order) {
+  const int64_t k = num_vectors, n = static_cast<int64_t>(shards.size()) / k;
+  if (k > kMaxGramVectors) return std::nullopt;
+  check_lists(shards, k);
+  const at::Device device = shards[0].device();
+  const c10::DeviceGuard guard(device);
+  const Layouts layouts = layouts_of(out);
+  const InputPointers in = input_pointers(shards, n, layouts);
+  OutputPointers written = output_pointers(out, n, layouts);
+  std::vector<const void*> flat(in.ptrs.begin(), in.ptrs.end());
+  flat.insert(flat.end(), written.ptrs.begin(), written.ptrs.end());
+  const DeviceTable table = make_table(rows_of(flat, n), sizes_of(shards, n), shards[0].element_size(), device);
+  const int grid = grid_for(table.view, device);
+  const Dtype dtype = dtype_of(shards[0].scalar_type());
+  void* stream = current_stream(device);
+  const auto options = shards[0].options();
+  at::Tensor partials = at::empty({grid, kMaxGramVectors, kMaxGramVectors}, options.dtype(at::kDouble));
+  at::Tensor scalars = at::empty({k * k + k + weightings::stats_size(kind, k)},
+                                 options.dtype(accumulation_dtype(shards[0].scalar_type())));
+  at::Tensor combine_weights = at::empty({k}, options.dtype(compute_type(shards[0].scalar_type())));
+  const at::Tensor order_on_device = order.has_value() ? order->contiguous() : at::Tensor();
+  check_launch(launch_gram_partials(dtype, table.view, 0, 0, static_cast<int>(k), static_cast<int>(k), true,
+                                    partials.data_ptr<double>(), grid, stream),
+               "gram");
+  check_launch(launch_gram_finish(dtype, partials.const_data_ptr<double>(), grid, static_cast<int>(k), kind, eps,
+                                  order_on_device.defined() ? order_on_device.const_data_ptr<int64_t>() : nullptr,
+                                  scalars.data_ptr(), combine_weights.data_ptr(), stream),
+               "gram finish");
+  check_launch(launch_combine(dtype, table.view, static_cast<int>(k), 1, combine_weights.const_data_ptr(), grid, stream),
+               "combine");
+  written.finish();
+  return scalars;
 }
 
 void combine_cuda(at::TensorList outs, const at::Tensor& weights, at::TensorList shards, int64_t num_vectors) {
@@ -257,7 +304,7 @@ void adamw_step_cuda(at::TensorList params, at::TensorList exp_avgs, at::TensorL
 }  // namespace cuda
 
 NativeKernels cuda_kernels() {
-  return {&cuda::gram_cuda, &cuda::combine_cuda, &cuda::sgd_step_cuda, &cuda::adamw_step_cuda};
+  return {&cuda::gram_cuda, &cuda::combine_cuda, &cuda::sgd_step_cuda, &cuda::adamw_step_cuda, &cuda::aggregate_cuda};
 }
 
 }  // namespace fastunlearn

@@ -5,6 +5,7 @@
 // lane 0 adds the result to the warp's fp64 running sum in shared memory. A block finally adds its
 // warps' sums in warp order and writes its partial; the binding adds the partials in block order.
 // So the bits depend on the input and the grid size alone.
+#include "common/weightings.h"
 #include "device_support.cuh"
 
 namespace fastunlearn {
@@ -94,7 +95,51 @@ int launch_typed(const ShardTable& table, int row0, int col0, int rows, int cols
                 partials);
 }
 
+// One block: the Gram from the partials (blocks added in block order, upper triangle mirrored), in
+// the accumulation type, then the weighting's scalar stage on it (common/weightings.h, the same
+// code as the CPU's), so the whole K x K stage of an op is this one tiny launch.
+template <typename acc_t, typename compute_t>
+__global__ void __launch_bounds__(kThreads) gram_finish_kernel(const double* partials, int blocks, int k, int kind,
+                                                               double eps, const int64_t* order, acc_t* scalars,
+                                                               compute_t* combine_weights) {
+  __shared__ acc_t gram[kSide * kSide];
+  __shared__ acc_t weights[kSide];
+  __shared__ acc_t scratch[kSide * (kSide + 1)];
+  for (int p = threadIdx.x; p < k * k; p += kThreads) {
+    const int r = p / k, q = p % k, a = r < q ? r : q, b = r < q ? q : r;
+    double total = 0.0;
+    for (int block = 0; block < blocks; ++block) total += partials[static_cast<int64_t>(block) * kSide * kSide + a * kSide + b];
+    gram[p] = static_cast<acc_t>(total);
+    scalars[p] = gram[p];
+  }
+  __syncthreads();
+  if (threadIdx.x == 0 && kind >= 0) {
+    weightings::apply<acc_t>(kind, gram, k, order, eps, weights, scratch);
+    for (int v = 0; v < k; ++v) {
+      scalars[k * k + v] = weights[v];
+      combine_weights[v] = static_cast<compute_t>(weights[v]);
+    }
+    weightings::stats<acc_t>(kind, gram, k, weights, scalars + k * k + k);
+  }
+}
+
 }  // namespace
+
+int launch_gram_finish(Dtype dtype, const double* partials, int blocks, int k, int kind, double eps,
+                       const int64_t* order, void* scalars, void* combine_weights, void* stream) {
+  if (k < 1 || k > kMaxGramVectors) return static_cast<int>(cudaErrorInvalidValue);
+  if (dtype == Dtype::kF64 || dtype == Dtype::kF32) {
+    // fp32 and fp64 inputs accumulate in fp64; the combine computes fp32 input in fp32.
+    if (dtype == Dtype::kF64) {
+      return launch(gram_finish_kernel<double, double>, 1, 0, stream, partials, blocks, k, kind, eps, order,
+                    static_cast<double*>(scalars), static_cast<double*>(combine_weights));
+    }
+    return launch(gram_finish_kernel<double, float>, 1, 0, stream, partials, blocks, k, kind, eps, order,
+                  static_cast<double*>(scalars), static_cast<float*>(combine_weights));
+  }
+  return launch(gram_finish_kernel<float, float>, 1, 0, stream, partials, blocks, k, kind, eps, order,
+                static_cast<float*>(scalars), static_cast<float*>(combine_weights));
+}
 
 int launch_gram_partials(Dtype dtype, const ShardTable& table, int row0, int col0, int rows, int cols, bool same,
                          double* partials, int grid, void* stream) {

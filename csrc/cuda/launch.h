@@ -40,6 +40,14 @@ struct ShardTable {
 int launch_gram_partials(Dtype dtype, const ShardTable& table, int row0, int col0, int rows, int cols,
                          bool same, double* partials, int grid, void* stream);
 
+// One block: the K x K Gram (K <= kMaxGramVectors) from `blocks` partials, into scalars[0 .. K*K) in
+// the accumulation type (double for kF64/kF32, float otherwise); then, unless kind < 0, the weighting
+// `kind` (common/weightings.h; `order` K x K int64 on the device for PCGrad) into scalars[K*K ..
+// K*K + K), the weighting's stats after them (weightings::stats), and, in the combine's compute
+// type, combine_weights[0 .. K).
+int launch_gram_finish(Dtype dtype, const double* partials, int blocks, int k, int kind, double eps,
+                       const int64_t* order, void* scalars, void* combine_weights, void* stream);
+
 // Rows 0..k-1 of the table are inputs, rows k..k+m-1 outputs; out_j = sum_v weights[j * k + v] *
 // in_v, with weights (m x k, device memory) in the compute dtype (double for kF64, float
 // otherwise). m <= kMaxOuts. Each thread reads all inputs of an element before writing its outputs.
