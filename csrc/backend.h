@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 
+#include "common/records.h"
 #include "common/weightings.h"
 
 namespace fastunlearn {
@@ -15,10 +16,12 @@ namespace fastunlearn {
 class Backend {
  public:
   virtual ~Backend() = default;
-  // K x K Gram matrix, in the accumulation dtype, of K vectors of shards of one dtype.
-  virtual at::Tensor gram(at::TensorList shards, int64_t k) const = 0;
+  // K x K Gram matrix, in the accumulation dtype, of K vectors of shards of one dtype. `records`
+  // (nullptr: not read) are the shards' metadata, already read by the checks.
+  virtual at::Tensor gram(at::TensorList shards, int64_t k, const Records* records) const = 0;
   // outs[m * n + i] = sum_k weights[m, k] * shards[k * n + i] (weights M x K, shards of one dtype).
-  virtual void combine(at::TensorList outs, const at::Tensor& weights, at::TensorList shards, int64_t k) const = 0;
+  virtual void combine(at::TensorList outs, const at::Tensor& weights, at::TensorList shards, int64_t k,
+                       const Records* out_records, const Records* records) const = 0;
   virtual void sgd_step(at::TensorList params, at::TensorList momentum_buffers, const at::Tensor& weights,
                         at::TensorList grads, int64_t k, double lr, double momentum, double dampening, bool nesterov,
                         double weight_decay, bool maximize, bool first_step) const = 0;
@@ -38,8 +41,8 @@ class Backend {
 
 // Plain function pointers of a native backend.
 struct NativeKernels {
-  at::Tensor (*gram)(at::TensorList, int64_t);
-  void (*combine)(at::TensorList, const at::Tensor&, at::TensorList, int64_t);
+  at::Tensor (*gram)(at::TensorList, int64_t, const Records*);
+  void (*combine)(at::TensorList, const at::Tensor&, at::TensorList, int64_t, const Records*, const Records*);
   void (*sgd_step)(at::TensorList, at::TensorList, const at::Tensor&, at::TensorList, int64_t, double, double, double,
                    bool, double, bool, bool);
   void (*adamw_step)(at::TensorList, at::TensorList, at::TensorList, const at::Tensor&, at::TensorList, int64_t,

@@ -12,9 +12,9 @@ namespace fastunlearn {
 namespace engine {
 namespace {
 
-bool uniform_dtype(at::TensorList shards, int64_t n) {
+bool uniform_dtype(const Records& shards, int64_t n) {
   for (int64_t i = 1; i < n; ++i) {
-    if (shards[i].scalar_type() != shards[0].scalar_type()) return false;
+    if (shards[i].dtype != shards[0].dtype) return false;
   }
   return true;
 }
@@ -34,10 +34,10 @@ struct DtypeGroup {
   }
 };
 
-std::vector<DtypeGroup> groups_of(at::TensorList shards, int64_t n) {
+std::vector<DtypeGroup> groups_of(const Records& shards, int64_t n) {
   std::vector<DtypeGroup> groups;
   for (int64_t i = 0; i < n; ++i) {
-    const at::ScalarType dtype = shards[i].scalar_type();
+    const at::ScalarType dtype = shards[i].dtype;
     auto it = std::find_if(groups.begin(), groups.end(), [&](const DtypeGroup& g) { return g.dtype == dtype; });
     if (it == groups.end()) it = groups.insert(groups.end(), DtypeGroup{dtype, {}});
     it->index.push_back(i);
@@ -70,37 +70,37 @@ const char* name_of(Weighting weighting) {
 
 }  // namespace
 
-at::ScalarType accumulation_dtype_of(at::TensorList shards, int64_t n) {
-  at::ScalarType acc = accumulation_dtype(shards[0].scalar_type());
-  for (int64_t i = 1; i < n; ++i) acc = acc == at::kDouble ? acc : accumulation_dtype(shards[i].scalar_type());
+at::ScalarType accumulation_dtype_of(const Records& shards, int64_t n) {
+  at::ScalarType acc = accumulation_dtype(shards[0].dtype);
+  for (int64_t i = 1; i < n && acc != at::kDouble; ++i) acc = accumulation_dtype(shards[i].dtype);
   return acc;
 }
 
-at::ScalarType result_dtype_of(at::TensorList shards, int64_t n) {
-  if (uniform_dtype(shards, n)) return result_dtype(shards[0].scalar_type());
+at::ScalarType result_dtype_of(const Records& shards, int64_t n) {
+  if (uniform_dtype(shards, n)) return result_dtype(shards[0].dtype);
   for (int64_t i = 0; i < n; ++i) {
-    if (shards[i].scalar_type() == at::kDouble) return at::kDouble;
+    if (shards[i].dtype == at::kDouble) return at::kDouble;
   }
   return at::kFloat;
 }
 
-at::Tensor gram(const Backend& backend, at::TensorList shards, int64_t k) {
+at::Tensor gram(const Backend& backend, const Records& shards, int64_t k) {
   const int64_t n = static_cast<int64_t>(shards.size()) / k;
-  if (uniform_dtype(shards, n)) return backend.gram(shards, k);
+  if (uniform_dtype(shards, n)) return backend.gram(shards.tensors(), k, &shards);
   at::Tensor total;
   for (const DtypeGroup& group : groups_of(shards, n)) {
-    const at::Tensor part = backend.gram(group.of(shards, n), k).to(at::kDouble);
+    const at::Tensor part = backend.gram(group.of(shards.tensors(), n), k, nullptr).to(at::kDouble);
     total = total.defined() ? total.add_(part) : part.clone();
   }
   return total.to(accumulation_dtype_of(shards, n));
 }
 
-void combine(const Backend& backend, at::TensorList outs, const at::Tensor& weights, at::TensorList shards,
+void combine(const Backend& backend, const Records& outs, const at::Tensor& weights, const Records& shards,
              int64_t k) {
   const int64_t n = static_cast<int64_t>(shards.size()) / k;
-  if (uniform_dtype(shards, n)) return backend.combine(outs, weights, shards, k);
+  if (uniform_dtype(shards, n)) return backend.combine(outs.tensors(), weights, shards.tensors(), k, &outs, &shards);
   for (const DtypeGroup& group : groups_of(shards, n)) {
-    backend.combine(group.of(outs, n), weights, group.of(shards, n), k);
+    backend.combine(group.of(outs.tensors(), n), weights, group.of(shards.tensors(), n), k, nullptr, nullptr);
   }
 }
 
@@ -141,12 +141,13 @@ at::Tensor weights(Weighting weighting, const at::Tensor& gram, double eps, cons
   return out;
 }
 
-Result aggregate(const Backend& backend, at::TensorList out, at::TensorList shards, int64_t k, Weighting weighting,
+Result aggregate(const Backend& backend, const Records& out, const Records& shards, int64_t k, Weighting weighting,
                  double eps, const std::optional<at::Tensor>& order) {
   const int64_t n = static_cast<int64_t>(shards.size()) / k;
   const int64_t num_stats = weightings::stats_size(weighting, k);
   if (uniform_dtype(shards, n)) {
-    if (std::optional<at::Tensor> packed = backend.aggregate(out, shards, k, weighting, eps, order)) {
+    if (std::optional<at::Tensor> packed =
+            backend.aggregate(out.tensors(), shards.tensors(), k, weighting, eps, order)) {
       return {packed->slice(0, 0, k * k).view({k, k}), packed->slice(0, k * k, k * k + k),
               packed->slice(0, k * k + k, k * k + k + num_stats)};
     }

@@ -9,21 +9,22 @@
 #include <string>
 
 #include "backend.h"
+#include "common/records.h"
 #include "common/weightings.h"
 
 namespace fastunlearn {
 namespace engine {
 
 // The accumulation dtype of a call over these shards (the wider rule where dtypes differ).
-at::ScalarType accumulation_dtype_of(at::TensorList shards, int64_t n);
+at::ScalarType accumulation_dtype_of(const Records& shards, int64_t n);
 // What gram returns by default: the input dtype (never below fp32; fp64 if any shard is fp64).
-at::ScalarType result_dtype_of(at::TensorList shards, int64_t n);
+at::ScalarType result_dtype_of(const Records& shards, int64_t n);
 
 // K x K Gram matrix of K vectors of n shards (validated), in accumulation_dtype_of.
-at::Tensor gram(const Backend& backend, at::TensorList shards, int64_t k);
+at::Tensor gram(const Backend& backend, const Records& shards, int64_t k);
 
 // outs[m * n + i] = sum_k weights[m, k] * shards[k * n + i] (validated; weights M x K).
-void combine(const Backend& backend, at::TensorList outs, const at::Tensor& weights, at::TensorList shards, int64_t k);
+void combine(const Backend& backend, const Records& outs, const at::Tensor& weights, const Records& shards, int64_t k);
 
 // The built-in weightings: (K,) combine weights from the K x K Gram, on the Gram's device and in
 // its dtype. Plain C++ on CPU; elsewhere the Python definitions in fastunlearn/weighting.py.
@@ -43,7 +44,7 @@ struct Result {
 
 // Gram pass, weighting, combine pass into `out` (all validated). The backend's fused path where it
 // has one (CUDA: three launches), else the three stages above.
-Result aggregate(const Backend& backend, at::TensorList out, at::TensorList shards, int64_t k, Weighting weighting,
+Result aggregate(const Backend& backend, const Records& out, const Records& shards, int64_t k, Weighting weighting,
                  double eps, const std::optional<at::Tensor>& order);
 
 }  // namespace engine

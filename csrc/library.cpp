@@ -7,6 +7,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
+#include <ATen/Parallel.h>
 
 #include <sstream>
 #include <string>
@@ -32,84 +33,97 @@ VectorNames pair_names(const char* first, const char* second) {
 }
 std::string directions_name(int64_t k) { return k == 0 ? std::string("g") : indexed("directions", k - 1); }
 
-std::vector<Tensor> joined(TensorList a, TensorList b) {
-  std::vector<Tensor> all;
-  all.reserve(a.size() + b.size());
-  all.insert(all.end(), a.begin(), a.end());
-  all.insert(all.end(), b.begin(), b.end());
-  return all;
-}
-
 // Inference tensors have no version counter (they are written only inside inference mode, which
-// check_writable ensured).
+// check_writable ensured). Long lists are bumped on the intra-op threads, prefetched ahead.
 void bump_versions(TensorList written) {
-  for (const Tensor& t : written) {
-    c10::TensorImpl* impl = t.unsafeGetTensorImpl();
-    if (impl->version_counter().enabled()) impl->bump_version();
-  }
+  constexpr int64_t kPrefetch = 12, kParallel = 2048;
+  at::parallel_for(0, static_cast<int64_t>(written.size()), kParallel, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      if (i + kPrefetch < end) __builtin_prefetch(written[i + kPrefetch].unsafeGetTensorImpl());
+      c10::TensorImpl* impl = written[i].unsafeGetTensorImpl();
+      if (impl->version_counter().enabled()) impl->bump_version();
+    }
+  });
 }
 
 // ---- CPU and CUDA kernels -------------------------------------------------------------------------
 
 Tensor gram_kernel(TensorList shards, int64_t k, std::optional<at::ScalarType> dtype, c10::string_view backend) {
-  const int64_t n = check_vectors(shards, k, vectors_name);
-  const Backend& b = backend_for(backend, shards[0].device());
-  return engine::gram(b, shards, k).to(dtype.value_or(engine::result_dtype_of(shards, n)));
+  const Records records(shards);
+  const int64_t n = check_vectors(records, k, vectors_name);
+  const Backend& b = backend_for(backend, records[0].device);
+  return engine::gram(b, records, k).to(dtype.value_or(engine::result_dtype_of(records, n)));
 }
 
 std::vector<Tensor> combine_kernel(TensorList shards, const Tensor& weights, int64_t k, c10::string_view backend) {
-  const int64_t n = check_vectors(shards, k, vectors_name);
+  const Records records(shards);
+  const int64_t n = check_vectors(records, k, vectors_name);
   TORCH_CHECK_VALUE(weights.dim() == 2 && weights.size(1) == k, "fastunlearn: combine weights must be M x ", k);
   std::vector<Tensor> outs;
   outs.reserve(weights.size(0) * n);
   for (int64_t m = 0; m < weights.size(0); ++m) {
     for (int64_t i = 0; i < n; ++i) outs.push_back(at::empty_like(shards[i]));
   }
-  engine::combine(backend_for(backend, shards[0].device()), outs, weights, shards, k);
+  engine::combine(backend_for(backend, records[0].device), Records(outs), weights, records, k);
   return outs;
 }
 
-// The checks of an op that writes `out` from K vectors, in the order the errors are most useful.
-int64_t check_update(TensorList out, const char* what, TensorList shards, int64_t k, const VectorNames& name,
-                     bool out_is_first) {
-  const int64_t n = check_vectors(shards, k, name);
-  if (!out_is_first) check_outputs_match(out, shards.slice(0, n), what, name(0));
-  check_writable(out, what);
-  check_not_differentiated(out_is_first ? shards.slice(n) : shards, n, [&](int64_t v) {
-    return name(out_is_first ? v + 1 : v);
-  });
-  check_overlaps(out, shards, n, what, name);
-  return n;
+// The records of an op that writes `out` from K vectors (`shards`, read once), checked in the order
+// the errors are most useful. Where `out` is the first vector itself (an update in place), its
+// records are the first vector's.
+struct Update {
+  Records in, out;
+  int64_t n;
+};
+
+bool is_first_vector(TensorList out, TensorList shards) {
+  if (out.size() > shards.size()) return false;
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (!out[i].is_same(shards[i])) return false;
+  }
+  return true;
+}
+
+Update check_update(TensorList out, const char* what, Records in, int64_t k, const VectorNames& name) {
+  const int64_t n = check_vectors(in, k, name);
+  TORCH_CHECK_VALUE(static_cast<int64_t>(out.size()) == n, what, " has ", out.size(), " shards but ", name(0),
+                    " has ", n);
+  const bool in_place = is_first_vector(out, in.tensors());
+  Records written = in_place ? Records(in, n) : Records(out);
+  if (!in_place) check_outputs_match(written, in, what, name(0));
+  check_writable(written, what);
+  // An output that is the first vector was checked as an output already.
+  check_not_differentiated(in, in_place ? n : 0, n, name);
+  check_overlaps(written, in, n, what, name);
+  return {std::move(in), std::move(written), n};
 }
 
 void combine_inplace_kernel(TensorList out, const Tensor& weights, TensorList shards, int64_t k,
                             c10::string_view backend) {
-  check_update(out, "out", shards, k, vectors_name, false);
-  check_weights(weights, k, shards[0].device());
-  const Backend& b = backend_for(backend, shards[0].device());
+  const Update u = check_update(out, "out", Records(shards), k, vectors_name);
+  check_weights(weights, k, u.in[0].device);
+  const Backend& b = backend_for(backend, u.in[0].device);
   bump_versions(out);
-  engine::combine(b, out, weights.reshape({1, k}), shards, k);
+  engine::combine(b, u.out, weights.reshape({1, k}), u.in, k);
 }
 
-// Gram pass, weighting, combine pass into `out` (validated).
-engine::Result run_engine(TensorList out, TensorList shards, int64_t k, engine::Weighting weighting, double eps,
+// Gram pass, weighting, combine pass into the update's outputs (validated).
+engine::Result run_engine(const Update& u, int64_t k, engine::Weighting weighting, double eps,
                           const std::optional<Tensor>& order, c10::string_view backend) {
-  const Backend& b = backend_for(backend, shards[0].device());
-  bump_versions(out);
-  return engine::aggregate(b, out, shards, k, weighting, eps, order);
+  const Backend& b = backend_for(backend, u.in[0].device);
+  bump_versions(u.out.tensors());
+  return engine::aggregate(b, u.out, u.in, k, weighting, eps, order);
 }
 
 Tensor project_kernel(TensorList g, TensorList r, c10::string_view mode, double eps, c10::string_view backend) {
   const engine::Weighting weighting = engine::projection(mode);
-  const std::vector<Tensor> shards = joined(g, r);
-  check_update(g, "g", shards, 2, pair_names("g", "r"), true);
-  return run_engine(g, shards, 2, weighting, eps, std::nullopt, backend).stats;
+  const Update u = check_update(g, "g", Records(g, r), 2, pair_names("g", "r"));
+  return run_engine(u, 2, weighting, eps, std::nullopt, backend).stats;
 }
 
 Tensor project_normal_kernel(TensorList g, TensorList directions, int64_t m, double eps, c10::string_view backend) {
-  const std::vector<Tensor> shards = joined(g, directions);
-  check_update(g, "g", shards, m + 1, directions_name, true);
-  return run_engine(g, shards, m + 1, weightings::kSpanComplement, eps, std::nullopt, backend).stats;
+  const Update u = check_update(g, "g", Records(g, directions), m + 1, directions_name);
+  return run_engine(u, m + 1, weightings::kSpanComplement, eps, std::nullopt, backend).stats;
 }
 
 // The order indexes the Gram: rows that are not permutations would read out of bounds. Checked on
@@ -135,20 +149,20 @@ void check_order(const Tensor& order, int64_t k, const at::Device& device) {
 std::tuple<Tensor, Tensor> pcgrad_kernel(TensorList out, TensorList shards, int64_t k, const Tensor& order,
                                          c10::string_view reduction, double eps, c10::string_view backend) {
   const engine::Weighting weighting = engine::pcgrad(reduction);
-  check_update(out, "out", shards, k, vectors_name, false);
-  check_order(order, k, shards[0].device());
-  engine::Result result = run_engine(out, shards, k, weighting, eps, order, backend);
+  const Update u = check_update(out, "out", Records(shards), k, vectors_name);
+  check_order(order, k, u.in[0].device);
+  engine::Result result = run_engine(u, k, weighting, eps, order, backend);
   return {result.gram, result.weights};
 }
 
 std::tuple<Tensor, Tensor> aggregate_kernel(TensorList out, TensorList shards, int64_t k, c10::string_view weighting,
                                             double eps, const std::optional<Tensor>& order, c10::string_view backend) {
   const engine::Weighting w = engine::parse(weighting);
-  check_update(out, "out", shards, k, vectors_name, false);
-  if (order.has_value()) check_order(*order, k, shards[0].device());
+  const Update u = check_update(out, "out", Records(shards), k, vectors_name);
+  if (order.has_value()) check_order(*order, k, u.in[0].device);
   TORCH_CHECK_VALUE(order.has_value() || !engine::needs_order(w), "fastunlearn: weighting '", std::string(weighting),
                     "' needs an order");
-  engine::Result result = run_engine(out, shards, k, w, eps, order, backend);
+  engine::Result result = run_engine(u, k, w, eps, order, backend);
   return {result.gram, result.weights};
 }
 
@@ -165,20 +179,20 @@ void check_step(TensorList params, TensorList grads, int64_t k, const std::optio
     out << t.sizes() << " " << python_name(t.scalar_type()) << " on " << t.device();
     return out.str();
   };
+  const Records p(params), g(grads);
   for (int64_t s = 0; s < k * n; ++s) {
-    const Tensor& g = grads[s];
-    const Tensor& p = params[s % n];
-    TORCH_CHECK_TYPE(g.layout() == at::kStrided, "the gradient for parameter ", s % n, " has layout ",
-                     g.layout() == at::kSparse ? "torch.sparse_coo" : c10::str(g.layout()),
+    const int64_t i = s % n;
+    TORCH_CHECK_TYPE(g[s].layout == at::kStrided, "the gradient for parameter ", i, " has layout ",
+                     g[s].layout == at::kSparse ? "torch.sparse_coo" : c10::str(g[s].layout),
                      "; fastunlearn.optim updates dense gradients only (torch.optim.SGD and SparseAdam take sparse "
                      "ones)");
-    TORCH_CHECK_VALUE(g.sizes() == p.sizes() && g.scalar_type() == p.scalar_type() && g.device() == p.device(),
-                      vectors_name(s / n), " shard ", s % n, " is ", describe(g), " but parameter ", s % n, " is ",
-                      describe(p));
+    TORCH_CHECK_VALUE(g.same_shape(s, p, i) && g[s].dtype == p[i].dtype && g[s].device == p[i].device,
+                      vectors_name(s / n), " shard ", i, " is ", describe(grads[s]), " but parameter ", i, " is ",
+                      describe(params[i]));
   }
-  if (weights.has_value()) check_weights(*weights, k, params[0].device());
-  check_writable(params, "param");
-  check_overlaps(params, grads, n, "parameter", vectors_name);
+  if (weights.has_value()) check_weights(*weights, k, p[0].device);
+  check_writable(p, "param");
+  check_overlaps(p, g, n, "parameter", vectors_name);
 }
 
 // The native kernels walk each parameter and its state as one flat run of memory: a parameter
@@ -237,12 +251,13 @@ void adamw_step_kernel(TensorList params, TensorList exp_avgs, TensorList exp_av
 // ---- Meta kernels: the same structural checks, shapes and dtypes only --------------------------------
 
 Tensor gram_meta(TensorList shards, int64_t k, std::optional<at::ScalarType> dtype, c10::string_view) {
-  const int64_t n = check_vectors(shards, k, vectors_name);
-  return at::empty({k, k}, shards[0].options().dtype(dtype.value_or(engine::result_dtype_of(shards, n))));
+  const Records records(shards);
+  const int64_t n = check_vectors(records, k, vectors_name);
+  return at::empty({k, k}, shards[0].options().dtype(dtype.value_or(engine::result_dtype_of(records, n))));
 }
 
 std::vector<Tensor> combine_meta(TensorList shards, const Tensor& weights, int64_t k, c10::string_view) {
-  const int64_t n = check_vectors(shards, k, vectors_name);
+  const int64_t n = check_vectors(Records(shards), k, vectors_name);
   std::vector<Tensor> outs;
   for (int64_t m = 0; m < weights.size(0); ++m) {
     for (int64_t i = 0; i < n; ++i) outs.push_back(at::empty_like(shards[i]));
@@ -251,37 +266,36 @@ std::vector<Tensor> combine_meta(TensorList shards, const Tensor& weights, int64
 }
 
 void combine_inplace_meta(TensorList out, const Tensor& weights, TensorList shards, int64_t k, c10::string_view) {
-  check_update(out, "out", shards, k, vectors_name, false);
-  check_weights(weights, k, shards[0].device());
+  const Update u = check_update(out, "out", Records(shards), k, vectors_name);
+  check_weights(weights, k, u.in[0].device);
+}
+
+// The engine's outputs (gram, weights, stats) as shapes.
+Tensor scalars_meta(const Update& u, int64_t count) {
+  return at::empty({count}, u.in.tensors()[0].options().dtype(engine::accumulation_dtype_of(u.in, u.n)));
 }
 
 Tensor project_meta(TensorList g, TensorList r, c10::string_view mode, double, c10::string_view) {
   engine::projection(mode);
-  const std::vector<Tensor> shards = joined(g, r);
-  const int64_t n = check_update(g, "g", shards, 2, pair_names("g", "r"), true);
-  return at::empty({4}, g[0].options().dtype(engine::accumulation_dtype_of(shards, n)));
+  return scalars_meta(check_update(g, "g", Records(g, r), 2, pair_names("g", "r")), 4);
 }
 
 Tensor project_normal_meta(TensorList g, TensorList directions, int64_t m, double, c10::string_view) {
-  const std::vector<Tensor> shards = joined(g, directions);
-  const int64_t n = check_update(g, "g", shards, m + 1, directions_name, true);
-  return at::empty({m}, g[0].options().dtype(engine::accumulation_dtype_of(shards, n)));
+  return scalars_meta(check_update(g, "g", Records(g, directions), m + 1, directions_name), m);
 }
 
 std::tuple<Tensor, Tensor> pcgrad_meta(TensorList out, TensorList shards, int64_t k, const Tensor&,
                                        c10::string_view reduction, double, c10::string_view) {
   engine::pcgrad(reduction);
-  const int64_t n = check_update(out, "out", shards, k, vectors_name, false);
-  const auto options = shards[0].options().dtype(engine::accumulation_dtype_of(shards, n));
-  return {at::empty({k, k}, options), at::empty({k}, options)};
+  const Update u = check_update(out, "out", Records(shards), k, vectors_name);
+  return {scalars_meta(u, k * k).view({k, k}), scalars_meta(u, k)};
 }
 
 std::tuple<Tensor, Tensor> aggregate_meta(TensorList out, TensorList shards, int64_t k, c10::string_view weighting,
                                           double, const std::optional<Tensor>&, c10::string_view) {
   engine::parse(weighting);
-  const int64_t n = check_update(out, "out", shards, k, vectors_name, false);
-  const auto options = shards[0].options().dtype(engine::accumulation_dtype_of(shards, n));
-  return {at::empty({k, k}, options), at::empty({k}, options)};
+  const Update u = check_update(out, "out", Records(shards), k, vectors_name);
+  return {scalars_meta(u, k * k).view({k, k}), scalars_meta(u, k)};
 }
 
 void sgd_step_meta(TensorList, TensorList, const Tensor&, TensorList, int64_t, double, double, double, bool, double,
@@ -328,49 +342,80 @@ class GramFunction : public torch::autograd::Function<GramFunction> {
 };
 
 // Tensor subclasses (DTensor) run their own dispatch below this key: a list that mixes them with
-// plain tensors would reach it half-understood, so it is refused here, before any kernel.
-void check_same_kind(c10::ArrayRef<c10::IValue> list, std::optional<bool>& subclass, const char* op_name,
-                     const std::string& argument) {
+// plain tensors would reach it half-understood, so it is refused here, before any kernel. The
+// call's key set holds Python only if some tensor is a subclass: only then are the lists read.
+void check_same_kind(const char* op, const c10::FunctionSchema& schema, size_t argument, TensorList list,
+                     std::optional<bool>& subclass) {
   for (size_t i = 0; i < list.size(); ++i) {
-    const bool is_subclass = list[i].toTensor().key_set().has(c10::DispatchKey::Python);
+    const bool is_subclass = list[i].key_set().has(c10::DispatchKey::Python);
     if (!subclass.has_value()) subclass = is_subclass;
-    TORCH_CHECK_TYPE(is_subclass == *subclass, "fastunlearn.", op_name, ": ", argument, "[", i, "] is ",
+    TORCH_CHECK_TYPE(is_subclass == *subclass, "fastunlearn.", op, ": ", schema.arguments()[argument].name(), "[", i,
+                     "] is ",
                      *subclass ? "a plain tensor among tensor subclasses"
                                : "a tensor subclass (e.g. a DTensor) among plain tensors",
                      "; pass every shard as a DTensor or as a local tensor");
   }
 }
 
-Tensor gram_autograd(TensorList shards, int64_t k, std::optional<at::ScalarType> dtype, c10::string_view backend) {
-  const bool subclass = !shards.empty() && shards[0].key_set().has(c10::DispatchKey::Python);
-  for (size_t i = 1; i < shards.size(); ++i) {
+template <typename T>
+void check_same_kind(const char*, const c10::FunctionSchema&, size_t, const T&, std::optional<bool>&) {}
+
+// The Autograd kernel of an op without a backward (the in-place ops, the optimizer steps, and
+// combine, the Gram's backward itself): typed, so that a long list passes through unboxed.
+template <const char* Name, typename Signature> struct Through;
+template <const char* Name, typename R, typename... Args> struct Through<Name, R(Args...)> {
+  static R call(c10::DispatchKeySet keys, Args... args) {
+    static const auto op = c10::Dispatcher::singleton().findSchemaOrThrow(Name, "").template typed<R(Args...)>();
+    if (keys.has(c10::DispatchKey::Python)) check_kinds(op.schema(), std::index_sequence_for<Args...>{}, args...);
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.redispatch(keys & c10::after_ADInplaceOrView_keyset, args...);
+  }
+
+ private:
+  template <size_t... I>
+  static void check_kinds(const c10::FunctionSchema& schema, std::index_sequence<I...>, const Args&... args) {
+    std::optional<bool> subclass;
+    (check_same_kind(Name + 13, schema, I, args, subclass), ...);
+  }
+};
+
+constexpr char kCombine[] = "fastunlearn::combine";
+constexpr char kCombineInplace[] = "fastunlearn::combine_";
+constexpr char kProject[] = "fastunlearn::project_";
+constexpr char kProjectNormal[] = "fastunlearn::project_normal_";
+constexpr char kPCGrad[] = "fastunlearn::pcgrad_";
+constexpr char kAggregate[] = "fastunlearn::aggregate_";
+constexpr char kSgdStep[] = "fastunlearn::sgd_step_";
+constexpr char kAdamwStep[] = "fastunlearn::adamw_step_";
+
+// Whether any tensor of the list requires grad: one read of each, prefetched ahead (a long list of
+// separately allocated gradients would otherwise pay a cache miss per tensor, one after another).
+bool any_requires_grad(TensorList tensors) {
+  constexpr size_t kPrefetch = 12;
+  bool any = false;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (i + kPrefetch < tensors.size()) __builtin_prefetch(tensors[i + kPrefetch].unsafeGetTensorImpl());
+    any = any || tensors[i].requires_grad();
+  }
+  return any;
+}
+
+Tensor gram_autograd(c10::DispatchKeySet keys, TensorList shards, int64_t k, std::optional<at::ScalarType> dtype,
+                     c10::string_view backend) {
+  // The call's key set holds Python only if some tensor is a subclass: then see that all are.
+  const bool subclass = keys.has(c10::DispatchKey::Python) && shards[0].key_set().has(c10::DispatchKey::Python);
+  for (size_t i = 1; keys.has(c10::DispatchKey::Python) && i < shards.size(); ++i) {
     TORCH_CHECK_TYPE(shards[i].key_set().has(c10::DispatchKey::Python) == subclass, "fastunlearn.gram: ",
                      vectors_name(i / (shards.size() / k)), " shard ", i % (shards.size() / k), " is ",
                      subclass ? "a plain tensor among tensor subclasses"
                               : "a tensor subclass (e.g. a DTensor) among plain tensors",
                      "; pass every shard as a DTensor or as a local tensor");
   }
-  bool needs_grad = false;
-  if (at::GradMode::is_enabled()) {
-    for (const Tensor& t : shards) needs_grad = needs_grad || t.requires_grad();
+  if (at::GradMode::is_enabled() && any_requires_grad(shards)) {
+    return GramFunction::apply(shards, k, dtype, std::string(backend));
   }
-  if (needs_grad) return GramFunction::apply(shards, k, dtype, std::string(backend));
   at::AutoDispatchBelowADInplaceOrView guard;
   return gram_op().call(shards, k, dtype, backend);
-}
-
-// Every other op has no backward (in-place updates, and combine, the Gram backward itself).
-void straight_through(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
-  const auto& arguments = op.schema().arguments();
-  std::optional<bool> subclass;
-  for (size_t a = 0; a < arguments.size(); ++a) {
-    const c10::IValue& value = (*stack)[stack->size() - arguments.size() + a];
-    if (value.isTensorList()) {
-      check_same_kind(value.toListRef(), subclass, op.schema().name().c_str() + 13, arguments[a].name());
-    }
-  }
-  at::AutoDispatchBelowADInplaceOrView guard;
-  op.redispatchBoxed(keys & c10::after_ADInplaceOrView_keyset, stack);
 }
 
 PyObject* has_cuda(PyObject*, PyObject*) {
@@ -381,12 +426,19 @@ PyObject* has_cuda(PyObject*, PyObject*) {
 #endif
 }
 
-PyMethodDef methods[] = {
-    {"has_cuda", has_cuda, METH_NOARGS, "Whether the CUDA kernels were built."},
-    {"register_backend", register_backend, METH_VARARGS, "Registers a backend written in Python."},
-    {"set_hooks", set_hooks, METH_VARARGS, "Registers the Python resolver of backend='auto' and the weightings."},
-    {nullptr, nullptr, 0, nullptr},
-};
+PyMethodDef* module_methods() {
+  static std::vector<PyMethodDef> all = [] {
+    std::vector<PyMethodDef> methods = {
+        {"has_cuda", has_cuda, METH_NOARGS, "Whether the CUDA kernels were built."},
+        {"register_backend", register_backend, METH_VARARGS, "Registers a backend written in Python."},
+        {"set_hooks", set_hooks, METH_VARARGS, "Registers the Python resolver of backend='auto' and the weightings."},
+    };
+    for (PyMethodDef* m = entry_methods(); m->ml_name != nullptr; ++m) methods.push_back(*m);
+    methods.push_back({nullptr, nullptr, 0, nullptr});
+    return methods;
+  }();
+  return all.data();
+}
 
 }  // namespace
 }  // namespace fastunlearn
@@ -394,7 +446,7 @@ PyMethodDef methods[] = {
 extern "C" {
 // Importing fastunlearn._C runs the registrations below.
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, fastunlearn::methods};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, fastunlearn::module_methods()};
   PyObject* module = PyModule_Create(&module_def);
   if (module != nullptr && PyModule_AddIntConstant(module, "TABLE_CHUNK", fastunlearn::kTableChunk) < 0) {
     Py_DECREF(module);
@@ -453,10 +505,17 @@ TORCH_LIBRARY_IMPL(fastunlearn, CompositeExplicitAutograd, m) {
   m.impl("shard_table", &fastunlearn::shard_table_kernel);
 }
 
+#define FASTUNLEARN_THROUGH(m, name, constant, kernel) \
+  m.impl(name, &fastunlearn::Through<fastunlearn::constant, decltype(fastunlearn::kernel)>::call)
+
 TORCH_LIBRARY_IMPL(fastunlearn, Autograd, m) {
   m.impl("gram", &fastunlearn::gram_autograd);
-  for (const char* name : {"combine", "combine_", "project_", "project_normal_", "pcgrad_", "aggregate_", "sgd_step_",
-                           "adamw_step_"}) {
-    m.impl(name, torch::CppFunction::makeFromBoxedFunction<&fastunlearn::straight_through>());
-  }
+  FASTUNLEARN_THROUGH(m, "combine", kCombine, combine_kernel);
+  FASTUNLEARN_THROUGH(m, "combine_", kCombineInplace, combine_inplace_kernel);
+  FASTUNLEARN_THROUGH(m, "project_", kProject, project_kernel);
+  FASTUNLEARN_THROUGH(m, "project_normal_", kProjectNormal, project_normal_kernel);
+  FASTUNLEARN_THROUGH(m, "pcgrad_", kPCGrad, pcgrad_kernel);
+  FASTUNLEARN_THROUGH(m, "aggregate_", kAggregate, aggregate_kernel);
+  FASTUNLEARN_THROUGH(m, "sgd_step_", kSgdStep, sgd_step_kernel);
+  FASTUNLEARN_THROUGH(m, "adamw_step_", kAdamwStep, adamw_step_kernel);
 }

@@ -69,11 +69,12 @@ class PythonBackend final : public Backend {
     for (PyObject* fn : {gram, combine, sgd, adamw}) Py_INCREF(fn);
   }
 
-  at::Tensor gram(at::TensorList shards, int64_t k) const override {
+  at::Tensor gram(at::TensorList shards, int64_t k, const Records* /*records*/) const override {
     pybind11::gil_scoped_acquire gil;
     return tensor_of(call(gram_, {wrap(shards), py_int(k)}));
   }
-  void combine(at::TensorList outs, const at::Tensor& weights, at::TensorList shards, int64_t k) const override {
+  void combine(at::TensorList outs, const at::Tensor& weights, at::TensorList shards, int64_t k,
+               const Records* /*out_records*/, const Records* /*records*/) const override {
     pybind11::gil_scoped_acquire gil;
     call(combine_, {wrap(outs), THPVariable_Wrap(weights), wrap(shards), py_int(k)});
   }
@@ -101,9 +102,12 @@ class PythonBackend final : public Backend {
 class NativeBackend final : public Backend {
  public:
   explicit NativeBackend(NativeKernels kernels) : k_(kernels) {}
-  at::Tensor gram(at::TensorList shards, int64_t k) const override { return k_.gram(shards, k); }
-  void combine(at::TensorList outs, const at::Tensor& weights, at::TensorList shards, int64_t k) const override {
-    k_.combine(outs, weights, shards, k);
+  at::Tensor gram(at::TensorList shards, int64_t k, const Records* records) const override {
+    return k_.gram(shards, k, records);
+  }
+  void combine(at::TensorList outs, const at::Tensor& weights, at::TensorList shards, int64_t k,
+               const Records* out_records, const Records* records) const override {
+    k_.combine(outs, weights, shards, k, out_records, records);
   }
   void sgd_step(at::TensorList params, at::TensorList momentum_buffers, const at::Tensor& weights,
                 at::TensorList grads, int64_t k, double lr, double momentum, double dampening, bool nesterov,

@@ -1,4 +1,5 @@
-// Module functions of fastunlearn._C that register the Python side of the op kernels.
+// Module functions of fastunlearn._C: the registrations of the Python side of the op kernels, and
+// the ops' Python entry points.
 #pragma once
 
 #include <Python.h>
@@ -10,5 +11,8 @@ PyObject* register_backend(PyObject* self, PyObject* args);
 // set_hooks(resolver, weighting): resolver(device: str) -> backend name for "auto";
 // weighting(name, gram, eps, order) -> (K,) weights on devices without the C++ scalar stage.
 PyObject* set_hooks(PyObject* self, PyObject* args);
+
+// The ops' Python entry points (python_entry.cpp), terminated by a null entry.
+PyMethodDef* entry_methods();
 
 }  // namespace fastunlearn

@@ -139,6 +139,12 @@ def require_native() -> None:
         raise RuntimeError(f"fastunlearn ops need their C++ extension: {_CPP_ERROR}")
 
 
+def extension():
+    """fastunlearn._C, whose module functions are the ops' Python entry points."""
+    require_native()
+    return _C
+
+
 def check_name(name: str) -> None:
     """Raises ValueError unless ``name`` is ``"auto"`` or a known backend (available or not)."""
     if name != "auto" and name not in _BACKENDS:

@@ -103,6 +103,23 @@ def _g_and_directions(k: int) -> str:
     return "g" if k == 0 else f"directions[{k - 1}]"
 
 
+def _entry(name: str, first, *args):
+    """The op through its Python entry point in fastunlearn._C (nested lists passed as they are,
+    their tensors borrowed): NotImplemented where that does not apply -- under torch.compile or a
+    torch-function mode, which must see ``torch.ops.fastunlearn.<op>``, or for arguments the entry
+    point does not take, whose errors the ``torch.ops`` route words. ``first`` is the first shard."""
+    if not isinstance(first, Tensor) or torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled():
+        return NotImplemented
+    return getattr(_backend.extension(), name)(*args)
+
+
+def _first_shard(vectors):
+    try:
+        return vectors[0][0]
+    except (TypeError, IndexError, KeyError):
+        return None
+
+
 def _device(shard) -> torch.device:
     return shard.device if isinstance(shard, Tensor) else torch.device("cpu")
 
@@ -147,6 +164,11 @@ def gram(vectors: Sequence[Vector], *, dtype: torch.dtype | None = None, backend
         raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype}")
     if distributed.needs_unwrap(vectors, group):
         return _sharded_gram(vectors, group, backend).to(dtype or _result_dtype(vectors[0][0].dtype))
+    first = _first_shard(vectors)
+    if isinstance(first, Tensor):
+        result = _entry("gram", first, vectors, dtype, _backend.resolve(backend, first.device))
+        if result is not NotImplemented:
+            return result
     shards, _ = _flatten(vectors)
     name = _backend.resolve(backend, _device(shards[0]))
     return _call("gram", shards, len(vectors), dtype, name, vectors=vectors)
@@ -200,6 +222,11 @@ def combine_(out: Vector, weights: Tensor, vectors: Sequence[Vector], *, backend
         local, _ = distributed.unwrap([out, *vectors])  # purely local: no collective
         combine_(local[0], weights, local[1:], backend=backend)
         return out
+    first = _first_shard(vectors)
+    if isinstance(first, Tensor) and isinstance(weights, Tensor):
+        name = _backend.resolve(backend, first.device)
+        if _entry("combine_", first, out, weights, vectors, name) is not NotImplemented:
+            return out
     shards, _ = _flatten(vectors)
     if not isinstance(weights, Tensor):
         raise TypeError(f"weights must be a Tensor on {_device(shards[0])}, got {type(weights).__name__}")
@@ -228,6 +255,13 @@ def aggregate_(
     """
     if not isinstance(weighting, Weighting):
         raise TypeError(f"weighting must be a fastunlearn.Weighting, got {type(weighting).__name__}")
+    first = _first_shard(vectors)
+    if weighting.native is not None and isinstance(first, Tensor):
+        name = _backend.resolve(backend, first.device)
+        args = (out, vectors, weighting.native, weighting.eps, weighting.native_order(), name)
+        result = _entry("aggregate_", first, *args)
+        if result is not NotImplemented:
+            return result
     shards, _ = _flatten(vectors)
     outs = out if type(out) in _LISTS else _as_vector(out, "out")
     name = _backend.resolve(backend, _device(shards[0]))
@@ -272,6 +306,11 @@ def project_(
         weights = Projection(mode, eps)(gram)
         combine_(g_local, weights, [g_local, r_local], backend=backend)
         return ProjectionStats(gram[0, 1], gram[0, 0], gram[1, 1], -weights[1])
+    first = _first_shard([g])
+    if isinstance(first, Tensor):
+        stats = _entry("project_", first, g, r, mode, eps, _backend.resolve(backend, first.device))
+        if stats is not NotImplemented:
+            return ProjectionStats(*stats.unbind())
     shards, n = _flatten([g, r], names=("g", "r"))
     name = _backend.resolve(backend, _device(shards[0]))
     stats = _call("project_", shards[:n], shards[n:], mode, eps, name, vectors=[g, r], names=("g", "r"))
@@ -307,6 +346,11 @@ def project_normal_(
         weights = SpanComplement(eps)(gram)
         combine_(local[0], weights, local, backend=backend)
         return -weights[1:]
+    first = _first_shard([g])
+    if isinstance(first, Tensor):
+        alpha = _entry("project_normal_", first, g, directions, eps, _backend.resolve(backend, first.device))
+        if alpha is not NotImplemented:
+            return alpha
     names = _g_and_directions
     shards, n = _flatten([g, *directions], names=names)
     name = _backend.resolve(backend, _device(shards[0]))
@@ -394,12 +438,22 @@ def pcgrad_(
     _validate.check_generator(generator)
     if distributed.needs_unwrap(vectors, group) or distributed.needs_unwrap([out], None):
         return _sharded_pcgrad_(out, vectors, reduction, order, generator, eps, backend, group)
+    first, order_checked = _first_shard(vectors), False
+    if isinstance(first, Tensor) and type(vectors) in _LISTS:
+        device = first.device
+        name = _backend.resolve(backend, device)
+        # The op checks a CPU order's values itself; one that moves to the device is checked here.
+        order = _checked_order(order, len(vectors), device, generator, values=device.type != "cpu")
+        order_checked = True
+        result = _entry("pcgrad_", first, out, vectors, order, reduction, eps, name)
+        if result is not NotImplemented:
+            return PCGradStats(*result)
     shards, _ = _flatten(vectors)
     outs = out if type(out) in _LISTS else _as_vector(out, "out")
     device = _device(shards[0])
     name = _backend.resolve(backend, device)
-    # The op checks a CPU order's values itself; one that moves to the device is checked here.
-    order = _checked_order(order, len(vectors), device, generator, values=device.type != "cpu")
+    if not order_checked:  # (drawn once: a random order is not drawn again here)
+        order = _checked_order(order, len(vectors), device, generator, values=device.type != "cpu")
     args = (outs, shards, len(vectors), order, reduction, eps, name)
     return PCGradStats(*_call("pcgrad_", *args, vectors=[outs, *vectors], names=_out_and_vectors))
 

@@ -54,7 +54,45 @@ bool reachable(int64_t diff, const std::vector<Step>& steps, const std::vector<i
   return false;
 }
 
+// Sorts spans by address: gradients mostly sit in allocation order, ascending or descending.
+void sort_spans(std::vector<Span>& spans) {
+  const auto by_address = [](const Span& a, const Span& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.index < b.index;
+  };
+  if (std::is_sorted(spans.begin(), spans.end(), by_address)) return;
+  std::reverse(spans.begin(), spans.end());
+  if (!std::is_sorted(spans.begin(), spans.end(), by_address)) std::sort(spans.begin(), spans.end(), by_address);
+}
+
 }  // namespace
+
+std::vector<int64_t> find_flat_overlap(const Records& outs, const Records& inputs, int64_t n) {
+  std::vector<Span> out_spans;
+  out_spans.reserve(outs.size());
+  for (size_t i = 0; i < outs.size(); ++i) {
+    const Record& r = outs[i];
+    const auto begin = reinterpret_cast<uintptr_t>(r.data);
+    const auto bytes = static_cast<uintptr_t>(r.numel) * c10::elementSize(r.dtype);
+    if (r.numel > 0) out_spans.push_back({begin, begin + bytes, true, static_cast<int64_t>(i)});
+  }
+  sort_spans(out_spans);
+  for (size_t o = 1; o < out_spans.size(); ++o) {
+    if (out_spans[o].begin < out_spans[o - 1].end) return {1, out_spans[o].index, out_spans[o - 1].index, 1};
+  }
+  // Disjoint outputs in address order also end in order: a binary search finds the first candidate.
+  for (size_t s = 0; s < inputs.size(); ++s) {
+    const Record& in = inputs[s];
+    if (in.numel == 0) continue;
+    const auto begin = reinterpret_cast<uintptr_t>(in.data);
+    const uintptr_t end = begin + static_cast<uintptr_t>(in.numel) * c10::elementSize(in.dtype);
+    auto o = std::partition_point(out_spans.begin(), out_spans.end(), [&](const Span& x) { return x.end <= begin; });
+    for (; o != out_spans.end() && o->begin < end; ++o) {
+      const bool same_place = o->index == static_cast<int64_t>(s) % n && outs[o->index].data == in.data;
+      if (!same_place) return {1, o->index, static_cast<int64_t>(s), 0};
+    }
+  }
+  return {};
+}
 
 bool share_element(const at::Tensor& a, const at::Tensor& b) {
   if (a.element_size() != b.element_size() || a.dim() != b.dim() || a.strides() != b.strides()) return true;

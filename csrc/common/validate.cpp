@@ -35,7 +35,6 @@ const char* const kNotDifferentiable =
     " requires grad; in-place fastunlearn ops are not differentiable (pass .grad tensors or detached copies, or "
     "call under torch.no_grad())";
 
-bool is_subclass(const at::Tensor& t) { return t.key_set().has(c10::DispatchKey::Python); }
 
 }  // namespace
 
@@ -59,69 +58,61 @@ std::string python_name(at::ScalarType dtype) {
   }
 }
 
-int64_t check_vectors(at::TensorList shards, int64_t k, const VectorNames& name) {
+int64_t check_vectors(const Records& shards, int64_t k, const VectorNames& name) {
   TORCH_CHECK_VALUE(k > 0, "vectors is empty: at least one vector is needed");
   TORCH_CHECK_VALUE(shards.size() % k == 0, "fastunlearn: ", shards.size(), " shards do not split into ", k,
                     " vectors");
   const int64_t n = static_cast<int64_t>(shards.size()) / k;
   TORCH_CHECK_VALUE(n > 0, name(0), " has no shards");
-  const at::Device device = shards[0].device();
+  const at::TensorList t = shards.tensors();
+  const at::Device device = shards[0].device;
   for (int64_t s = 0; s < static_cast<int64_t>(shards.size()); ++s) {
-    const at::Tensor& t = shards[s];
+    const Record& r = shards[s];
     const int64_t v = s / n, i = s % n;
-    TORCH_CHECK_TYPE(t.layout() == at::kStrided, name(v), " shard ", i, " has layout ", layout_name(t.layout()),
+    TORCH_CHECK_TYPE(r.layout == at::kStrided, name(v), " shard ", i, " has layout ", layout_name(r.layout),
                      "; fastunlearn ops take dense (strided) tensors");
-    TORCH_CHECK_TYPE(supported_dtype(t.scalar_type()), name(v), " shard ", i, " has dtype ",
-                     python_name(t.scalar_type()), "; fastunlearn ops take floating-point tensors");
-    TORCH_CHECK_VALUE(t.device() == device, name(v), " shard ", i, " is on ", t.device(), " but ", name(0),
+    TORCH_CHECK_TYPE(supported_dtype(r.dtype), name(v), " shard ", i, " has dtype ", python_name(r.dtype),
+                     "; fastunlearn ops take floating-point tensors");
+    TORCH_CHECK_VALUE(r.device == device, name(v), " shard ", i, " is on ", r.device, " but ", name(0),
                       " shard 0 is on ", device);
     if (v == 0) continue;
-    const at::Tensor& ref = shards[i];
-    TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), name(v), " shard ", i, " has dtype ",
-                     python_name(t.scalar_type()), " but ", name(0), " shard ", i, " has ",
-                     python_name(ref.scalar_type()));
-    TORCH_CHECK_VALUE(t.sizes() == ref.sizes(), name(v), " shard ", i, " has shape ", shape_of(t), " but ", name(0),
-                      " shard ", i, " has ", shape_of(ref));
+    TORCH_CHECK_TYPE(r.dtype == shards[i].dtype, name(v), " shard ", i, " has dtype ", python_name(r.dtype), " but ",
+                     name(0), " shard ", i, " has ", python_name(shards[i].dtype));
+    TORCH_CHECK_VALUE(shards.same_shape(s, shards, i), name(v), " shard ", i, " has shape ", shape_of(t[s]), " but ",
+                      name(0), " shard ", i, " has ", shape_of(t[i]));
   }
   return n;
 }
 
-void check_outputs_match(at::TensorList outs, at::TensorList first, const char* what, const std::string& first_name) {
-  TORCH_CHECK_VALUE(outs.size() == first.size(), what, " has ", outs.size(), " shards but ", first_name, " has ",
-                    first.size());
+void check_outputs_match(const Records& outs, const Records& shards, const char* what, const std::string& first_name) {
+  const at::TensorList o = outs.tensors(), t = shards.tensors();
   for (size_t i = 0; i < outs.size(); ++i) {
-    const at::Tensor& t = outs[i];
-    TORCH_CHECK_TYPE(t.layout() == at::kStrided, what, " shard ", i, " has layout ", layout_name(t.layout()),
+    const Record& r = outs[i];
+    TORCH_CHECK_TYPE(r.layout == at::kStrided, what, " shard ", i, " has layout ", layout_name(r.layout),
                      "; fastunlearn ops take dense (strided) tensors");
-    TORCH_CHECK_VALUE(t.device() == first[i].device(), what, " shard ", i, " is on ", t.device(), " but ",
-                      first_name, " shard ", i, " is on ", first[i].device());
-    TORCH_CHECK_TYPE(t.scalar_type() == first[i].scalar_type(), what, " shard ", i, " has dtype ",
-                     python_name(t.scalar_type()), " but ", first_name, " shard ", i, " has ",
-                     python_name(first[i].scalar_type()));
-    TORCH_CHECK_VALUE(t.sizes() == first[i].sizes(), what, " shard ", i, " has shape ", shape_of(t), " but ",
-                      first_name, " shard ", i, " has ", shape_of(first[i]));
+    TORCH_CHECK_VALUE(r.device == shards[i].device, what, " shard ", i, " is on ", r.device, " but ", first_name,
+                      " shard ", i, " is on ", shards[i].device);
+    TORCH_CHECK_TYPE(r.dtype == shards[i].dtype, what, " shard ", i, " has dtype ", python_name(r.dtype), " but ",
+                     first_name, " shard ", i, " has ", python_name(shards[i].dtype));
+    TORCH_CHECK_VALUE(outs.same_shape(i, shards, i), what, " shard ", i, " has shape ", shape_of(o[i]), " but ",
+                      first_name, " shard ", i, " has ", shape_of(t[i]));
   }
 }
 
-void check_writable(at::TensorList outs, const char* what) {
-  if (!c10::InferenceMode::is_enabled()) {
-    for (size_t i = 0; i < outs.size(); ++i) {
-      TORCH_CHECK_VALUE(!outs[i].is_inference(), what, " shard ", i,
-                        " is an inference tensor, which may only be updated in place inside torch.inference_mode() "
-                        "(clone it first to get a normal tensor)");
-    }
-  }
-  if (at::GradMode::is_enabled()) {
-    for (size_t i = 0; i < outs.size(); ++i) {
-      TORCH_CHECK_VALUE(!outs[i].requires_grad(), what, " shard ", i, kNotDifferentiable);
-    }
+void check_writable(const Records& outs, const char* what) {
+  const bool inference_mode = c10::InferenceMode::is_enabled(), grad_mode = at::GradMode::is_enabled();
+  for (size_t i = 0; i < outs.size(); ++i) {
+    TORCH_CHECK_VALUE(inference_mode || !outs[i].inference, what, " shard ", i,
+                      " is an inference tensor, which may only be updated in place inside torch.inference_mode() "
+                      "(clone it first to get a normal tensor)");
+    TORCH_CHECK_VALUE(!grad_mode || !outs[i].requires_grad, what, " shard ", i, kNotDifferentiable);
   }
 }
 
-void check_not_differentiated(at::TensorList shards, int64_t n, const VectorNames& name) {
+void check_not_differentiated(const Records& shards, size_t begin, int64_t n, const VectorNames& name) {
   if (!at::GradMode::is_enabled()) return;
-  for (size_t s = 0; s < shards.size(); ++s) {
-    TORCH_CHECK_VALUE(!shards[s].requires_grad(), name(s / n), " shard ", s % n, kNotDifferentiable);
+  for (size_t s = begin; s < shards.size(); ++s) {
+    TORCH_CHECK_VALUE(!shards[s].requires_grad, name(s / n), " shard ", s % n, kNotDifferentiable);
   }
 }
 
@@ -137,9 +128,11 @@ void check_weights(const at::Tensor& weights, int64_t k, const at::Device& devic
                     "torch.no_grad())");
 }
 
-void check_overlaps(at::TensorList outs, at::TensorList inputs, int64_t n, const char* what,
+
+void check_overlaps(const Records& outs, const Records& inputs, int64_t n, const char* what,
                     const VectorNames& input_name) {
-  const std::vector<int64_t> found = find_overlap(outs, inputs, n);
+  const std::vector<int64_t> found = outs.flat() && inputs.flat() ? find_flat_overlap(outs, inputs, n)
+                                                                  : find_overlap(outs.tensors(), inputs.tensors(), n);
   if (found.empty()) return;
   TORCH_CHECK_VALUE(found[0] != 0, what, " shard ", found[1],
                     " has elements that share memory (e.g. an expand()ed view)");
@@ -151,16 +144,6 @@ void check_overlaps(at::TensorList outs, at::TensorList inputs, int64_t n, const
   TORCH_CHECK_VALUE(false, what, " shard ", found[1] % n, " overlaps ", input_name(found[2] / n), " shard ",
                     found[2] % n,
                     " in memory; an output may only be the very same tensor as the input at its own shard index");
-}
-
-void check_no_mixed_subclass(at::TensorList shards, int64_t n, const VectorNames& name) {
-  if (shards.empty()) return;
-  const bool first = is_subclass(shards[0]);
-  for (size_t s = 1; s < shards.size(); ++s) {
-    TORCH_CHECK_TYPE(is_subclass(shards[s]) == first, name(s / n), " shard ", s % n, " is ",
-                     first ? "a plain tensor among tensor subclasses" : "a tensor subclass (e.g. a DTensor) among plain tensors",
-                     "; pass every shard as a DTensor or as a local tensor");
-  }
 }
 
 }  // namespace fastunlearn

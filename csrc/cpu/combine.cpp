@@ -128,8 +128,8 @@ CombineChunkFn combine_chunk_for(at::ScalarType dtype) {
 
 }  // namespace
 
-void combine_cpu(at::TensorList outs, const at::Tensor& weights, at::TensorList shards,
-                 int64_t num_vectors) {
+void combine_cpu(at::TensorList outs, const at::Tensor& weights, at::TensorList shards, int64_t num_vectors,
+                 const Records* out_records, const Records* records) {
   const int64_t k = num_vectors;
   TORCH_CHECK_VALUE(k > 0 && shards.size() % k == 0, "fastunlearn: ", shards.size(),
                     " shards do not split into ", k, " vectors");
@@ -142,11 +142,6 @@ void combine_cpu(at::TensorList outs, const at::Tensor& weights, at::TensorList 
                     "fastunlearn: weights must have shape (", num_outs, ", ", k, "), got ",
                     weights.sizes());
 
-  // Each shard index is computed in the layout of its first output (if dense); outputs that are
-  // not in it are computed into a temporary and copied back after the pass.
-  const Layouts layouts = layouts_of(outs.slice(0, n));
-  OutputPointers out = output_pointers(outs, n, layouts);
-  const InputPointers in = input_pointers(shards, n, layouts);
   // The few weights are read on the host directly: a converted copy would cost an allocation and a
   // kernel, which on short lists is a visible share of the call.
   std::vector<double> w(num_outs * k);
@@ -157,6 +152,22 @@ void combine_cpu(at::TensorList outs, const at::Tensor& weights, at::TensorList 
     }
   });
 
+  if (out_records != nullptr && records != nullptr && out_records->flat() && records->flat()) {
+    std::vector<void*> out_ptrs(outs.size());
+    std::vector<const void*> in_ptrs(shards.size());
+    ChunkPlan plan;
+    plan.offsets.reserve(n + 1);
+    plan.offsets.push_back(0);
+    for (size_t s = 0; s < outs.size(); ++s) out_ptrs[s] = const_cast<void*>((*out_records)[s].data);
+    for (size_t s = 0; s < shards.size(); ++s) in_ptrs[s] = (*records)[s].data;
+    for (int64_t i = 0; i < n; ++i) plan.offsets.push_back(plan.offsets.back() + (*records)[i].numel);
+    return combine_pointers(out_ptrs.data(), num_outs, in_ptrs.data(), plan, k, w.data(), (*records)[0].dtype);
+  }
+  // Each shard index is computed in the layout of its first output (if dense); outputs that are
+  // not in it are computed into a temporary and copied back after the pass.
+  const Layouts layouts = layouts_of(outs.slice(0, n));
+  OutputPointers out = output_pointers(outs, n, layouts);
+  const InputPointers in = input_pointers(shards, n, layouts);
   combine_pointers(out.ptrs.data(), num_outs, in.ptrs.data(), plan_chunks(outs.slice(0, n)), k, w.data(),
                    shards[0].scalar_type());
   out.finish();

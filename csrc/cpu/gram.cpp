@@ -250,7 +250,7 @@ GramChunkFn gram_chunk_for(at::ScalarType dtype) {
 
 }  // namespace
 
-at::Tensor gram_cpu(at::TensorList shards, int64_t num_vectors) {
+at::Tensor gram_cpu(at::TensorList shards, int64_t num_vectors, const Records* records) {
   TORCH_CHECK_VALUE(num_vectors > 0 && shards.size() % num_vectors == 0,
                     "fastunlearn: ", shards.size(), " shards do not split into ", num_vectors,
                     " vectors");
@@ -259,6 +259,15 @@ at::Tensor gram_cpu(at::TensorList shards, int64_t num_vectors) {
   const at::ScalarType acc_dtype =
       accumulation_dtype(n > 0 ? shards[0].scalar_type() : at::kFloat);
   if (n == 0) return at::zeros({k, k}, at::TensorOptions().dtype(acc_dtype));
+  if (records != nullptr && records->flat()) {
+    std::vector<const void*> ptrs(shards.size());
+    ChunkPlan plan;
+    plan.offsets.reserve(n + 1);
+    plan.offsets.push_back(0);
+    for (size_t s = 0; s < shards.size(); ++s) ptrs[s] = (*records)[s].data;
+    for (int64_t i = 0; i < n; ++i) plan.offsets.push_back(plan.offsets.back() + (*records)[i].numel);
+    return gram_pointers(ptrs.data(), plan, k, (*records)[0].dtype).to(acc_dtype);
+  }
 
   const Layouts layouts = layouts_of(shards.slice(0, n));
   const InputPointers in = input_pointers(shards, n, layouts);

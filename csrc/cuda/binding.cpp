@@ -304,7 +304,11 @@ void adamw_step_cuda(at::TensorList params, at::TensorList exp_avgs, at::TensorL
 }  // namespace cuda
 
 NativeKernels cuda_kernels() {
-  return {&cuda::gram_cuda, &cuda::combine_cuda, &cuda::sgd_step_cuda, &cuda::adamw_step_cuda, &cuda::aggregate_cuda};
+  // The CUDA binding builds its tables from the tensors; the records the checks read are not needed.
+  const auto gram = [](at::TensorList shards, int64_t k, const Records*) { return cuda::gram_cuda(shards, k); };
+  const auto combine = [](at::TensorList outs, const at::Tensor& weights, at::TensorList shards, int64_t k,
+                          const Records*, const Records*) { cuda::combine_cuda(outs, weights, shards, k); };
+  return {gram, combine, &cuda::sgd_step_cuda, &cuda::adamw_step_cuda, &cuda::aggregate_cuda};
 }
 
 }  // namespace fastunlearn

@@ -1,0 +1,281 @@
+// The Python entry points of the ops: fastunlearn/ops.py calls them for eager calls on lists of
+// plain tensors. Each takes the nested lists as they are, borrows their tensors (no reference
+// counting: the call holds the lists' items) and calls the op through the dispatcher with a typed
+// handle, so a list of 20,000 shards is never boxed into IValues, copied, or counted twice. The op
+// itself -- its checks, kernels and every dispatch key -- is the one torch.ops.fastunlearn.<op>
+// runs. Anything these entry points do not take (other containers, vectors of unequal length,
+// items that are not tensors) returns NotImplemented, and ops.py calls torch.ops.fastunlearn.<op>,
+// whose checks word the error.
+#include <Python.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/Dtype.h>
+#include <torch/csrc/Exceptions.h>
+#include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/utils/object_ptr.h>
+#include <torch/csrc/utils/pybind.h>
+
+#include <optional>
+#include <vector>
+
+#include "python_hooks.h"
+
+namespace fastunlearn {
+namespace {
+
+using at::Tensor;
+using at::TensorList;
+
+// Separately allocated gradients keep each tensor's metadata on its own heap page; the dispatcher
+// then reads each tensor's key set in turn, so the borrowing loop prefetches them ahead.
+constexpr Py_ssize_t kPrefetchObjects = 24, kPrefetchImpls = 12;
+
+// Tensors of Python lists, borrowed: a strong reference to each item keeps it alive (also while the
+// GIL is released), and no TensorImpl's reference count is touched.
+class Borrowed {
+ public:
+  Borrowed() = default;
+  Borrowed(const Borrowed&) = delete;
+  Borrowed& operator=(const Borrowed&) = delete;
+  ~Borrowed() {
+    for (Tensor& t : tensors_) t.unsafeReleaseTensorImpl();
+    for (PyObject* item : objects_) Py_DECREF(item);
+  }
+
+  // Appends the items of a list or tuple of tensors; false (nothing appended) if it is not one.
+  bool add(PyObject* sequence) {
+    if (!PyList_CheckExact(sequence) && !PyTuple_CheckExact(sequence)) return false;
+    PyObject* const* items = PySequence_Fast_ITEMS(sequence);
+    const Py_ssize_t size = PySequence_Fast_GET_SIZE(sequence);
+    auto* tensor_type = reinterpret_cast<PyTypeObject*>(THPVariableClass);
+    for (Py_ssize_t i = 0; i < size; ++i) {  // a type check that runs no Python code
+      if (!PyObject_TypeCheck(items[i], tensor_type)) return false;
+    }
+    objects_.reserve(objects_.size() + size);
+    tensors_.reserve(tensors_.size() + size);
+    for (Py_ssize_t i = 0; i < size; ++i) {
+      if (i + kPrefetchObjects < size) __builtin_prefetch(items[i + kPrefetchObjects]);
+      if (i + kPrefetchImpls < size) {
+        __builtin_prefetch(THPVariable_Unpack(items[i + kPrefetchImpls]).unsafeGetTensorImpl());
+      }
+      Py_INCREF(items[i]);
+      objects_.push_back(items[i]);
+      c10::TensorImpl* impl = THPVariable_Unpack(items[i]).unsafeGetTensorImpl();
+      tensors_.emplace_back(c10::intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>::reclaim(impl));
+    }
+    return true;
+  }
+
+  // The tensors of K vectors (a list or tuple of K lists or tuples of n >= 1 tensors each): n, or 0.
+  int64_t add_vectors(PyObject* vectors, int64_t* k) {
+    if (!PyList_CheckExact(vectors) && !PyTuple_CheckExact(vectors)) return 0;
+    const Py_ssize_t count = PySequence_Fast_GET_SIZE(vectors);
+    PyObject* const* items = PySequence_Fast_ITEMS(vectors);
+    if (count == 0) return 0;
+    size_t n = 0;
+    for (Py_ssize_t v = 0; v < count; ++v) {
+      const size_t before = tensors_.size();
+      if (!add(items[v])) return 0;
+      const size_t added = tensors_.size() - before;
+      if (v == 0) n = added;
+      if (added != n || n == 0) return 0;
+    }
+    *k = count;
+    return static_cast<int64_t>(n);
+  }
+
+  TensorList tensors() const { return tensors_; }
+  TensorList slice(size_t begin, size_t end) const { return TensorList(tensors_).slice(begin, end - begin); }
+
+ private:
+  std::vector<PyObject*> objects_;
+  std::vector<Tensor> tensors_;
+};
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+c10::string_view text(PyObject* obj) {
+  Py_ssize_t size = 0;
+  const char* data = PyUnicode_AsUTF8AndSize(obj, &size);
+  if (data == nullptr) throw python_error();
+  return {data, static_cast<size_t>(size)};
+}
+
+const Tensor& tensor(PyObject* obj, const char* what) {
+  TORCH_CHECK_TYPE(THPVariable_Check(obj), what, " must be a Tensor");
+  return THPVariable_Unpack(obj);
+}
+
+std::optional<Tensor> optional_tensor(PyObject* obj, const char* what) {
+  if (obj == Py_None) return std::nullopt;
+  return tensor(obj, what);
+}
+
+double number(PyObject* obj) {
+  const double value = PyFloat_AsDouble(obj);
+  if (value == -1.0 && PyErr_Occurred()) throw python_error();
+  return value;
+}
+
+PyObject* wrap(std::tuple<Tensor, Tensor> pair) {
+  THPObjectPtr first(THPVariable_Wrap(std::get<0>(pair)));
+  THPObjectPtr second(THPVariable_Wrap(std::get<1>(pair)));
+  if (!first || !second) return nullptr;
+  return PyTuple_Pack(2, first.get(), second.get());
+}
+
+// gram(vectors, dtype, backend) -> Tensor
+PyObject* gram(PyObject*, PyObject* args) {
+  HANDLE_TH_ERRORS
+  PyObject *vectors = nullptr, *dtype_obj = nullptr, *backend = nullptr;
+  if (!PyArg_ParseTuple(args, "OOU", &vectors, &dtype_obj, &backend)) return nullptr;
+  Borrowed shards;
+  int64_t k = 0;
+  if (shards.add_vectors(vectors, &k) == 0) Py_RETURN_NOTIMPLEMENTED;
+  std::optional<at::ScalarType> dtype;
+  if (dtype_obj != Py_None) {
+    TORCH_CHECK_TYPE(THPDtype_Check(dtype_obj), "dtype must be a torch.dtype");
+    dtype = reinterpret_cast<THPDtype*>(dtype_obj)->scalar_type;
+  }
+  static const auto call = op<Tensor(TensorList, int64_t, std::optional<at::ScalarType>, c10::string_view)>(
+      "fastunlearn::gram");
+  const c10::string_view name = text(backend);
+  Tensor result;
+  {
+    pybind11::gil_scoped_release no_gil;
+    result = call.call(shards.tensors(), k, dtype, name);
+  }
+  return THPVariable_Wrap(std::move(result));
+  END_HANDLE_TH_ERRORS
+}
+
+// combine_(out, weights, vectors, backend) -> None
+PyObject* combine_(PyObject*, PyObject* args) {
+  HANDLE_TH_ERRORS
+  PyObject *out_obj = nullptr, *weights = nullptr, *vectors = nullptr, *backend = nullptr;
+  if (!PyArg_ParseTuple(args, "OOOU", &out_obj, &weights, &vectors, &backend)) return nullptr;
+  Borrowed shards, out;
+  int64_t k = 0;
+  if (shards.add_vectors(vectors, &k) == 0 || !out.add(out_obj) || !THPVariable_Check(weights)) {
+    Py_RETURN_NOTIMPLEMENTED;
+  }
+  static const auto call = op<void(TensorList, const Tensor&, TensorList, int64_t, c10::string_view)>(
+      "fastunlearn::combine_");
+  const c10::string_view name = text(backend);
+  {
+    pybind11::gil_scoped_release no_gil;
+    call.call(out.tensors(), THPVariable_Unpack(weights), shards.tensors(), k, name);
+  }
+  Py_RETURN_NONE;
+  END_HANDLE_TH_ERRORS
+}
+
+// project_(g, r, mode, eps, backend) -> Tensor (the stats)
+PyObject* project_(PyObject*, PyObject* args) {
+  HANDLE_TH_ERRORS
+  PyObject *g_obj = nullptr, *r_obj = nullptr, *mode = nullptr, *eps = nullptr, *backend = nullptr;
+  if (!PyArg_ParseTuple(args, "OOUOU", &g_obj, &r_obj, &mode, &eps, &backend)) return nullptr;
+  Borrowed g, r;
+  if (!g.add(g_obj) || !r.add(r_obj) || g.tensors().empty() || g.tensors().size() != r.tensors().size()) {
+    Py_RETURN_NOTIMPLEMENTED;
+  }
+  static const auto call = op<Tensor(TensorList, TensorList, c10::string_view, double, c10::string_view)>(
+      "fastunlearn::project_");
+  const c10::string_view when = text(mode), name = text(backend);
+  const double epsilon = number(eps);
+  Tensor stats;
+  {
+    pybind11::gil_scoped_release no_gil;
+    stats = call.call(g.tensors(), r.tensors(), when, epsilon, name);
+  }
+  return THPVariable_Wrap(std::move(stats));
+  END_HANDLE_TH_ERRORS
+}
+
+// project_normal_(g, directions, eps, backend) -> Tensor (alpha)
+PyObject* project_normal_(PyObject*, PyObject* args) {
+  HANDLE_TH_ERRORS
+  PyObject *g_obj = nullptr, *directions = nullptr, *eps = nullptr, *backend = nullptr;
+  if (!PyArg_ParseTuple(args, "OOOU", &g_obj, &directions, &eps, &backend)) return nullptr;
+  Borrowed g, rest;
+  int64_t m = 0;
+  const int64_t n = rest.add_vectors(directions, &m);
+  if (n == 0 || !g.add(g_obj) || static_cast<int64_t>(g.tensors().size()) != n) Py_RETURN_NOTIMPLEMENTED;
+  static const auto call = op<Tensor(TensorList, TensorList, int64_t, double, c10::string_view)>(
+      "fastunlearn::project_normal_");
+  const c10::string_view name = text(backend);
+  const double epsilon = number(eps);
+  Tensor alpha;
+  {
+    pybind11::gil_scoped_release no_gil;
+    alpha = call.call(g.tensors(), rest.tensors(), m, epsilon, name);
+  }
+  return THPVariable_Wrap(std::move(alpha));
+  END_HANDLE_TH_ERRORS
+}
+
+// pcgrad_(out, vectors, order, reduction, eps, backend) -> (gram, weights)
+PyObject* pcgrad_(PyObject*, PyObject* args) {
+  HANDLE_TH_ERRORS
+  PyObject *out_obj = nullptr, *vectors = nullptr, *order = nullptr, *reduction = nullptr, *eps = nullptr,
+           *backend = nullptr;
+  if (!PyArg_ParseTuple(args, "OOOUOU", &out_obj, &vectors, &order, &reduction, &eps, &backend)) return nullptr;
+  Borrowed shards, out;
+  int64_t k = 0;
+  if (shards.add_vectors(vectors, &k) == 0 || !out.add(out_obj)) Py_RETURN_NOTIMPLEMENTED;
+  static const auto call =
+      op<std::tuple<Tensor, Tensor>(TensorList, TensorList, int64_t, const Tensor&, c10::string_view, double,
+                                    c10::string_view)>("fastunlearn::pcgrad_");
+  const Tensor& order_tensor = tensor(order, "order");
+  const c10::string_view how = text(reduction), name = text(backend);
+  const double epsilon = number(eps);
+  std::tuple<Tensor, Tensor> result;
+  {
+    pybind11::gil_scoped_release no_gil;
+    result = call.call(out.tensors(), shards.tensors(), k, order_tensor, how, epsilon, name);
+  }
+  return wrap(std::move(result));
+  END_HANDLE_TH_ERRORS
+}
+
+// aggregate_(out, vectors, weighting, eps, order, backend) -> (gram, weights)
+PyObject* aggregate_(PyObject*, PyObject* args) {
+  HANDLE_TH_ERRORS
+  PyObject *out_obj = nullptr, *vectors = nullptr, *weighting = nullptr, *eps = nullptr, *order = nullptr,
+           *backend = nullptr;
+  if (!PyArg_ParseTuple(args, "OOUOOU", &out_obj, &vectors, &weighting, &eps, &order, &backend)) return nullptr;
+  Borrowed shards, out;
+  int64_t k = 0;
+  if (shards.add_vectors(vectors, &k) == 0 || !out.add(out_obj)) Py_RETURN_NOTIMPLEMENTED;
+  static const auto call =
+      op<std::tuple<Tensor, Tensor>(TensorList, TensorList, int64_t, c10::string_view, double,
+                                    const std::optional<Tensor>&, c10::string_view)>("fastunlearn::aggregate_");
+  const std::optional<Tensor> order_tensor = optional_tensor(order, "order");
+  const c10::string_view kind = text(weighting), name = text(backend);
+  const double epsilon = number(eps);
+  std::tuple<Tensor, Tensor> result;
+  {
+    pybind11::gil_scoped_release no_gil;
+    result = call.call(out.tensors(), shards.tensors(), k, kind, epsilon, order_tensor, name);
+  }
+  return wrap(std::move(result));
+  END_HANDLE_TH_ERRORS
+}
+
+PyMethodDef methods[] = {
+    {"gram", gram, METH_VARARGS, "torch.ops.fastunlearn.gram on nested lists of tensors."},
+    {"combine_", combine_, METH_VARARGS, "torch.ops.fastunlearn.combine_ on nested lists of tensors."},
+    {"project_", project_, METH_VARARGS, "torch.ops.fastunlearn.project_ on lists of tensors."},
+    {"project_normal_", project_normal_, METH_VARARGS, "torch.ops.fastunlearn.project_normal_ on lists of tensors."},
+    {"pcgrad_", pcgrad_, METH_VARARGS, "torch.ops.fastunlearn.pcgrad_ on nested lists of tensors."},
+    {"aggregate_", aggregate_, METH_VARARGS, "torch.ops.fastunlearn.aggregate_ on nested lists of tensors."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+}  // namespace
+
+PyMethodDef* entry_methods() { return methods; }
+
+}  // namespace fastunlearn
