@@ -77,7 +77,8 @@ def launches(fn: Callable[[], object]) -> int:
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize()
-    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return sum(1 for e in kernels if not e.name.startswith(("Memcpy", "Memset")))  # kernels, not copies
 
 
 def main() -> None:

@@ -8,6 +8,8 @@
 // whose checks word the error.
 #include <Python.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/record_function.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/Dtype.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
@@ -15,8 +17,10 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include <optional>
+#include <utility>
 #include <vector>
 
+#include "common/records.h"
 #include "python_hooks.h"
 
 namespace fastunlearn {
@@ -25,9 +29,9 @@ namespace {
 using at::Tensor;
 using at::TensorList;
 
-// Separately allocated gradients keep each tensor's metadata on its own heap page; the dispatcher
-// then reads each tensor's key set in turn, so the borrowing loop prefetches them ahead.
-constexpr Py_ssize_t kPrefetchObjects = 24, kPrefetchImpls = 12;
+// The Python objects of a long list are visited in order: prefetched ahead. (Their tensors' metadata
+// is read once, by the records, on the intra-op threads.)
+constexpr Py_ssize_t kPrefetchObjects = 24;
 
 // Tensors of Python lists, borrowed: a strong reference to each item keeps it alive (also while the
 // GIL is released), and no TensorImpl's reference count is touched.
@@ -54,9 +58,6 @@ class Borrowed {
     tensors_.reserve(tensors_.size() + size);
     for (Py_ssize_t i = 0; i < size; ++i) {
       if (i + kPrefetchObjects < size) __builtin_prefetch(items[i + kPrefetchObjects]);
-      if (i + kPrefetchImpls < size) {
-        __builtin_prefetch(THPVariable_Unpack(items[i + kPrefetchImpls]).unsafeGetTensorImpl());
-      }
       Py_INCREF(items[i]);
       objects_.push_back(items[i]);
       c10::TensorImpl* impl = THPVariable_Unpack(items[i]).unsafeGetTensorImpl();
@@ -84,12 +85,56 @@ class Borrowed {
   }
 
   TensorList tensors() const { return tensors_; }
-  TensorList slice(size_t begin, size_t end) const { return TensorList(tensors_).slice(begin, end - begin); }
 
  private:
   std::vector<PyObject*> objects_;
   std::vector<Tensor> tensors_;
 };
+
+// The key set the dispatcher would compute for this call, where it is one of the plain ones: CPU or
+// CUDA tensors, with autograd or without (inference mode), no tensor subclass, mode or functorch
+// layer, and no RecordFunction callback (profilers record an op where it is called, not where it
+// is redispatched). Then the entry point redispatches with it, from the records it has read (which
+// the kernels then share), and nobody reads every tensor's key set again; anything else takes the
+// ordinary call.
+std::optional<c10::DispatchKeySet> plain_keys(c10::DispatchKeySet tensors) {
+  using c10::DispatchKey;
+  using c10::DispatchKeySet;
+  if (at::hasCallbacks()) return std::nullopt;
+  const c10::impl::LocalDispatchKeySet local = c10::impl::tls_local_dispatch_key_set();
+  // What the dispatcher skips for every op (fallthrough kernels) leaves the keys that run.
+  const DispatchKeySet fallthrough({DispatchKey::BackendSelect, DispatchKey::ADInplaceOrView});
+  const DispatchKeySet keys = ((tensors | local.included_) - local.excluded_) - fallthrough;
+  for (const auto& [backend, autograd] :
+       {std::pair{DispatchKey::CPU, DispatchKey::AutogradCPU}, std::pair{DispatchKey::CUDA, DispatchKey::AutogradCUDA}}) {
+    if (keys == DispatchKeySet(backend) || keys == DispatchKeySet({backend, autograd})) return keys;
+  }
+  return std::nullopt;
+}
+
+// Calls the op, redispatching with the plain key set where there is one.
+template <typename Return, typename... Args, typename... Given>
+Return dispatch(const c10::TypedOperatorHandle<Return(Args...)>& op, c10::DispatchKeySet tensors,
+                const Given&... args) {
+  if (const std::optional<c10::DispatchKeySet> keys = plain_keys(tensors)) return op.redispatch(*keys, args...);
+  return op.call(args...);
+}
+
+// Whether `out` is the first n tensors of `shards` (an update in place): then the kernels take the
+// outputs' records from the inputs', and they are not read twice.
+bool is_prefix(TensorList out, TensorList shards) {
+  if (out.size() > shards.size()) return false;
+  for (size_t i = 0; i < out.size(); ++i) {
+    if (!out[i].is_same(shards[i])) return false;
+  }
+  return true;
+}
+
+// The records of an update's outputs, unless they are the first vector's.
+std::optional<Records> output_records(const Borrowed& out, const Borrowed& shards) {
+  if (is_prefix(out.tensors(), shards.tensors())) return std::nullopt;
+  return std::optional<Records>(std::in_place, out.tensors());
+}
 
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> op(const char* name) {
@@ -145,7 +190,9 @@ PyObject* gram(PyObject*, PyObject* args) {
   Tensor result;
   {
     pybind11::gil_scoped_release no_gil;
-    result = call.call(shards.tensors(), k, dtype, name);
+    const Records records(shards.tensors());
+    const KnownRecords known({&records});
+    result = dispatch(call, records.keys(), shards.tensors(), k, dtype, name);
   }
   return THPVariable_Wrap(std::move(result));
   END_HANDLE_TH_ERRORS
@@ -166,7 +213,13 @@ PyObject* combine_(PyObject*, PyObject* args) {
   const c10::string_view name = text(backend);
   {
     pybind11::gil_scoped_release no_gil;
-    call.call(out.tensors(), THPVariable_Unpack(weights), shards.tensors(), k, name);
+    const Tensor& w = THPVariable_Unpack(weights);
+    const Records records(shards.tensors());
+    const std::optional<Records> out_records = output_records(out, shards);
+    const KnownRecords known({&records, out_records ? &*out_records : nullptr});
+    const c10::DispatchKeySet keys = records.keys() | (out_records ? out_records->keys() : c10::DispatchKeySet()) |
+                                     w.key_set();
+    dispatch(call, keys, out.tensors(), w, shards.tensors(), k, name);
   }
   Py_RETURN_NONE;
   END_HANDLE_TH_ERRORS
@@ -188,7 +241,9 @@ PyObject* project_(PyObject*, PyObject* args) {
   Tensor stats;
   {
     pybind11::gil_scoped_release no_gil;
-    stats = call.call(g.tensors(), r.tensors(), when, epsilon, name);
+    const Records records(g.tensors(), r.tensors());
+    const KnownRecords known({&records});
+    stats = dispatch(call, records.keys(), g.tensors(), r.tensors(), when, epsilon, name);
   }
   return THPVariable_Wrap(std::move(stats));
   END_HANDLE_TH_ERRORS
@@ -210,7 +265,9 @@ PyObject* project_normal_(PyObject*, PyObject* args) {
   Tensor alpha;
   {
     pybind11::gil_scoped_release no_gil;
-    alpha = call.call(g.tensors(), rest.tensors(), m, epsilon, name);
+    const Records records(g.tensors(), rest.tensors());
+    const KnownRecords known({&records});
+    alpha = dispatch(call, records.keys(), g.tensors(), rest.tensors(), m, epsilon, name);
   }
   return THPVariable_Wrap(std::move(alpha));
   END_HANDLE_TH_ERRORS
@@ -234,7 +291,12 @@ PyObject* pcgrad_(PyObject*, PyObject* args) {
   std::tuple<Tensor, Tensor> result;
   {
     pybind11::gil_scoped_release no_gil;
-    result = call.call(out.tensors(), shards.tensors(), k, order_tensor, how, epsilon, name);
+    const Records records(shards.tensors());
+    const std::optional<Records> out_records = output_records(out, shards);
+    const KnownRecords known({&records, out_records ? &*out_records : nullptr});
+    const c10::DispatchKeySet keys = records.keys() | (out_records ? out_records->keys() : c10::DispatchKeySet()) |
+                                     order_tensor.key_set();
+    result = dispatch(call, keys, out.tensors(), shards.tensors(), k, order_tensor, how, epsilon, name);
   }
   return wrap(std::move(result));
   END_HANDLE_TH_ERRORS
@@ -258,7 +320,12 @@ PyObject* aggregate_(PyObject*, PyObject* args) {
   std::tuple<Tensor, Tensor> result;
   {
     pybind11::gil_scoped_release no_gil;
-    result = call.call(out.tensors(), shards.tensors(), k, kind, epsilon, order_tensor, name);
+    const Records records(shards.tensors());
+    const std::optional<Records> out_records = output_records(out, shards);
+    const KnownRecords known({&records, out_records ? &*out_records : nullptr});
+    const c10::DispatchKeySet keys = records.keys() | (out_records ? out_records->keys() : c10::DispatchKeySet()) |
+                                     (order_tensor ? order_tensor->key_set() : c10::DispatchKeySet());
+    result = dispatch(call, keys, out.tensors(), shards.tensors(), k, kind, epsilon, order_tensor, name);
   }
   return wrap(std::move(result));
   END_HANDLE_TH_ERRORS

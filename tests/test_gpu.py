@@ -106,3 +106,46 @@ def test_vector_past_two_to_the_31_elements(backend):
     out = [torch.empty_like(a)]
     fu.combine_(out, torch.tensor([0.5], device="cuda"), [[a]], backend=backend)
     assert out[0][-1].item() == 1.0 and out[0][0].item() == 0.5
+
+
+def kernel_launches(fn) -> int:
+    """CUDA kernels one call launches (copies and memsets are not kernels), by torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return sum(1 for e in kernels if not e.name.startswith(("Memcpy", "Memset")))
+
+
+@pytest.mark.skipif(fu.backends()["cuda"] != "available", reason=fu.backends()["cuda"])
+def test_the_engine_runs_in_a_few_launches_on_the_cuda_backend():
+    # Gram partials, one finish block (the Gram and the weighting), the combine.
+    g, r, h = cuda(make_vectors([(256, 64), (1000,), (3,)], 3, torch.float32, seed=31))
+    assert kernel_launches(lambda: fu.project_(g, r, backend="cuda")) <= 3
+    order = fu.pcgrad_order(3, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    out = [torch.empty_like(s) for s in g]
+    assert kernel_launches(lambda: fu.pcgrad_(out, [g, r, h], order=order, backend="cuda")) <= 4
+    assert kernel_launches(lambda: fu.gram([g, r], backend="cuda")) <= 2
+
+
+@pytest.mark.parametrize("backend", gpu_backends())
+@pytest.mark.parametrize("weighting", ["always", "conflict", "span", "pcgrad"])
+def test_the_scalar_stage_on_the_device_matches_the_cpu(backend, weighting):
+    vectors = make_vectors([(300, 7), (33,)], 4 if weighting in ("span", "pcgrad") else 2, torch.float64, seed=32)
+    order = torch.tensor([[1, 0, 3, 2], [3, 2, 0, 1], [0, 1, 2, 3], [2, 3, 1, 0]])
+    make = {
+        "always": lambda dev: fu.Projection("always"),
+        "conflict": lambda dev: fu.Projection("conflict"),
+        "span": lambda dev: fu.SpanComplement(),
+        "pcgrad": lambda dev: fu.weighting.PCGrad(order.to(dev), "mean"),
+    }[weighting]
+    cpu_out, gpu_out = [torch.zeros_like(s) for s in vectors[0]], [torch.zeros_like(s).cuda() for s in vectors[0]]
+    cpu_gram, cpu_w = fu.aggregate_(cpu_out, vectors, make("cpu"))
+    gpu_gram, gpu_w = fu.aggregate_(gpu_out, cuda(vectors), make("cuda"), backend=backend)
+    torch.testing.assert_close(gpu_gram.cpu(), cpu_gram, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gpu_w.cpu(), cpu_w, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close([s.cpu() for s in gpu_out], cpu_out, rtol=1e-10, atol=1e-12)

@@ -19,6 +19,7 @@ struct Record {
   int64_t numel;
   int64_t dim;  // sizes inline up to kInlineDims; beyond, compared through the tensor
   std::array<int64_t, kInlineDims> sizes;
+  c10::DispatchKeySet keys;
   at::ScalarType dtype;
   at::Layout layout;
   at::Device device{at::kCPU};
@@ -29,6 +30,8 @@ struct Record {
   bool requires_grad, inference;
 };
 
+// The records of a list of tensors. A list whose records the ops' Python entry point has already
+// read for this call (KnownRecords) is not read again: its records are shared.
 class Records {
  public:
   explicit Records(at::TensorList tensors);
@@ -40,21 +43,39 @@ class Records {
   Records(Records&&) = default;
   Records(const Records&) = delete;
   Records& operator=(const Records&) = delete;
+  ~Records();
 
-  const Record& operator[](size_t i) const { return records_[i]; }
-  size_t size() const { return records_.size(); }
+  const Record& operator[](size_t i) const { return data_[i]; }
+  size_t size() const { return size_; }
   at::TensorList tensors() const { return tensors_; }
+  // The union of the tensors' dispatch key sets.
+  c10::DispatchKeySet keys() const;
   // Whether every record from `begin` on is contiguous, with memory, and no lazy clone.
   bool flat(size_t begin = 0) const;
   // Whether records i and j (of this list or `other`) have the same shape.
   bool same_shape(size_t i, const Records& other, size_t j) const;
 
  private:
+  friend class KnownRecords;
   void read(at::TensorList tensors, size_t offset);
+  void join(at::TensorList first, at::TensorList second);
 
-  std::vector<at::Tensor> joined_;
+  std::vector<Record> own_;
+  std::vector<at::Tensor> joined_;  // borrowed from the two lists: no reference counting
   at::TensorList tensors_;
-  std::vector<Record> records_;
+  at::TensorList first_, second_;  // the lists these records were read from (second_ empty: one list)
+  const Record* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// While alive, lets the op kernels of this thread share `records` (read by the Python entry point
+// of the call) instead of reading their lists again. Matched by the lists' identity.
+class KnownRecords {
+ public:
+  explicit KnownRecords(std::initializer_list<const Records*> records);
+  ~KnownRecords();
+  KnownRecords(const KnownRecords&) = delete;
+  KnownRecords& operator=(const KnownRecords&) = delete;
 };
 
 }  // namespace fastunlearn
