@@ -38,6 +38,20 @@ Record record_of(const at::Tensor& t) {
 // The records the Python entry point of this thread's current call has read.
 thread_local std::array<const Records*, kMaxKnown> known_records{};
 
+// Record buffers kept between calls: a fresh one per call would be a new allocation (for long lists
+// fresh pages, each a fault) and value-initialised. A buffer only grows.
+thread_local std::vector<std::vector<Record>> spare_buffers;
+
+std::vector<Record> buffer_for(size_t size) {
+  std::vector<Record> buffer;
+  if (!spare_buffers.empty()) {
+    buffer = std::move(spare_buffers.back());
+    spare_buffers.pop_back();
+  }
+  if (buffer.size() < size) buffer.resize(size);
+  return buffer;
+}
+
 bool same_list(at::TensorList a, at::TensorList b) { return a.data() == b.data() && a.size() == b.size(); }
 
 }  // namespace
@@ -49,9 +63,9 @@ Records::Records(at::TensorList tensors) : tensors_(tensors), first_(tensors) {
       return;
     }
   }
-  own_.resize(tensors.size());
+  own_ = buffer_for(tensors.size());
   read(tensors, 0);
-  data_ = own_.data(), size_ = own_.size();
+  data_ = own_.data(), size_ = tensors.size();
 }
 
 Records::Records(at::TensorList first, at::TensorList second) : first_(first), second_(second) {
@@ -61,10 +75,10 @@ Records::Records(at::TensorList first, at::TensorList second) : first_(first), s
       return;
     }
   }
-  own_.resize(first.size() + second.size());
+  own_ = buffer_for(first.size() + second.size());
   read(first, 0);
   read(second, first.size());
-  data_ = own_.data(), size_ = own_.size();
+  data_ = own_.data(), size_ = first.size() + second.size();
   join(first, second);
 }
 
@@ -86,6 +100,7 @@ void Records::join(at::TensorList first, at::TensorList second) {
 
 Records::~Records() {
   for (at::Tensor& t : joined_) t.unsafeReleaseTensorImpl();
+  if (own_.capacity() > 0 && spare_buffers.size() < kMaxKnown + 2) spare_buffers.push_back(std::move(own_));
 }
 
 void Records::read(at::TensorList tensors, size_t offset) {
