@@ -68,19 +68,6 @@ def host_seconds(fns: dict[str, Callable[[], object]], calls: int) -> dict[str, 
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def launches(fn: Callable[[], object]) -> int:
-    """Kernel launches of one call, counted by torch.profiler (CUDA only)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    return sum(1 for e in kernels if not e.name.startswith(("Memcpy", "Memset")))  # kernels, not copies
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--device", default="cpu")
@@ -114,7 +101,7 @@ def main() -> None:
         fns = cases(4, args.device)
         print("\nKernel launches per call (4 shards):")
         for name, fn in fns.items():
-            print(f"  {name}: {launches(fn)}")
+            print(f"  {name}: {fu.profile.count_kernel_launches(fn)}")
     print("\nBars (CPU): " + ("all hold" if not failed else "missed: " + "; ".join(failed)))
 
 

@@ -108,28 +108,15 @@ def test_vector_past_two_to_the_31_elements(backend):
     assert out[0][-1].item() == 1.0 and out[0][0].item() == 0.5
 
 
-def kernel_launches(fn) -> int:
-    """CUDA kernels one call launches (copies and memsets are not kernels), by torch.profiler."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    return sum(1 for e in kernels if not e.name.startswith(("Memcpy", "Memset")))
-
-
 @pytest.mark.skipif(fu.backends()["cuda"] != "available", reason=fu.backends()["cuda"])
 def test_the_engine_runs_in_a_few_launches_on_the_cuda_backend():
     # Gram partials, one finish block (the Gram and the weighting), the combine.
     g, r, h = cuda(make_vectors([(256, 64), (1000,), (3,)], 3, torch.float32, seed=31))
-    assert kernel_launches(lambda: fu.project_(g, r, backend="cuda")) <= 3
+    assert fu.profile.count_kernel_launches(lambda: fu.project_(g, r, backend="cuda")) <= 3
     order = fu.pcgrad_order(3, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
     out = [torch.empty_like(s) for s in g]
-    assert kernel_launches(lambda: fu.pcgrad_(out, [g, r, h], order=order, backend="cuda")) <= 4
-    assert kernel_launches(lambda: fu.gram([g, r], backend="cuda")) <= 2
+    assert fu.profile.count_kernel_launches(lambda: fu.pcgrad_(out, [g, r, h], order=order, backend="cuda")) <= 4
+    assert fu.profile.count_kernel_launches(lambda: fu.gram([g, r], backend="cuda")) <= 2
 
 
 @pytest.mark.parametrize("backend", gpu_backends())

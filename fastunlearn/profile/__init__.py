@@ -28,6 +28,7 @@ from fastunlearn.profile.measure import (
     RunStats,
     bandwidth_proxy_gbs,
     count_host_reads,
+    count_kernel_launches,
     profile_unlearning,
 )
 from fastunlearn.profile.report import main, print_report
@@ -58,6 +59,7 @@ __all__ = [
     "RunStats",
     "bandwidth_proxy_gbs",
     "count_host_reads",
+    "count_kernel_launches",
     "load_target",
     "main",
     "next_token_loss",

@@ -88,6 +88,20 @@ class ProfileReport:
         return asdict(self)
 
 
+def count_kernel_launches(fn: Callable[[], object]) -> int:
+    """CUDA kernels one call of ``fn`` launches (copies and memsets are not kernels), by
+    torch.profiler, after one warm-up call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return sum(1 for e in kernels if not e.name.startswith(("Memcpy", "Memset")))
+
+
 def _sync_for(device: torch.device) -> Callable[[], None] | None:
     return torch.cuda.synchronize if device.type == "cuda" else None
 
