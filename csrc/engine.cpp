@@ -125,6 +125,15 @@ Weighting parse(c10::string_view name) {
   return projection(name);
 }
 
+void check_arity(Weighting weighting, int64_t k) {
+  if (weighting <= weightings::kProjectAscentConflict) {
+    TORCH_CHECK_VALUE(k == 2, "a projection weighting takes two vectors [g, r], got ", k);
+  } else if (weighting == weightings::kSpanComplement) {
+    TORCH_CHECK_VALUE(k >= 2, "the span-complement weighting takes g and at least one direction, got ", k,
+                      " vector");
+  }
+}
+
 bool needs_order(Weighting weighting) {
   return weighting == weightings::kPCGradSum || weighting == weightings::kPCGradMean;
 }

@@ -34,6 +34,8 @@ Weighting pcgrad(c10::string_view reduction);
 // The names fastunlearn/weighting.py gives them ("always", ..., "span", "pcgrad_sum", "pcgrad_mean").
 Weighting parse(c10::string_view name);
 bool needs_order(Weighting weighting);
+// A projection takes exactly two vectors [g, r]; the span complement at least two [g, r_1, ...].
+void check_arity(Weighting weighting, int64_t k);
 at::Tensor weights(Weighting weighting, const at::Tensor& gram, double eps, const std::optional<at::Tensor>& order);
 
 // What an engine run computed, in the accumulation dtype: the K x K Gram, the K weights, and the

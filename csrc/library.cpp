@@ -59,6 +59,8 @@ std::vector<Tensor> combine_kernel(TensorList shards, const Tensor& weights, int
   const Records records(shards);
   const int64_t n = check_vectors(records, k, vectors_name);
   TORCH_CHECK_VALUE(weights.dim() == 2 && weights.size(1) == k, "fastunlearn: combine weights must be M x ", k);
+  TORCH_CHECK_VALUE(weights.device() == records[0].device, "weights are on ", weights.device(),
+                    " but the vectors are on ", records[0].device);
   std::vector<Tensor> outs;
   outs.reserve(weights.size(0) * n);
   for (int64_t m = 0; m < weights.size(0); ++m) {
@@ -158,6 +160,7 @@ std::tuple<Tensor, Tensor> pcgrad_kernel(TensorList out, TensorList shards, int6
 std::tuple<Tensor, Tensor> aggregate_kernel(TensorList out, TensorList shards, int64_t k, c10::string_view weighting,
                                             double eps, const std::optional<Tensor>& order, c10::string_view backend) {
   const engine::Weighting w = engine::parse(weighting);
+  engine::check_arity(w, k);
   const Update u = check_update(out, "out", Records(shards), k, vectors_name);
   if (order.has_value()) check_order(*order, k, u.in[0].device);
   TORCH_CHECK_VALUE(order.has_value() || !engine::needs_order(w), "fastunlearn: weighting '", std::string(weighting),
@@ -199,6 +202,10 @@ void check_step(TensorList params, TensorList grads, int64_t k, const std::optio
 // that is not dense, or state that no longer shares its layout and dtype (after `p.data` was
 // replaced in another memory format), sends its bucket to the torch backend instead.
 const Backend& step_backend(c10::string_view name, TensorList params, std::initializer_list<TensorList> states) {
+  for (TensorList state : states) {
+    TORCH_CHECK_VALUE(state.empty() || state.size() == params.size(), "fastunlearn: ", state.size(),
+                      " optimizer state tensors for ", params.size(), " parameters");
+  }
   const Backend& chosen = backend_for(name, params[0].device());
   if (name == "torch") return chosen;
   for (size_t i = 0; i < params.size(); ++i) {
@@ -293,7 +300,7 @@ std::tuple<Tensor, Tensor> pcgrad_meta(TensorList out, TensorList shards, int64_
 
 std::tuple<Tensor, Tensor> aggregate_meta(TensorList out, TensorList shards, int64_t k, c10::string_view weighting,
                                           double, const std::optional<Tensor>&, c10::string_view) {
-  engine::parse(weighting);
+  engine::check_arity(engine::parse(weighting), k);
   const Update u = check_update(out, "out", Records(shards), k, vectors_name);
   return {scalars_meta(u, k * k).view({k, k}), scalars_meta(u, k)};
 }
@@ -494,11 +501,13 @@ TORCH_LIBRARY(fastunlearn, m) {
   m.impl("sgd_step_", &fastunlearn::sgd_step_##suffix);             \
   m.impl("adamw_step_", &fastunlearn::adamw_step_##suffix);
 
-// Sparse tensors reach the dense kernels too, whose checks name them.
+// Sparse and nested tensors reach the dense kernels too, whose checks name them.
 TORCH_LIBRARY_IMPL(fastunlearn, CPU, m) { FASTUNLEARN_IMPLS(m, kernel) }
 TORCH_LIBRARY_IMPL(fastunlearn, SparseCPU, m) { FASTUNLEARN_IMPLS(m, kernel) }
 TORCH_LIBRARY_IMPL(fastunlearn, CUDA, m) { FASTUNLEARN_IMPLS(m, kernel) }
 TORCH_LIBRARY_IMPL(fastunlearn, SparseCUDA, m) { FASTUNLEARN_IMPLS(m, kernel) }
+TORCH_LIBRARY_IMPL(fastunlearn, NestedTensorCPU, m) { FASTUNLEARN_IMPLS(m, kernel) }
+TORCH_LIBRARY_IMPL(fastunlearn, NestedTensorCUDA, m) { FASTUNLEARN_IMPLS(m, kernel) }
 TORCH_LIBRARY_IMPL(fastunlearn, Meta, m) { FASTUNLEARN_IMPLS(m, meta) }
 TORCH_LIBRARY_IMPL(fastunlearn, CompositeExplicitAutograd, m) {
   m.impl("check_step", &fastunlearn::check_step);

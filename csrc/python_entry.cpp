@@ -33,6 +33,35 @@ using at::TensorList;
 // is read once, by the records, on the intra-op threads.)
 constexpr Py_ssize_t kPrefetchObjects = 24;
 
+// Whether items of `type` may be borrowed: torch.Tensor itself, or a subclass without a
+// __torch_function__ of its own (nn.Parameter, DTensor). A subclass with one must see the op, which
+// torch.ops.fastunlearn.<op> gives it. Lists hold one type: the last answer is kept.
+bool plain_type(PyTypeObject* type, PyTypeObject* tensor_type) {
+  if (type == tensor_type) return true;
+  static PyTypeObject* last_plain = nullptr;
+  if (type == last_plain) return true;
+  if (!PyType_IsSubtype(type, tensor_type)) return false;
+  static PyObject* disabled = [] {
+    THPObjectPtr module(PyImport_ImportModule("torch._C"));
+    return module ? PyObject_GetAttrString(module.get(), "_disabled_torch_function_impl") : nullptr;
+  }();
+  if (disabled == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  THPObjectPtr method(PyObject_GetAttrString(reinterpret_cast<PyObject*>(type), "__torch_function__"));
+  if (!method) {
+    PyErr_Clear();
+    return false;
+  }
+  // A classmethod's __func__ is what the class defines.
+  THPObjectPtr function(PyObject_GetAttrString(method.get(), "__func__"));
+  if (!function) PyErr_Clear();
+  const bool plain = (function ? function.get() : method.get()) == disabled;
+  if (plain) last_plain = type;
+  return plain;
+}
+
 // Tensors of Python lists, borrowed: a strong reference to each item keeps it alive (also while the
 // GIL is released), and no TensorImpl's reference count is touched.
 class Borrowed {
@@ -51,8 +80,9 @@ class Borrowed {
     PyObject* const* items = PySequence_Fast_ITEMS(sequence);
     const Py_ssize_t size = PySequence_Fast_GET_SIZE(sequence);
     auto* tensor_type = reinterpret_cast<PyTypeObject*>(THPVariableClass);
-    for (Py_ssize_t i = 0; i < size; ++i) {  // a type check that runs no Python code
-      if (!PyObject_TypeCheck(items[i], tensor_type)) return false;
+    // A type check that runs no Python code for torch.Tensor and the last plain subclass seen.
+    for (Py_ssize_t i = 0; i < size; ++i) {
+      if (!plain_type(Py_TYPE(items[i]), tensor_type)) return false;
     }
     objects_.reserve(objects_.size() + size);
     tensors_.reserve(tensors_.size() + size);

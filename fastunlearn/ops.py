@@ -258,7 +258,10 @@ def aggregate_(
     first = _first_shard(vectors)
     if weighting.native is not None and isinstance(first, Tensor):
         name = _backend.resolve(backend, first.device)
-        args = (out, vectors, weighting.native, weighting.eps, weighting.native_order(), name)
+        order = weighting.native_order()
+        if order is not None:  # any integer order, moved to the vectors' device and checked there
+            order = _checked_order(order, len(vectors), first.device, None)
+        args = (out, vectors, weighting.native, weighting.eps, order, name)
         result = _entry("aggregate_", first, *args)
         if result is not NotImplemented:
             return result
@@ -267,9 +270,14 @@ def aggregate_(
     name = _backend.resolve(backend, _device(shards[0]))
     k = len(vectors)
     if weighting.native is not None:
-        args = (outs, shards, k, weighting.native, weighting.eps, weighting.native_order(), name)
+        order = weighting.native_order()
+        if order is not None:
+            order = _checked_order(order, k, _device(shards[0]), None)
+        args = (outs, shards, k, weighting.native, weighting.eps, order, name)
         return tuple(_call("aggregate_", *args, vectors=[outs, *vectors], names=_out_and_vectors))
-    gram = _call("gram", shards, k, accumulation_dtype(shards[0].dtype), name, vectors=vectors)
+    # The weighting sees the full accumulator: fp64 if any shard accumulates in fp64.
+    wide = any(accumulation_dtype(s.dtype) == torch.float64 for s in shards)
+    gram = _call("gram", shards, k, torch.float64 if wide else torch.float32, name, vectors=vectors)
     weights = weighting(gram)
     _call("combine_", outs, weights, shards, k, name, vectors=[outs, *vectors], names=_out_and_vectors)
     return gram, weights

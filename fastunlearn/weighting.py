@@ -56,6 +56,10 @@ class Projection(Weighting):
         return self.mode
 
     def __call__(self, gram: Tensor) -> Tensor:
+        if tuple(gram.shape) != (2, 2):
+            raise ValueError(
+                f"a projection weighting takes two vectors [g, r], got a Gram of shape {tuple(gram.shape)}"
+            )
         dot, r_sq = gram[0, 1], gram[1, 1]
         coef = dot / (r_sq + self.eps)
         if self.mode != "always":
@@ -85,6 +89,8 @@ class SpanComplement(Weighting):
 
     def __call__(self, gram: Tensor) -> Tensor:
         m = gram.shape[0] - 1
+        if m < 1:
+            raise ValueError("the span-complement weighting takes g and at least one direction")
         directions, along = gram[1:, 1:], gram[1:, 0]
         tolerance = dependence_tolerance(gram.dtype)
         identity = torch.eye(m, dtype=gram.dtype, device=gram.device)

@@ -93,3 +93,47 @@ def test_gram_of_mixed_dtypes_is_differentiable():
     fu.sq_norm(a).backward()
     torch.testing.assert_close(a[0].grad, 2 * a[0].detach())
     torch.testing.assert_close(a[1].grad, 2 * a[1].detach())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_weightings_refuse_the_wrong_number_of_vectors_before_writing(backend):
+    g, r, h = make_vectors([(5,), (2, 2)], 3, torch.float32, seed=9)
+    before = [s.clone() for s in g]
+    versions = [s._version for s in g]
+    with pytest.raises(ValueError, match="a projection weighting takes two vectors"):
+        fu.aggregate_(g, [g, r, h], fu.Projection("always"), backend=backend)
+    with pytest.raises(ValueError, match="a projection weighting takes two vectors"):
+        fu.aggregate_(g, [g], fu.Projection("conflict"), backend=backend)
+    with pytest.raises(ValueError, match="span-complement weighting takes g and at least one direction"):
+        fu.aggregate_(g, [g], fu.SpanComplement(), backend=backend)
+    assert all(torch.equal(a, b) for a, b in zip(g, before)) and [s._version for s in g] == versions
+
+
+def test_pcgrad_weighting_takes_any_integer_order_and_refuses_an_invalid_one():
+    vectors = make_vectors([(7,)], 2, torch.float64, seed=10)
+    out = [torch.zeros(7, dtype=torch.float64)]
+    _, weights = fu.aggregate_(out, vectors, fu.weighting.PCGrad(torch.tensor([[1, 0], [0, 1]], dtype=torch.int32)))
+    assert weights.dtype == torch.float64 and torch.isfinite(weights).all()
+    with pytest.raises(ValueError, match="permutation"):
+        fu.aggregate_(out, vectors, fu.weighting.PCGrad(torch.tensor([[0, 2], [1, 0]])))
+
+
+def test_subclasses_with_torch_function_see_the_op():
+    seen = []
+
+    class Watched(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    a = [torch.randn(4).as_subclass(Watched)]
+    fu.gram([a, a])
+    assert any("fastunlearn" in name for name in seen), seen
+
+
+@pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors is in prototype stage")
+def test_a_nested_tensor_is_refused_by_layout():
+    nested = torch.nested.nested_tensor([torch.randn(2), torch.randn(3)])
+    with pytest.raises(TypeError, match="layout torch.jagged; fastunlearn ops take dense"):
+        fu.gram([[torch.randn(4)], [nested]])

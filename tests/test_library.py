@@ -30,9 +30,12 @@ def test_opcheck_every_op(backend):
     torch.library.opcheck(OPS.project_normal_, ([s.clone() for s in g], shards[3:], 2, 1e-20, backend))
     order = fu.pcgrad_order(3, generator=torch.Generator().manual_seed(0))
     torch.library.opcheck(OPS.pcgrad_, ([torch.zeros_like(s) for s in g], shards, 3, order, "mean", 1e-20, backend))
-    for weighting in ("always", "span", "pcgrad_sum"):
+    for weighting in ("span", "pcgrad_sum"):
         args = ([torch.zeros_like(s) for s in g], shards, 3, weighting, 1e-20, order, backend)
         torch.library.opcheck(OPS.aggregate_, args)
+    torch.library.opcheck(
+        OPS.aggregate_, ([torch.zeros_like(s) for s in g], shards[:6], 2, "always", 0.0, None, backend)
+    )
 
 
 def test_every_op_is_registered_per_dispatch_key():

@@ -3,6 +3,7 @@
 #include <ATen/MemoryOverlap.h>
 
 #include <algorithm>
+#include <numeric>
 #include <utility>
 
 namespace fastunlearn {
@@ -106,12 +107,19 @@ bool share_element(const at::Tensor& a, const at::Tensor& b) {
     steps.push_back({a.stride(d), -(b.size(d) - 1), a.size(d) - 1});
   }
   std::sort(steps.begin(), steps.end(), [](const Step& x, const Step& y) { return x.stride > y.stride; });
+  // Index differences are multiples of the strides' gcd: an offset that is not is out of reach at
+  // once (and the search below stays short on many-dimensional views).
+  int64_t divisor = 0;
+  for (const Step& step : steps) divisor = std::gcd(divisor, step.stride);
+  const int64_t offset = (pb - pa) / itemsize;
+  if (divisor > 0 && offset % divisor != 0) return false;
+  if (divisor == 0) return offset == 0;
   std::vector<int64_t> reach_lo(steps.size(), 0), reach_hi(steps.size(), 0);
   for (size_t d = steps.size(); d-- > 1;) {
     reach_lo[d - 1] = reach_lo[d] + steps[d].lo * steps[d].stride;
     reach_hi[d - 1] = reach_hi[d] + steps[d].hi * steps[d].stride;
   }
-  return reachable((pb - pa) / itemsize, steps, reach_lo, reach_hi, 0);
+  return reachable(offset, steps, reach_lo, reach_hi, 0);
 }
 
 std::vector<int64_t> find_overlap(at::TensorList outs, at::TensorList inputs, int64_t n) {

@@ -16,6 +16,12 @@ constexpr size_t kMaxKnown = 4;
 Record record_of(const at::Tensor& t) {
   Record r{};
   r.keys = t.key_set();
+  if (t.is_nested()) {  // no sizes to read: refused by layout
+    r.layout = at::kJagged;
+    r.dtype = t.scalar_type();
+    r.device = t.device();
+    return r;
+  }
   r.subclass = r.keys.has(c10::DispatchKey::Python);
   r.layout = t.layout();
   r.dtype = t.scalar_type();

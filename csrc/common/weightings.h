@@ -86,9 +86,18 @@ FU_HOST_DEVICE void span_complement(const T* g, int64_t k, double eps, T* w, T* 
 
 // PCGrad's sequential projections in Gram space: row i of the coefficients is g_i^PC over the
 // task gradients; step t projects every row against its partner order[i, t] where their dot
-// product is negative (or NaN, so that it shows). Scratch: k * (k + 1) values.
+// product is negative (or NaN, so that it shows). An order entry outside 0..k-1 (an order that was not
+// checked, e.g. one on a GPU) makes every weight NaN instead of reading out of bounds. Scratch:
+// k * (k + 1) values.
 template <typename T>
 FU_HOST_DEVICE void pcgrad(int kind, const T* g, int64_t k, const int64_t* order, double eps, T* w, T* scratch) {
+  for (int64_t i = 0; i < k * k; ++i) {
+    if (order[i] < 0 || order[i] >= k) {
+      const T nan = T(0) / T(0);
+      for (int64_t c = 0; c < k; ++c) w[c] = nan;
+      return;
+    }
+  }
   T* coeffs = scratch;
   T* step = coeffs + k * k;
   for (int64_t i = 0; i < k * k; ++i) coeffs[i] = i % (k + 1) == 0 ? T(1) : T(0);
