@@ -1,11 +1,11 @@
 """Pure-PyTorch implementation of the two primitives every fastunlearn op is made of.
 
-This module is the specification: the ``torch`` backend on any device, the CPU fallback when the
-extension is missing, and the oracle the tests compare the fused kernels against. It never reads a
-value back to the host.
+This module is the specification: the ``torch`` backend on any device (the op kernels call it
+through a hook) and the oracle the tests compare the fused kernels against. It never reads a value
+back to the host.
 
 Shards arrive flat and vector-major: with K vectors of n shards, ``shards[k * n + i]`` is shard i
-of vector k. Inputs are validated by the callers (see ``fastunlearn._validate``).
+of vector k. Inputs are validated by the op that calls them (csrc/common/validate.h).
 """
 
 from __future__ import annotations

@@ -184,7 +184,7 @@ IN_PLACE_OPS = {
 }
 
 
-@pytest.mark.parametrize("shards", [2, 80], ids=["ordinary", "fast_path"])
+@pytest.mark.parametrize("shards", [2, 80], ids=["short", "long"])
 @pytest.mark.parametrize("op", IN_PLACE_OPS.values(), ids=IN_PLACE_OPS.keys())
 def test_in_place_ops_refuse_inputs_that_require_grad(op, shards):
     out, a, b = ([torch.randn(3) for _ in range(shards)] for _ in range(3))
@@ -198,7 +198,7 @@ def test_in_place_ops_refuse_inputs_that_require_grad(op, shards):
     assert not torch.equal(out[0], before[0])
 
 
-@pytest.mark.parametrize("shards", [2, 80], ids=["ordinary", "fast_path"])
+@pytest.mark.parametrize("shards", [2, 80], ids=["short", "long"])
 def test_combine_refuses_weights_that_require_grad(shards):
     out, a = [torch.zeros(3) for _ in range(shards)], [torch.ones(3) for _ in range(shards)]
     weights = torch.ones(1, requires_grad=True)
