@@ -116,7 +116,8 @@ def test_the_engine_runs_in_a_few_launches_on_the_cuda_backend():
     order = fu.pcgrad_order(3, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
     out = [torch.empty_like(s) for s in g]
     assert fu.profile.count_kernel_launches(lambda: fu.pcgrad_(out, [g, r, h], order=order, backend="cuda")) <= 4
-    assert fu.profile.count_kernel_launches(lambda: fu.gram([g, r], backend="cuda")) <= 2
+    # gram: partials, the finish block, and the cast of the fp64 accumulator to the fp32 result.
+    assert fu.profile.count_kernel_launches(lambda: fu.gram([g, r], backend="cuda")) <= 3
 
 
 @pytest.mark.parametrize("backend", gpu_backends())
