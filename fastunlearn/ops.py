@@ -1,14 +1,15 @@
 """Public ops: one Gram pass, a scalar stage on the device, one combine pass.
 
-A *vector* is a sequence of per-parameter tensors (its shards), never flattened. Each op below is a
-``torch.library`` custom op in the ``fastunlearn`` namespace (schema, fake implementation, and for
-the reductions an autograd formula), so ``torch.compile`` and ``torch.library.opcheck`` accept it.
-Every scalar result stays on the device: no op reads a value back to the host.
+A *vector* is a sequence of per-parameter tensors (its shards), never flattened. Each function below
+normalises its arguments and runs ``torch.ops.fastunlearn.<op>`` (csrc/library.cpp: schema, a
+kernel per dispatch key, Meta shapes, the Gram's autograd formula), through the op's Python entry
+point in ``fastunlearn._C`` for eager calls; ``torch.compile`` and ``torch.library.opcheck`` accept
+every op. Every scalar result stays on the device: no op reads a value back to the host.
 
 Conventions:
 
 * Reductions over fp32/fp64 shards accumulate in fp64 and return the input dtype; over bf16/fp16
-  they accumulate in and return fp32.
+  they accumulate in and return fp32; shards of several dtypes meet in fp64.
 * ``eps`` guards every division by a squared norm, so a zero retain gradient gives no NaN; a NaN or
   Inf in an input propagates to the result and to the returned stats.
 * In-place ops (names ending in ``_``) check everything before writing anything.
