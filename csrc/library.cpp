@@ -222,7 +222,7 @@ const Backend& step_backend(c10::string_view name, TensorList params, std::initi
 
 // The GPU shard table (common/shard_table.h) of `rows` rows of n dense tensors, paired by index, for
 // the Triton launchers (the CUDA binding builds it directly).
-Tensor shard_table_kernel(TensorList tensors, int64_t rows, int64_t chunk) {
+std::tuple<Tensor, int64_t, int64_t> shard_table_kernel(TensorList tensors, int64_t rows, int64_t chunk) {
   TORCH_CHECK_VALUE(rows > 0 && tensors.size() % rows == 0, "fastunlearn: ", tensors.size(),
                     " tensors do not split into ", rows, " rows");
   const int64_t n = static_cast<int64_t>(tensors.size()) / rows;
@@ -230,7 +230,9 @@ Tensor shard_table_kernel(TensorList tensors, int64_t rows, int64_t chunk) {
   std::vector<int64_t> sizes(n);
   for (size_t s = 0; s < tensors.size(); ++s) addresses[s] = tensors[s].const_data_ptr();
   for (int64_t i = 0; i < n; ++i) sizes[i] = tensors[i].numel();
-  return build_shard_table(addresses, rows, sizes, n > 0 ? tensors[0].element_size() : 1, chunk);
+  const Tensor table = build_shard_table(addresses, rows, sizes, n > 0 ? tensors[0].element_size() : 1, chunk);
+  const int64_t* header = table.const_data_ptr<int64_t>();  // a host tensor the builder just wrote
+  return {table.slice(0, 2), header[0], header[1]};
 }
 
 void sgd_step_kernel(TensorList params, TensorList momentum_buffers, const Tensor& weights, TensorList grads,
@@ -475,7 +477,7 @@ TORCH_LIBRARY(fastunlearn, m) {
   m.def(
       "pcgrad_(Tensor(a!)[] out, Tensor[] shards, int num_vectors, Tensor order, str reduction=\"mean\", "
       "float eps=1e-20, str backend=\"auto\") -> (Tensor, Tensor)");
-  m.def("shard_table(Tensor[] tensors, int rows, int chunk) -> Tensor");
+  m.def("shard_table(Tensor[] tensors, int rows, int chunk) -> (Tensor, int, int)");
   m.def("check_step(Tensor[] params, Tensor[] grads, int num_vectors, Tensor? weights) -> ()");
   m.def(
       "aggregate_(Tensor(a!)[] out, Tensor[] shards, int num_vectors, str weighting, float eps=1e-20, "

@@ -160,11 +160,24 @@ bool is_prefix(TensorList out, TensorList shards) {
   return true;
 }
 
-// The records of an update's outputs, unless they are the first vector's.
-std::optional<Records> output_records(const Borrowed& out, const Borrowed& shards) {
-  if (is_prefix(out.tensors(), shards.tensors())) return std::nullopt;
-  return std::optional<Records>(std::in_place, out.tensors());
-}
+// The records of an update's inputs and (unless they are the first vector's) outputs, read once and
+// lent to the kernels for the duration of the call.
+class UpdateRecords {
+ public:
+  UpdateRecords(const Borrowed& out, const Borrowed& shards)
+      : in_(shards.tensors()),
+        out_(is_prefix(out.tensors(), shards.tensors()) ? std::nullopt
+                                                         : std::optional<Records>(std::in_place, out.tensors())),
+        known_({&in_, out_ ? &*out_ : nullptr}) {}
+
+  // The union of every tensor's dispatch key set.
+  c10::DispatchKeySet keys() const { return in_.keys() | (out_ ? out_->keys() : c10::DispatchKeySet()); }
+
+ private:
+  const Records in_;
+  const std::optional<Records> out_;
+  const KnownRecords known_;
+};
 
 template <typename Signature>
 c10::TypedOperatorHandle<Signature> op(const char* name) {
@@ -244,11 +257,8 @@ PyObject* combine_(PyObject*, PyObject* args) {
   {
     pybind11::gil_scoped_release no_gil;
     const Tensor& w = THPVariable_Unpack(weights);
-    const Records records(shards.tensors());
-    const std::optional<Records> out_records = output_records(out, shards);
-    const KnownRecords known({&records, out_records ? &*out_records : nullptr});
-    const c10::DispatchKeySet keys = records.keys() | (out_records ? out_records->keys() : c10::DispatchKeySet()) |
-                                     w.key_set();
+    const UpdateRecords records(out, shards);
+    const c10::DispatchKeySet keys = records.keys() | w.key_set();
     dispatch(call, keys, out.tensors(), w, shards.tensors(), k, name);
   }
   Py_RETURN_NONE;
@@ -321,11 +331,8 @@ PyObject* pcgrad_(PyObject*, PyObject* args) {
   std::tuple<Tensor, Tensor> result;
   {
     pybind11::gil_scoped_release no_gil;
-    const Records records(shards.tensors());
-    const std::optional<Records> out_records = output_records(out, shards);
-    const KnownRecords known({&records, out_records ? &*out_records : nullptr});
-    const c10::DispatchKeySet keys = records.keys() | (out_records ? out_records->keys() : c10::DispatchKeySet()) |
-                                     order_tensor.key_set();
+    const UpdateRecords records(out, shards);
+    const c10::DispatchKeySet keys = records.keys() | order_tensor.key_set();
     result = dispatch(call, keys, out.tensors(), shards.tensors(), k, order_tensor, how, epsilon, name);
   }
   return wrap(std::move(result));
@@ -350,11 +357,8 @@ PyObject* aggregate_(PyObject*, PyObject* args) {
   std::tuple<Tensor, Tensor> result;
   {
     pybind11::gil_scoped_release no_gil;
-    const Records records(shards.tensors());
-    const std::optional<Records> out_records = output_records(out, shards);
-    const KnownRecords known({&records, out_records ? &*out_records : nullptr});
-    const c10::DispatchKeySet keys = records.keys() | (out_records ? out_records->keys() : c10::DispatchKeySet()) |
-                                     (order_tensor ? order_tensor->key_set() : c10::DispatchKeySet());
+    const UpdateRecords records(out, shards);
+    const c10::DispatchKeySet keys = records.keys() | (order_tensor ? order_tensor->key_set() : c10::DispatchKeySet());
     result = dispatch(call, keys, out.tensors(), shards.tensors(), k, kind, epsilon, order_tensor, name);
   }
   return wrap(std::move(result));

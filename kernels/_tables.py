@@ -109,9 +109,8 @@ def shard_table(rows: list[list[Tensor]]) -> ShardTable:
 
 
 def _build(rows: list[list[Tensor]], device: torch.device) -> ShardTable:
-    host = torch.ops.fastunlearn.shard_table([t for row in rows for t in row], len(rows), CHUNK)
-    n, c = host[:2].tolist()  # a host tensor: no device sync
-    packed = to_device(host[2:], device)
+    host, n, c = torch.ops.fastunlearn.shard_table([t for row in rows for t in row], len(rows), CHUNK)
+    packed = to_device(host, device)
     rows = len(rows)
     return ShardTable(
         ptrs=packed[: rows * n],
