@@ -16,6 +16,7 @@
 #include "common/dtypes.h"
 #include "common/shard_table.h"
 #include "common/validate.h"
+#include "cpu/isa.h"
 #include "engine.h"
 #include "python_hooks.h"
 
@@ -435,10 +436,13 @@ PyObject* has_cuda(PyObject*, PyObject*) {
 #endif
 }
 
+PyObject* cpu_isa_name(PyObject*, PyObject*) { return PyUnicode_FromString(isa_name(cpu_isa())); }
+
 PyMethodDef* module_methods() {
   static std::vector<PyMethodDef> all = [] {
     std::vector<PyMethodDef> methods = {
         {"has_cuda", has_cuda, METH_NOARGS, "Whether the CUDA kernels were built."},
+        {"cpu_isa", cpu_isa_name, METH_NOARGS, "The ISA level of the CPU kernels in use."},
         {"register_backend", register_backend, METH_VARARGS, "Registers a backend written in Python."},
         {"set_hooks", set_hooks, METH_VARARGS, "Registers the Python resolver of backend='auto' and the weightings."},
     };
@@ -455,6 +459,13 @@ PyMethodDef* module_methods() {
 extern "C" {
 // Importing fastunlearn._C runs the registrations below.
 PyObject* PyInit__C(void) {
+  // FASTUNLEARN_CPU_ISA is checked here, so a bad level fails the import rather than the first op.
+  try {
+    fastunlearn::cpu_isa();
+  } catch (const c10::Error& e) {
+    PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
+    return nullptr;
+  }
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, fastunlearn::module_methods()};
   PyObject* module = PyModule_Create(&module_def);
   if (module != nullptr && PyModule_AddIntConstant(module, "TABLE_CHUNK", fastunlearn::kTableChunk) < 0) {

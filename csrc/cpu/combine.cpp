@@ -101,12 +101,10 @@ FU_INLINE void combine_chunk(const ChunkPlan& plan, int64_t chunk, void* const* 
   });
 }
 
-#define FU_COMBINE_CHUNK(name, scalar_t)                                                      \
-  FU_MULTIVERSION void name(const ChunkPlan& plan, int64_t chunk, void* const* outs,          \
-                            int64_t num_outs, const void* const* ins, int64_t k, int64_t n,   \
-                            const double* weights) {                                          \
-    combine_chunk<scalar_t>(plan, chunk, outs, num_outs, ins, k, n, weights);                 \
-  }
+#define FU_COMBINE_CHUNK(name, scalar_t)                                                         \
+  FU_ISA_CLONES(name, (const ChunkPlan& plan, int64_t chunk, void* const* outs, int64_t num_outs,  \
+                       const void* const* ins, int64_t k, int64_t n, const double* weights),       \
+                combine_chunk<scalar_t>(plan, chunk, outs, num_outs, ins, k, n, weights))
 FU_COMBINE_CHUNK(combine_chunk_f64, double)
 FU_COMBINE_CHUNK(combine_chunk_f32, float)
 FU_COMBINE_CHUNK(combine_chunk_bf16, c10::BFloat16)
@@ -118,10 +116,10 @@ using CombineChunkFn = void (*)(const ChunkPlan&, int64_t, void* const*, int64_t
 
 CombineChunkFn combine_chunk_for(at::ScalarType dtype) {
   switch (dtype) {
-    case at::kDouble: return combine_chunk_f64;
-    case at::kFloat: return combine_chunk_f32;
-    case at::kBFloat16: return combine_chunk_bf16;
-    case at::kHalf: return combine_chunk_f16;
+    case at::kDouble: return combine_chunk_f64.get();
+    case at::kFloat: return combine_chunk_f32.get();
+    case at::kBFloat16: return combine_chunk_bf16.get();
+    case at::kHalf: return combine_chunk_f16.get();
     default: TORCH_CHECK_TYPE(false, "fastunlearn: unsupported dtype ", dtype);
   }
 }

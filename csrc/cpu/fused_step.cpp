@@ -100,18 +100,15 @@ FU_INLINE void adamw_chunk(const ChunkPlan& plan, int64_t chunk, void* const* pa
   });
 }
 
-#define FU_STEP_CHUNKS(suffix, scalar_t)                                                          \
-  FU_MULTIVERSION void sgd_chunk_##suffix(const ChunkPlan& plan, int64_t c, void* const* p,      \
-                                          void* const* b, const void* const* g, int64_t k,       \
-                                          int64_t n, const double* w, const SgdRule& r) {        \
-    sgd_chunk<scalar_t>(plan, c, p, b, g, k, n, w, r);                                           \
-  }                                                                                               \
-  FU_MULTIVERSION void adamw_chunk_##suffix(const ChunkPlan& plan, int64_t c, void* const* p,    \
-                                            void* const* m, void* const* v, const void* const* g, \
-                                            int64_t k, int64_t n, const double* w,               \
-                                            const AdamWRule& r) {                                 \
-    adamw_chunk<scalar_t>(plan, c, p, m, v, g, k, n, w, r);                                      \
-  }
+#define FU_STEP_CHUNKS(suffix, scalar_t)                                                            \
+  FU_ISA_CLONES(sgd_chunk_##suffix,                                                                 \
+                (const ChunkPlan& plan, int64_t c, void* const* p, void* const* b, const void* const* g, \
+                 int64_t k, int64_t n, const double* w, const SgdRule& r),                          \
+                sgd_chunk<scalar_t>(plan, c, p, b, g, k, n, w, r))                             \
+  FU_ISA_CLONES(adamw_chunk_##suffix,                                                               \
+                (const ChunkPlan& plan, int64_t c, void* const* p, void* const* m, void* const* v,  \
+                 const void* const* g, int64_t k, int64_t n, const double* w, const AdamWRule& r),  \
+                adamw_chunk<scalar_t>(plan, c, p, m, v, g, k, n, w, r))
 FU_STEP_CHUNKS(f64, double)
 FU_STEP_CHUNKS(f32, float)
 FU_STEP_CHUNKS(bf16, c10::BFloat16)
@@ -124,12 +121,13 @@ using AdamWChunkFn = void (*)(const ChunkPlan&, int64_t, void* const*, void* con
                               const void* const*, int64_t, int64_t, const double*, const AdamWRule&);
 
 template <typename Fn>
-Fn pick(at::ScalarType dtype, Fn f64, Fn f32, Fn bf16, Fn f16) {
+Fn pick(at::ScalarType dtype, const IsaClones<Fn>& f64, const IsaClones<Fn>& f32, const IsaClones<Fn>& bf16,
+        const IsaClones<Fn>& f16) {
   switch (dtype) {
-    case at::kDouble: return f64;
-    case at::kFloat: return f32;
-    case at::kBFloat16: return bf16;
-    case at::kHalf: return f16;
+    case at::kDouble: return f64.get();
+    case at::kFloat: return f32.get();
+    case at::kBFloat16: return bf16.get();
+    case at::kHalf: return f16.get();
     default: TORCH_CHECK_TYPE(false, "fastunlearn: unsupported dtype ", dtype);
   }
 }

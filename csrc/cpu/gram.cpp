@@ -3,11 +3,13 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstring>
 #include <type_traits>
 #include <vector>
 
 #include "kernel_support.h"
+#include "simd.h"
 #include "shards.h"
 
 namespace fastunlearn {
@@ -23,105 +25,98 @@ FU_INLINE void stage_block(const scalar_t* __restrict src, int64_t len, acc_t* _
 }
 
 // Few vectors: all K streams are read in the same loop, so their loads interleave the way a plain
-// dot product's do, and every pair's accumulators stay in vector registers. GCC vector types keep
-// the lane structure (and so the bits) identical in every ISA clone.
-constexpr int kVecWidth = 8;
-constexpr int kPieceLanes = 2 * kVecWidth;
-constexpr int64_t kPrefetchElements = 1024;
-
-template <typename acc_t> struct Vec;
-template <> struct Vec<double> { typedef double type __attribute__((vector_size(8 * kVecWidth))); };
-template <> struct Vec<float> { typedef float type __attribute__((vector_size(4 * kVecWidth))); };
-typedef float Float8 __attribute__((vector_size(4 * kVecWidth)));
-
-template <typename scalar_t>
-FU_INLINE typename Vec<typename Acc<scalar_t>::type>::type load_vec(const scalar_t* p) {
-  using acc_t = typename Acc<scalar_t>::type;
-  using V = typename Vec<acc_t>::type;
-  V v;
-  if constexpr (std::is_same_v<scalar_t, float>) {
-    Float8 x;
-    std::memcpy(&x, p, sizeof(x));
-    v = __builtin_convertvector(x, V);
-  } else if constexpr (std::is_same_v<scalar_t, double>) {
-    std::memcpy(&v, p, sizeof(v));
-  } else {
-    acc_t x[kVecWidth];
-    for (int j = 0; j < kVecWidth; ++j) x[j] = static_cast<acc_t>(p[j]);
-    std::memcpy(&v, x, sizeof(v));
-  }
-  return v;
+// dot product's do, and every pair's accumulators stay in registers.
+//
+// Lanes per pair: as many as AVX2's sixteen registers hold beside one register per vector, so no
+// level spills (in elements of the accumulation type: fp32 accumulation keeps twice as many in the
+// same registers). Element t of a piece goes to lane t % lanes, whatever the level.
+template <typename acc_t>
+constexpr int interleaved_lanes(int k) {
+  return (k == 1 ? 16 : k == 2 ? 8 : 4) * static_cast<int>(sizeof(double) / sizeof(acc_t));
 }
 
-// A zero-padded load for the last, partial vector of a piece.
-template <typename scalar_t>
-FU_INLINE typename Vec<typename Acc<scalar_t>::type>::type load_vec_tail(const scalar_t* p,
-                                                                          int64_t valid) {
-  scalar_t x[kVecWidth];
-  for (int j = 0; j < kVecWidth; ++j) x[j] = j < valid ? p[j] : scalar_t(0);
-  return load_vec(x);
-}
+constexpr int64_t kPrefetchElements = 2048;
 
-// `next[a]` is where vector a continues after this piece (the next shard), so the prefetch runs
-// ahead across shard boundaries: with many small shards every piece would otherwise start cold.
-template <typename scalar_t, int K>
+// `acc` holds the pairs' lanes (pair-major) between pieces. `next[a]` is where vector a continues
+// after this piece (the next shard), so the prefetch runs ahead across shard boundaries: with many
+// small shards every piece would otherwise start cold.
+template <CpuIsa kIsa, typename scalar_t, int K>
 FU_INLINE void gram_piece_interleaved(const scalar_t* const* src, const scalar_t* const* next, int64_t len,
-                                      typename Vec<typename Acc<scalar_t>::type>::type* acc) {
-  using V = typename Vec<typename Acc<scalar_t>::type>::type;
+                                      typename Acc<scalar_t>::type* acc) {
+  using acc_t = typename Acc<scalar_t>::type;
+  constexpr int L = interleaved_lanes<acc_t>(K);
+  constexpr int kBytes = std::min<int>(register_bytes(kIsa), L * sizeof(acc_t));
+  using R = Reg<acc_t, kBytes>;
+  using V = typename R::V;
+  constexpr int W = kBytes / sizeof(acc_t);  // lanes per register
+  constexpr int G = L / W;                   // registers per pair
   constexpr int P = K * (K + 1) / 2;
-  V lo[P], hi[P];
-#pragma GCC unroll 16
-  for (int p = 0; p < P; ++p) {
-    lo[p] = acc[2 * p];
-    hi[p] = acc[2 * p + 1];
-  }
-  const int64_t full = len - len % kPieceLanes;
-  for (int64_t t = 0; t < full; t += kPieceLanes) {
-    V xl[K], xh[K];
-#pragma GCC unroll 16
-    for (int a = 0; a < K; ++a) {
-      const int64_t ahead = t + kPrefetchElements;
-      __builtin_prefetch(ahead < len ? src[a] + ahead : next[a] + (ahead - len), 0, 0);
-      xl[a] = load_vec(src[a] + t);
-      xh[a] = load_vec(src[a] + t + kVecWidth);
-    }
+  // A step reads at least one cache line of every vector, and prefetches as many ahead.
+  constexpr int S = std::max<int>(L, 64 / sizeof(scalar_t));
+  constexpr int kLinesPerStep = S * sizeof(scalar_t) / 64;
+
+  // fp32 products are exact in fp64 (bf16/fp16 products in fp32), so a fused multiply-add rounds
+  // exactly as the baseline's multiply-then-add; fp64 products are not.
+  const auto madd = [](V sum, V a, V b) __attribute__((always_inline)) {
+    if constexpr (std::is_same_v<scalar_t, double>) return R::madd(sum, a, b);
+    else return R::madd_exact(sum, a, b);
+  };
+  const auto accumulate = [&](V (&sum)[P][G], const V (&x)[K], int g) __attribute__((always_inline)) {
     int p = 0;
 #pragma GCC unroll 16
     for (int a = 0; a < K; ++a) {
 #pragma GCC unroll 16
-      for (int b = a; b < K; ++b, ++p) {
-        lo[p] += xl[a] * xl[b];
-        hi[p] += xh[a] * xh[b];
-      }
+      for (int b = a; b < K; ++b, ++p) sum[p][g] = madd(sum[p][g], x[a], x[b]);
     }
-  }
-  if (full < len) {
-    V xl[K], xh[K];
-    for (int a = 0; a < K; ++a) {
-      xl[a] = load_vec_tail(src[a] + full, std::min<int64_t>(kVecWidth, len - full));
-      xh[a] = load_vec_tail(src[a] + full + kVecWidth, len - full - kVecWidth);
-    }
-    int p = 0;
-    for (int a = 0; a < K; ++a) {
-      for (int b = a; b < K; ++b, ++p) {
-        lo[p] += xl[a] * xl[b];
-        hi[p] += xh[a] * xh[b];
-      }
-    }
-  }
+  };
+
+  V sum[P][G];
 #pragma GCC unroll 16
-  for (int p = 0; p < P; ++p) {
-    acc[2 * p] = lo[p];
-    acc[2 * p + 1] = hi[p];
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 16
+    for (int g = 0; g < G; ++g) sum[p][g] = R::load(acc + p * L + g * W);
+
+  const int64_t full = len - len % S;
+  for (int64_t t = 0; t < full; t += S) {
+#pragma GCC unroll 16
+    for (int a = 0; a < K; ++a) {
+#pragma GCC unroll 4
+      for (int line = 0; line < kLinesPerStep; ++line) {
+        const int64_t ahead = t + kPrefetchElements + line * (64 / sizeof(scalar_t));
+        __builtin_prefetch(ahead < len ? src[a] + ahead : next[a] + (ahead - len), 0, 3);
+      }
+    }
+#pragma GCC unroll 16
+    for (int u = 0; u < S; u += W) {
+      V x[K];
+#pragma GCC unroll 16
+      for (int a = 0; a < K; ++a) x[a] = R::load(src[a] + t + u);
+      accumulate(sum, x, (u % L) / W);
+    }
   }
+  for (int64_t t = full; t < len; t += W) {  // zero-padded registers: adding 0 * 0 changes nothing
+    V x[K];
+    for (int a = 0; a < K; ++a) {
+      scalar_t padded[W] = {};
+      std::memcpy(padded, src[a] + t, std::min<int64_t>(W, len - t) * sizeof(scalar_t));
+      x[a] = R::load(padded);
+    }
+    accumulate(sum, x, static_cast<int>(t % L) / W);
+  }
+
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 16
+    for (int g = 0; g < G; ++g) R::store(acc + p * L + g * W, sum[p][g]);
 }
 
-template <typename scalar_t, int K>
+template <CpuIsa kIsa, typename scalar_t, int K>
 FU_INLINE void gram_chunk_interleaved(const ChunkPlan& plan, int64_t chunk, const void* const* ptrs,
                                       int64_t n, double* partial) {
-  using V = typename Vec<typename Acc<scalar_t>::type>::type;
+  using acc_t = typename Acc<scalar_t>::type;
+  constexpr int L = interleaved_lanes<acc_t>(K);
   constexpr int P = K * (K + 1) / 2;
-  V acc[2 * P] = {};
+  alignas(64) acc_t acc[P * L] = {};
   for_each_piece(plan, chunk, [&](int64_t shard, int64_t begin, int64_t end) __attribute__((always_inline)) {
     const scalar_t* src[K];
     const scalar_t* next[K];
@@ -130,21 +125,26 @@ FU_INLINE void gram_chunk_interleaved(const ChunkPlan& plan, int64_t chunk, cons
       src[v] = static_cast<const scalar_t*>(ptrs[v * n + shard]) + begin;
       next[v] = static_cast<const scalar_t*>(ptrs[v * n + following]);
     }
-    gram_piece_interleaved<scalar_t, K>(src, next, end - begin, acc);
+    gram_piece_interleaved<kIsa, scalar_t, K>(src, next, end - begin, acc);
   });
   for (int p = 0; p < P; ++p) {
-    double sum = 0.0;
-    for (int h = 0; h < 2; ++h)
-      for (int j = 0; j < kVecWidth; ++j) sum += static_cast<double>(acc[2 * p + h][j]);
-    partial[p] = sum;
+    double total = 0.0;
+    for (int j = 0; j < L; ++j) total += static_cast<double>(acc[p * L + j]);
+    partial[p] = total;
   }
 }
 
 // Many vectors: each block of every vector is staged once in the accumulation type, then the pair
 // products run from L1 in register tiles of kTile x kTile vectors, so each staged vector is loaded
 // once per tile rather than once per pair. Every pair accumulates kVecWidth lanes in element order,
-// whatever the tiling, so the bits do not depend on it.
+// whatever the tiling, so the bits do not depend on it. GCC vector types keep that lane structure
+// in every ISA clone.
 constexpr int kTile = 4;
+constexpr int kVecWidth = 8;
+
+template <typename acc_t> struct Vec;
+template <> struct Vec<double> { typedef double type __attribute__((vector_size(8 * kVecWidth))); };
+template <> struct Vec<float> { typedef float type __attribute__((vector_size(4 * kVecWidth))); };
 
 // acc holds kVecWidth lanes per pair (a, b), at (a * rows + b) * kVecWidth (plain memory: a
 // std::vector of a vector type would drop its alignment).
@@ -212,23 +212,22 @@ FU_INLINE void gram_chunk_staged(const ChunkPlan& plan, int64_t chunk, const voi
 }
 
 // Partial Gram (upper triangle, row-major) of one chunk, written to `partial` in double.
-template <typename scalar_t>
+template <CpuIsa kIsa, typename scalar_t>
 FU_INLINE void gram_chunk(const ChunkPlan& plan, int64_t chunk, const void* const* ptrs, int64_t n,
                           int64_t k, double* partial) {
   switch (k) {
-    case 1: return gram_chunk_interleaved<scalar_t, 1>(plan, chunk, ptrs, n, partial);
-    case 2: return gram_chunk_interleaved<scalar_t, 2>(plan, chunk, ptrs, n, partial);
-    case 3: return gram_chunk_interleaved<scalar_t, 3>(plan, chunk, ptrs, n, partial);
-    case 4: return gram_chunk_interleaved<scalar_t, 4>(plan, chunk, ptrs, n, partial);
+    case 1: return gram_chunk_interleaved<kIsa, scalar_t, 1>(plan, chunk, ptrs, n, partial);
+    case 2: return gram_chunk_interleaved<kIsa, scalar_t, 2>(plan, chunk, ptrs, n, partial);
+    case 3: return gram_chunk_interleaved<kIsa, scalar_t, 3>(plan, chunk, ptrs, n, partial);
+    case 4: return gram_chunk_interleaved<kIsa, scalar_t, 4>(plan, chunk, ptrs, n, partial);
     default: return gram_chunk_staged<scalar_t>(plan, chunk, ptrs, n, k, partial);
   }
 }
 
-#define FU_GRAM_CHUNK(name, scalar_t)                                                          \
-  FU_MULTIVERSION void name(const ChunkPlan& plan, int64_t chunk, const void* const* ptrs,     \
-                            int64_t n, int64_t k, double* partial) {                           \
-    gram_chunk<scalar_t>(plan, chunk, ptrs, n, k, partial);                                    \
-  }
+#define FU_GRAM_CHUNK(name, scalar_t)                                                              \
+  FU_ISA_CLONES(name, (const ChunkPlan& plan, int64_t chunk, const void* const* ptrs, int64_t n, int64_t k, \
+                       double* partial),                                                           \
+                (gram_chunk<kIsa, scalar_t>(plan, chunk, ptrs, n, k, partial)))
 FU_GRAM_CHUNK(gram_chunk_f64, double)
 FU_GRAM_CHUNK(gram_chunk_f32, float)
 FU_GRAM_CHUNK(gram_chunk_bf16, c10::BFloat16)
@@ -240,10 +239,10 @@ using GramChunkFn = void (*)(const ChunkPlan&, int64_t, const void* const*, int6
 
 GramChunkFn gram_chunk_for(at::ScalarType dtype) {
   switch (dtype) {
-    case at::kDouble: return gram_chunk_f64;
-    case at::kFloat: return gram_chunk_f32;
-    case at::kBFloat16: return gram_chunk_bf16;
-    case at::kHalf: return gram_chunk_f16;
+    case at::kDouble: return gram_chunk_f64.get();
+    case at::kFloat: return gram_chunk_f32.get();
+    case at::kBFloat16: return gram_chunk_bf16.get();
+    case at::kHalf: return gram_chunk_f16.get();
     default: TORCH_CHECK_TYPE(false, "fastunlearn: unsupported dtype ", dtype);
   }
 }

@@ -4,6 +4,8 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include "isa.h"
+
 namespace fastunlearn {
 
 // Elements staged per block in a stack buffer of the accumulation type (stays in L1).
@@ -31,10 +33,45 @@ inline __attribute__((always_inline)) void prefetch_ahead(const scalar_t* src, i
 
 }  // namespace fastunlearn
 
-// One clone per ISA level, picked at load time; lane-structured loops give every clone the same bits.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FU_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+// Every level's extensions, as the CPU check in isa.cpp requires them.
+#if defined(__x86_64__) && defined(__GNUC__)
+#define FU_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
+#define FU_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #else
-#define FU_MULTIVERSION
+#define FU_TARGET_AVX512
+#define FU_TARGET_AVX2
 #endif
+
+namespace fastunlearn {
+
+// One kernel compiled for every ISA level; get() is the clone of the level in use (isa.h).
+template <typename Fn>
+struct IsaClones {
+  Fn baseline, avx2, avx512;
+  Fn get() const {
+    switch (cpu_isa()) {
+      case CpuIsa::kAvx512: return avx512;
+      case CpuIsa::kAvx2: return avx2;
+      default: return baseline;
+    }
+  }
+};
+
+}  // namespace fastunlearn
+
+// Defines `name`, the IsaClones of a void function with parameter list `params` whose body runs
+// the statement `call`, in which the constant kIsa names the clone's level. Each clone is
+// flattened: its whole call tree, the level's register primitives (simd.h) included, is inlined
+// and compiled for its level.
+#define FU_ISA_CLONE(name, suffix, level, target, params, call) \
+  target __attribute__((flatten)) void name##suffix params {    \
+    [[maybe_unused]] constexpr CpuIsa kIsa = level;             \
+    call;                                                       \
+  }
+#define FU_ISA_CLONES(name, params, call)                                                  \
+  FU_ISA_CLONE(name, _avx512, CpuIsa::kAvx512, FU_TARGET_AVX512, params, call)             \
+  FU_ISA_CLONE(name, _avx2, CpuIsa::kAvx2, FU_TARGET_AVX2, params, call)                   \
+  FU_ISA_CLONE(name, _baseline, CpuIsa::kBaseline, , params, call)                         \
+  const IsaClones<void(*) params> name{&name##_baseline, &name##_avx2, &name##_avx512};
+
 #define FU_INLINE inline __attribute__((always_inline))
