@@ -76,7 +76,7 @@ def main() -> None:
     args = parser.parse_args()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, fastunlearn backends: "
-        f"{', '.join(name for name, state in fu.backends().items() if state == 'available')}"
+        f"{', '.join(name for name, state in fu.backends().items() if state.startswith('available'))}"
     )
     table = {}
     for n in args.shards:

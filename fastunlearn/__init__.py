@@ -8,7 +8,7 @@ tensor(1.)
 """
 
 from fastunlearn import methods, optim, weighting  # noqa: E402  (built on the ops above)
-from fastunlearn._backend import backends
+from fastunlearn._backend import backends, cpu_isa
 from fastunlearn.ops import (
     PCGradStats,
     ProjectionStats,
@@ -50,6 +50,7 @@ __all__ = [
     "Weighting",
     "aggregate_",
     "backends",
+    "cpu_isa",
     "combine_",
     "dot",
     "gram",

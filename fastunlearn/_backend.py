@@ -120,13 +120,32 @@ _AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("triton", "cuda", "torch")}
 
 
 def backends() -> dict[str, str]:
-    """Every backend and whether it can run here: ``"available"`` or the reason it cannot.
+    """Every backend and whether it can run here: ``"available"`` or the reason it cannot. The
+    ``cpp`` backend names the ISA level its kernels run at, e.g. ``"available (avx2)"``.
 
     >>> import fastunlearn as fu
     >>> fu.backends()["torch"]
     'available'
     """
-    return {name: b.unavailable_reason or "available" for name, b in _BACKENDS.items()}
+    report = {name: b.unavailable_reason or "available" for name, b in _BACKENDS.items()}
+    if _CPP_ERROR is None:
+        report["cpp"] = f"available ({_C.cpu_isa()})"
+    return report
+
+
+def cpu_isa() -> str:
+    """The ISA level the C++ CPU kernels run at: ``"avx512"``, ``"avx2"`` or ``"baseline"``.
+
+    The best this CPU supports, unless ``FASTUNLEARN_CPU_ISA`` names one (read once, when the
+    extension loads; an unknown level, or one this CPU lacks, fails ``import fastunlearn``). Every
+    level gives the same bits; only the speed differs.
+
+    >>> import fastunlearn as fu
+    >>> fu.cpu_isa() in ("avx512", "avx2", "baseline")
+    True
+    """
+    require_native()
+    return _C.cpu_isa()
 
 
 def native_available() -> bool:

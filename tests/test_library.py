@@ -101,7 +101,7 @@ def test_compiles_without_graph_breaks():
 def test_backends_report_and_selection(monkeypatch):
     report = fu.backends()
     assert report["torch"] == "available"
-    assert report["cpp"] == "available", report["cpp"]  # the extension is part of every install
+    assert report["cpp"] == f"available ({fu.cpu_isa()})", report["cpp"]  # the extension is part of every install
     from fastunlearn import _backend
 
     monkeypatch.delenv(_backend.ENV_VAR, raising=False)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 from helpers import BACKENDS, SHAPE_SETS, assert_same_bits, clone, flat64, make_vectors
+from tolerances import elementwise_bound, fp32_dot_bound
 
 import fastunlearn as fu
 
@@ -23,20 +24,36 @@ def cancelling_pair(n: int, seed: int = 0):
     return a, b
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_fp32_cancellation_with_ten_million_elements(backend):
-    n = 10_000_000
+@pytest.mark.parametrize("n", [100_003, pytest.param(10_000_000, marks=pytest.mark.slow)])
+def test_fp32_cancellation(backend, n):
     a, b = cancelling_pair(n)
-    exact = torch.dot(a.double(), b.double())
-    scale = torch.dot(a.double().abs(), b.double().abs())
+    exact = torch.dot(a.double(), b.double()).item()
+    scale = torch.dot(a.double().abs(), b.double().abs()).item()
     assert abs(exact) < 1e-5 * scale  # the case really cancels
-    naive = torch.zeros((), dtype=torch.float32)
-    for part_a, part_b in zip(a.split(1 << 20), b.split(1 << 20)):  # fp32 accumulation, fails the bound
-        naive += torch.dot(part_a, part_b)
-    assert abs(naive.double() - exact) > 1e-6 * abs(exact)
+    bound = fp32_dot_bound(exact, scale, n)
+    products = torch.nn.functional.pad(a * b, (0, -n % 16))  # fp32 accumulation in 16 lanes fails it
+    assert abs(products.view(-1, 16).cumsum(0)[-1].sum().item() - exact) > 10 * bound
     result = fu.dot([a[: n // 3], a[n // 3 :]], [b[: n // 3], b[n // 3 :]], backend=backend)
-    assert abs(result.double() - exact) <= 1e-6 * abs(exact)
+    assert abs(result.item() - exact) <= bound
+    others = [torch.randn(n, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    assert abs(fu.gram([[a], [b], *([o] for o in others)], backend=backend)[0, 1].item() - exact) <= bound  # K >= 5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_outputs_round_once(backend, dtype):
+    """bf16/fp16 combines compute in fp32 and round once: every element within half an ulp of the
+    storage dtype (plus the fp32 error) of the float64 value, which arithmetic in bf16/fp16 misses."""
+    vectors = make_vectors(SHAPE_SETS["chunk_straddle"], 3, dtype, seed=12)
+    weights = torch.tensor([0.3, -1.7, 2.9], dtype=torch.float64)
+    expected = sum(w * flat64(v) for w, v in zip(weights, vectors))
+    bound = elementwise_bound(expected, sum(w.abs() * flat64(v).abs() for w, v in zip(weights, vectors)), dtype, 3)
+    out = [torch.empty_like(s) for s in vectors[0]]
+    fu.combine_(out, weights, vectors, backend=backend)
+    assert bool(((flat64(out) - expected).abs() <= bound).all())
+    own_dtype = sum(w.to(dtype) * torch.cat([s.flatten() for s in v]) for w, v in zip(weights, vectors))
+    assert ((own_dtype.double() - expected).abs() > bound).float().mean() > 0.1
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -25,6 +25,35 @@ def reduction_atol(dtype: torch.dtype, length: int, scale: float) -> float:
     return scale * (_ACC_EPS[dtype] * (math.sqrt(max(length, 1)) + 16) + 4 * _RESULT_EPS[dtype])
 
 
+# Significand bits (with the implicit one) and the smallest normal exponent (frexp's) of each dtype.
+_SIGNIFICAND = {torch.float64: 53, torch.float32: 24, torch.bfloat16: 8, torch.float16: 11}
+_MIN_EXPONENT = {torch.float64: -1021, torch.float32: -125, torch.bfloat16: -125, torch.float16: -13}
+
+
+def ulp(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The spacing of `dtype` at each of `values` (float64)."""
+    _, exponent = torch.frexp(values.abs())
+    exponent = exponent.clamp(min=_MIN_EXPONENT[dtype])
+    return torch.ldexp(torch.ones_like(values), exponent - _SIGNIFICAND[dtype])
+
+
+def elementwise_bound(expected: torch.Tensor, magnitude: torch.Tensor, dtype: torch.dtype, num_terms: int) -> torch.Tensor:
+    """Per element, how far a weighted sum of `num_terms` inputs stored in `dtype` may land from its
+    float64 value `expected`, where `magnitude` is the sum of the terms' magnitudes: each operation
+    rounds once in the compute dtype (fp32 for bf16/fp16, never below), then the result rounds once
+    into `dtype` (half an ulp of it). Arithmetic in bf16/fp16 itself misses this bound."""
+    compute_eps = 2.0**-53 if dtype == torch.float64 else 2.0**-24
+    compute = 2 * num_terms * compute_eps * magnitude
+    return compute + 0.5 * ulp(expected.abs() + compute, dtype)
+
+
+def fp32_dot_bound(exact: float, scale: float, length: int) -> float:
+    """How far an fp32 dot product of `length` terms may land from its exact value: fp64
+    accumulation error on the terms' magnitudes (`scale` = sum |a_i b_i|), then one rounding to
+    fp32 (at most an ulp of it). Accumulating in fp32 misses it wherever the sum cancels."""
+    return 2.0**-53 * (math.sqrt(max(length, 1)) + 16) * scale + math.ulp(abs(exact)) * 2.0**29
+
+
 def elementwise_tol(dtype: torch.dtype, num_terms: int) -> dict[str, float]:
     """rtol/atol for a weighted sum of `num_terms` inputs stored in `dtype` (relative to the terms)."""
     eps = _STORE_EPS[dtype]

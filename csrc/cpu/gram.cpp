@@ -55,18 +55,12 @@ FU_INLINE void gram_piece_interleaved(const scalar_t* const* src, const scalar_t
   constexpr int S = std::max<int>(L, 64 / sizeof(scalar_t));
   constexpr int kLinesPerStep = S * sizeof(scalar_t) / 64;
 
-  // fp32 products are exact in fp64 (bf16/fp16 products in fp32), so a fused multiply-add rounds
-  // exactly as the baseline's multiply-then-add; fp64 products are not.
-  const auto madd = [](V sum, V a, V b) __attribute__((always_inline)) {
-    if constexpr (std::is_same_v<scalar_t, double>) return R::madd(sum, a, b);
-    else return R::madd_exact(sum, a, b);
-  };
   const auto accumulate = [&](V (&sum)[P][G], const V (&x)[K], int g) __attribute__((always_inline)) {
     int p = 0;
 #pragma GCC unroll 16
     for (int a = 0; a < K; ++a) {
 #pragma GCC unroll 16
-      for (int b = a; b < K; ++b, ++p) sum[p][g] = madd(sum[p][g], x[a], x[b]);
+      for (int b = a; b < K; ++b, ++p) sum[p][g] = add_product<scalar_t, R>(sum[p][g], x[a], x[b]);
     }
   };
 
@@ -135,57 +129,68 @@ FU_INLINE void gram_chunk_interleaved(const ChunkPlan& plan, int64_t chunk, cons
 }
 
 // Many vectors: each block of every vector is staged once in the accumulation type, then the pair
-// products run from L1 in register tiles of kTile x kTile vectors, so each staged vector is loaded
-// once per tile rather than once per pair. Every pair accumulates kVecWidth lanes in element order,
-// whatever the tiling, so the bits do not depend on it. GCC vector types keep that lane structure
-// in every ISA clone.
-constexpr int kTile = 4;
-constexpr int kVecWidth = 8;
+// products run from L1 in register tiles of tile x tile vectors, so each staged vector is loaded
+// once per tile rather than once per pair. Every pair keeps kStagedLanes lanes (32 bytes: one AVX2
+// register) in element order, whatever the tiling, so the bits depend on neither the tile nor the
+// level; the tile is as large as the level's registers hold.
+template <typename acc_t>
+constexpr int kStagedLanes = 32 / sizeof(acc_t);
 
-template <typename acc_t> struct Vec;
-template <> struct Vec<double> { typedef double type __attribute__((vector_size(8 * kVecWidth))); };
-template <> struct Vec<float> { typedef float type __attribute__((vector_size(4 * kVecWidth))); };
+constexpr int staged_tile(CpuIsa isa) { return isa == CpuIsa::kAvx512 ? 4 : isa == CpuIsa::kAvx2 ? 3 : 2; }
 
-// acc holds kVecWidth lanes per pair (a, b), at (a * rows + b) * kVecWidth (plain memory: a
-// std::vector of a vector type would drop its alignment).
-template <bool kDiagonal, typename acc_t>
-FU_INLINE void accumulate_tile(const acc_t* __restrict staged, int64_t a0, int64_t b0, int64_t rows,
-                               acc_t* __restrict acc) {
-  using V = typename Vec<acc_t>::type;
-  V tile[kTile][kTile];
+// acc holds the lanes of pair (a, b) at (a * rows + b) * kStagedLanes.
+template <CpuIsa kIsa, typename scalar_t, bool kDiagonal>
+FU_INLINE void accumulate_tile(const typename Acc<scalar_t>::type* __restrict staged, int64_t a0, int64_t b0,
+                               int64_t rows, typename Acc<scalar_t>::type* __restrict acc) {
+  using acc_t = typename Acc<scalar_t>::type;
+  constexpr int L = kStagedLanes<acc_t>;
+  constexpr int kBytes = std::min<int>(register_bytes(kIsa), L * sizeof(acc_t));
+  using R = Reg<acc_t, kBytes>;
+  using V = typename R::V;
+  constexpr int W = kBytes / sizeof(acc_t);
+  constexpr int G = L / W;
+  constexpr int T = staged_tile(kIsa);
+  V tile[T][T][G];
 #pragma GCC unroll 4
-  for (int i = 0; i < kTile; ++i)
+  for (int i = 0; i < T; ++i)
 #pragma GCC unroll 4
-    for (int j = 0; j < kTile; ++j) {
-      std::memcpy(&tile[i][j], acc + ((a0 + i) * rows + b0 + j) * kVecWidth, sizeof(V));
+    for (int j = 0; j < T; ++j)
+#pragma GCC unroll 4
+      for (int g = 0; g < G; ++g) tile[i][j][g] = R::load(acc + ((a0 + i) * rows + b0 + j) * L + g * W);
+  for (int64_t t = 0; t < kBlock; t += L) {
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) {
+      V xa[T], xb[T];
+#pragma GCC unroll 4
+      for (int i = 0; i < T; ++i) {
+        xa[i] = R::load(staged + (a0 + i) * kBlock + t + g * W);
+        xb[i] = R::load(staged + (b0 + i) * kBlock + t + g * W);
+      }
+#pragma GCC unroll 4
+      for (int i = 0; i < T; ++i)
+#pragma GCC unroll 4
+        for (int j = kDiagonal ? i : 0; j < T; ++j) {  // a diagonal tile's upper half
+          tile[i][j][g] = add_product<scalar_t, R>(tile[i][j][g], xa[i], xb[j]);
+        }
     }
-  for (int64_t t = 0; t < kBlock; t += kVecWidth) {
-    V xa[kTile], xb[kTile];
-#pragma GCC unroll 4
-    for (int i = 0; i < kTile; ++i) {
-      std::memcpy(&xa[i], staged + (a0 + i) * kBlock + t, sizeof(V));
-      std::memcpy(&xb[i], staged + (b0 + i) * kBlock + t, sizeof(V));
-    }
-#pragma GCC unroll 4
-    for (int i = 0; i < kTile; ++i)
-#pragma GCC unroll 4
-      for (int j = kDiagonal ? i : 0; j < kTile; ++j) tile[i][j] += xa[i] * xb[j];  // a diagonal tile's upper half
   }
 #pragma GCC unroll 4
-  for (int i = 0; i < kTile; ++i)
+  for (int i = 0; i < T; ++i)
 #pragma GCC unroll 4
-    for (int j = 0; j < kTile; ++j) {
-      std::memcpy(acc + ((a0 + i) * rows + b0 + j) * kVecWidth, &tile[i][j], sizeof(V));
-    }
+    for (int j = 0; j < T; ++j)
+#pragma GCC unroll 4
+      for (int g = 0; g < G; ++g) R::store(acc + ((a0 + i) * rows + b0 + j) * L + g * W, tile[i][j][g]);
 }
 
-template <typename scalar_t>
+template <CpuIsa kIsa, typename scalar_t>
 FU_INLINE void gram_chunk_staged(const ChunkPlan& plan, int64_t chunk, const void* const* ptrs,
                                  int64_t n, int64_t k, double* partial) {
   using acc_t = typename Acc<scalar_t>::type;
-  const int64_t rows = (k + kTile - 1) / kTile * kTile;  // rows past k stay zero
+  constexpr int L = kStagedLanes<acc_t>;
+  constexpr int T = staged_tile(kIsa);
+  const int64_t rows = (k + T - 1) / T * T;  // rows past k stay zero
   std::vector<acc_t> staged(rows * kBlock, acc_t(0));
-  std::vector<acc_t> acc(rows * rows * kVecWidth, acc_t(0));  // pairs (a, b) with a <= b are used
+  std::vector<acc_t> acc(rows * rows * L, acc_t(0));  // pairs (a, b) with a <= b are used
   for_each_piece(plan, chunk, [&](int64_t shard, int64_t begin, int64_t end) __attribute__((always_inline)) {
     for (int64_t pos = begin; pos < end; pos += kBlock) {
       const int64_t len = std::min(kBlock, end - pos);
@@ -193,10 +198,10 @@ FU_INLINE void gram_chunk_staged(const ChunkPlan& plan, int64_t chunk, const voi
         const auto* src = static_cast<const scalar_t*>(ptrs[v * n + shard]) + pos;
         stage_block(src, len, staged.data() + v * kBlock);
       }
-      for (int64_t a0 = 0; a0 < rows; a0 += kTile) {
-        accumulate_tile<true>(staged.data(), a0, a0, rows, acc.data());
-        for (int64_t b0 = a0 + kTile; b0 < rows; b0 += kTile) {
-          accumulate_tile<false>(staged.data(), a0, b0, rows, acc.data());
+      for (int64_t a0 = 0; a0 < rows; a0 += T) {
+        accumulate_tile<kIsa, scalar_t, true>(staged.data(), a0, a0, rows, acc.data());
+        for (int64_t b0 = a0 + T; b0 < rows; b0 += T) {
+          accumulate_tile<kIsa, scalar_t, false>(staged.data(), a0, b0, rows, acc.data());
         }
       }
     }
@@ -205,7 +210,7 @@ FU_INLINE void gram_chunk_staged(const ChunkPlan& plan, int64_t chunk, const voi
   for (int64_t a = 0; a < k; ++a) {
     for (int64_t b = a; b < k; ++b, ++p) {
       double sum = 0.0;
-      for (int j = 0; j < kVecWidth; ++j) sum += static_cast<double>(acc[(a * rows + b) * kVecWidth + j]);
+      for (int j = 0; j < L; ++j) sum += static_cast<double>(acc[(a * rows + b) * L + j]);
       partial[p] = sum;
     }
   }
@@ -220,7 +225,7 @@ FU_INLINE void gram_chunk(const ChunkPlan& plan, int64_t chunk, const void* cons
     case 2: return gram_chunk_interleaved<kIsa, scalar_t, 2>(plan, chunk, ptrs, n, partial);
     case 3: return gram_chunk_interleaved<kIsa, scalar_t, 3>(plan, chunk, ptrs, n, partial);
     case 4: return gram_chunk_interleaved<kIsa, scalar_t, 4>(plan, chunk, ptrs, n, partial);
-    default: return gram_chunk_staged<scalar_t>(plan, chunk, ptrs, n, k, partial);
+    default: return gram_chunk_staged<kIsa, scalar_t>(plan, chunk, ptrs, n, k, partial);
   }
 }
 

@@ -11,7 +11,8 @@ namespace {
 bool supported(CpuIsa isa) {
 #if defined(__x86_64__) && defined(__GNUC__)
   switch (isa) {
-    case CpuIsa::kAvx512: return __builtin_cpu_supports("avx512f") && supported(CpuIsa::kAvx2);
+    case CpuIsa::kAvx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && supported(CpuIsa::kAvx2);
     case CpuIsa::kAvx2:
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     case CpuIsa::kBaseline: return true;

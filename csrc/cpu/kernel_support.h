@@ -22,20 +22,21 @@ template <> struct Compute<c10::BFloat16> { using type = float; };
 template <> struct Compute<c10::Half> { using type = float; };
 
 // The hardware prefetcher loses track of K streams read in short bursts of kBlock elements; ask for
-// each line a few blocks ahead explicitly (prefetching past the end of a shard is harmless).
+// each line a few blocks ahead explicitly (prefetching past the end of a shard is harmless), into
+// every cache level: a non-temporal hint measured slower on both AVX2 and AVX-512 clones.
 constexpr int64_t kPrefetchBlocks = 4;
 
 template <typename scalar_t>
 inline __attribute__((always_inline)) void prefetch_ahead(const scalar_t* src, int64_t len) {
   constexpr int64_t per_line = 64 / sizeof(scalar_t);
-  for (int64_t t = 0; t < len; t += per_line) __builtin_prefetch(src + t + kPrefetchBlocks * kBlock, 0, 0);
+  for (int64_t t = 0; t < len; t += per_line) __builtin_prefetch(src + t + kPrefetchBlocks * kBlock, 0, 3);
 }
 
 }  // namespace fastunlearn
 
 // Every level's extensions, as the CPU check in isa.cpp requires them.
 #if defined(__x86_64__) && defined(__GNUC__)
-#define FU_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma,f16c")))
+#define FU_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx2,fma,f16c")))
 #define FU_TARGET_AVX2 __attribute__((target("avx2,fma,f16c")))
 #else
 #define FU_TARGET_AVX512

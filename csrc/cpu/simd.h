@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "isa.h"
 #include "kernel_support.h"
@@ -133,5 +134,17 @@ template <typename acc_t> struct Reg<acc_t, 16> {
 };
 
 #endif
+
+// sum + a * b for the products of two scalar_t inputs. Where that product is exact in the
+// accumulation type (fp32 in fp64, bf16/fp16 in fp32) a fused multiply-add rounds once, exactly as
+// the baseline's multiply-then-add does; fp64 products are not exact, so every level rounds twice.
+template <typename scalar_t, typename R>
+FU_INLINE typename R::V add_product(typename R::V sum, typename R::V a, typename R::V b) {
+  if constexpr (std::is_same_v<scalar_t, double>) {
+    return R::madd(sum, a, b);
+  } else {
+    return R::madd_exact(sum, a, b);
+  }
+}
 
 }  // namespace fastunlearn

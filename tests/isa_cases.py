@@ -1,0 +1,87 @@
+"""Runs every CPU kernel family once, at one and at two threads, and prints one JSON object:
+{"level": the ISA level in use, "digests": {case: sha256 of the result bytes}, "cancellation": ...}.
+
+test_isa.py starts it under each FASTUNLEARN_CPU_ISA level and compares the levels' outputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+from test_numerics import cancelling_pair
+
+import fastunlearn as fu
+
+SHAPES = [(37,), (1000,), (3, 77), (0,), (70_001,), (5,)]  # tails, an empty shard, a chunk straddle
+DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def vectors(k: int, dtype: torch.dtype, seed: int) -> list[list[torch.Tensor]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [[torch.randn(s, generator=gen).to(dtype) for s in SHAPES] for _ in range(k)]
+
+
+def digest(*tensors: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def copy(vector):
+    return [t.clone() for t in vector]
+
+
+def cases() -> dict[str, str]:
+    out = {}
+    for name, dtype in DTYPES.items():
+        for k in (1, 2, 3, 4, 5, 8, 16):
+            out[f"gram/{name}/K={k}"] = digest(fu.gram(vectors(k, dtype, seed=k)))
+        for k in (1, 2, 3, 5):
+            vs = vectors(k, dtype, seed=10 + k)
+            target = [torch.empty_like(t) for t in vs[0]]
+            fu.combine_(target, torch.linspace(-1.5, 2.0, k, dtype=torch.float64), vs)
+            out[f"combine_/{name}/K={k}"] = digest(*target)
+        g, r, d1, d2 = vectors(4, dtype, seed=20)
+        projected = copy(g)
+        stats = fu.project_(projected, r)
+        out[f"project_/{name}"] = digest(*projected, stats.coef)
+        normal = copy(g)
+        fu.project_normal_(normal, [r, d1, d2])
+        out[f"project_normal_/{name}"] = digest(*normal)
+        merged = [torch.empty_like(t) for t in g]
+        fu.pcgrad_(merged, [g, r, d1], order=torch.tensor([[1, 2, 0], [2, 0, 1], [0, 1, 2]]))
+        out[f"pcgrad_/{name}"] = digest(*merged)
+        for opt_name, make in (
+            ("sgd", lambda p: fu.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01)),
+            ("adamw", lambda p: fu.optim.AdamW(p, lr=0.1, weight_decay=0.01)),
+        ):
+            params = [torch.nn.Parameter(t.clone()) for t in d2]
+            opt = make(params)
+            for _ in range(2):
+                opt.step_combined(torch.tensor([1.0, -0.5], dtype=torch.float64), [g, r])
+            out[f"{opt_name}_step/{name}"] = digest(*params)
+    return out
+
+
+def cancellation() -> dict[str, str]:
+    """The mid-size cancelling pair through the K = 2 and the K >= 5 Gram kernels, as float hex."""
+    a, b = cancelling_pair(100_003, seed=3)
+    a_parts, b_parts = list(a.split(40_000)), list(b.split(40_000))
+    gen = torch.Generator().manual_seed(30)
+    five = fu.gram([a_parts, b_parts, *(list(torch.randn(len(a), generator=gen).split(40_000)) for _ in range(3))])
+    return {"dot": fu.dot(a_parts, b_parts).item().hex(), "gram5": five[0, 1].item().hex()}
+
+
+def main() -> None:
+    results = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        results[threads] = cases()
+    print(json.dumps({"level": fu.cpu_isa(), "digests": results, "cancellation": cancellation()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The CPU kernels' ISA levels: the FASTUNLEARN_CPU_ISA switch, and the same bits at every level.
+
+Each level runs in its own process (the level is read once, when the extension loads).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+import torch
+from test_numerics import cancelling_pair
+from tolerances import fp32_dot_bound
+
+import fastunlearn as fu
+
+LEVELS = ("avx512", "avx2", "baseline")
+TESTS = Path(__file__).parent
+
+
+def run(level: str | None, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "FASTUNLEARN_CPU_ISA"}
+    if level is not None:
+        env["FASTUNLEARN_CPU_ISA"] = level
+    return subprocess.run([sys.executable, *args], env=env, cwd=TESTS, capture_output=True, text=True, timeout=300)
+
+
+@cache
+def probe(level: str) -> subprocess.CompletedProcess:
+    return run(level, "-c", "import fastunlearn as fu; print(fu.cpu_isa())")
+
+
+def supported() -> list[str]:
+    return [level for level in LEVELS if probe(level).returncode == 0]
+
+
+@cache
+def outputs(level: str) -> dict:
+    done = run(level, "isa_cases.py")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_the_default_is_the_best_level_this_cpu_supports():
+    default = run(None, "-c", "import fastunlearn as fu; print(fu.cpu_isa(), fu.backends()['cpp'])")
+    assert default.returncode == 0, default.stderr
+    level, report = default.stdout.split(maxsplit=1)
+    assert level == supported()[0]
+    assert report.strip() == f"available ({level})"
+
+
+def test_a_forced_level_is_the_one_in_use():
+    for level in supported():
+        assert probe(level).stdout.strip() == level
+    assert "baseline" in supported()  # every x86-64 (and every other) CPU runs the baseline clone
+
+
+def test_an_unknown_level_fails_the_import():
+    done = run("sse9", "-c", "import fastunlearn")
+    assert done.returncode != 0
+    assert "FASTUNLEARN_CPU_ISA=sse9 is not a level; expected avx512, avx2 or baseline" in done.stderr
+
+
+def test_a_level_this_cpu_lacks_fails_the_import():
+    lacking = [level for level in LEVELS if level not in supported()]
+    if not lacking:
+        pytest.skip("this CPU supports every level")
+    for level in lacking:
+        assert "this CPU does not support that level" in probe(level).stderr
+
+
+def test_every_level_and_thread_count_gives_the_same_bits():
+    levels = supported()
+    reference = outputs(levels[0])
+    one_thread, two_threads = reference["digests"]["1"], reference["digests"]["2"]
+    assert one_thread == two_threads
+    for level in levels[1:]:
+        other = outputs(level)
+        assert other["level"] == level
+        differing = [case for case, value in other["digests"]["1"].items() if one_thread[case] != value]
+        assert not differing, f"{level} differs from {levels[0]} in {differing}"
+        assert other["digests"]["2"] == one_thread
+        assert other["cancellation"] == reference["cancellation"]
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_fp32_cancellation_at_every_level(level):
+    """test_numerics' 1e5-element cancelling fp32 dot, through the K = 2 and the K >= 5 Gram
+    kernels, within a bound that fp32 accumulation misses (checked there)."""
+    if level not in supported():
+        pytest.skip(f"this CPU lacks {level}")
+    a, b = cancelling_pair(100_003, seed=3)
+    exact = torch.dot(a.double(), b.double()).item()
+    bound = fp32_dot_bound(exact, torch.dot(a.double().abs(), b.double().abs()).item(), len(a))
+    for name, value in outputs(level)["cancellation"].items():
+        assert abs(float.fromhex(value) - exact) <= bound, name
+
+
+def test_the_in_process_level_matches_the_switch():
+    forced = os.environ.get("FASTUNLEARN_CPU_ISA")
+    assert fu.cpu_isa() == (forced or supported()[0])
