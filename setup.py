@@ -6,6 +6,7 @@ already installed. Everything else about the package is declared in pyproject.to
 
 import glob
 import os
+import subprocess
 
 import torch
 from setuptools import setup
@@ -26,8 +27,22 @@ def with_cuda() -> bool:
     return torch.version.cuda is not None and CUDA_HOME is not None and os.environ.get("FASTUNLEARN_NO_CUDA") != "1"
 
 
+def shared_libstdcxx() -> list[str]:
+    """The compiler's shared libstdc++, named ahead of its own -lstdc++: where that resolves to the
+    static archive (a toolchain without the libstdc++.so link, or -static-libstdc++), a static copy
+    inside _C formats error messages with streams that a second, uninitialised libstdc++ owns
+    (torch uses the shared one) and crashes there. Where it is shared anyway, this changes nothing."""
+    try:
+        found = subprocess.run([os.environ.get("CXX", "c++"), "-print-file-name=libstdc++.so.6"], capture_output=True, text=True)
+    except OSError:
+        return []
+    path = found.stdout.strip()
+    return [path] if os.path.isabs(path) and os.path.exists(path) else []
+
+
 def extension():
-    common = dict(name="fastunlearn._C", include_dirs=[os.path.join(HERE, "csrc")], extra_link_args=["-fopenmp"])
+    link_args = ["-fopenmp", *shared_libstdcxx()]
+    common = dict(name="fastunlearn._C", include_dirs=[os.path.join(HERE, "csrc")], extra_link_args=link_args)
     cpu_sources = sources("*.cpp", "common/*.cpp", "cpu/*.cpp")
     if not with_cuda():
         return CppExtension(sources=cpu_sources, extra_compile_args=CXX_FLAGS, **common)

@@ -224,7 +224,7 @@ def device_name(device: torch.device) -> str:
 def metadata(device: torch.device, repeats: int, command: str) -> dict:
     return {
         "device": device_name(device),
-        "device_type": "GPU" if device.type == "cuda" else "CPU",
+        "device_type": "GPU" if device.type == "cuda" else f"CPU, ISA level {fu.cpu_isa()}",
         "threads": torch.get_num_threads(),
         "backend": _backend.resolve("auto", device),
         "torch": torch.__version__,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
+
 import pytest
 import torch
 from helpers import BACKENDS, make_vectors
@@ -130,3 +134,12 @@ def test_optional_submodules_load_on_first_use():
     assert fu.eval.membership_inference is not None and fu.profile.profile_unlearning is not None
     with pytest.raises(AttributeError, match="no attribute 'no_such_thing'"):
         fu.no_such_thing  # noqa: B018
+
+
+@pytest.mark.skipif(sys.platform != "linux" or shutil.which("ldd") is None, reason="needs Linux and ldd")
+def test_the_extension_links_the_shared_libstdcxx():
+    """A static libstdc++ inside _C crashes on the first error message that formats a number."""
+    from fastunlearn import _C
+
+    linked = subprocess.run(["ldd", _C.__file__], capture_output=True, text=True).stdout
+    assert "libstdc++.so" in linked, linked

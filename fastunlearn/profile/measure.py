@@ -332,6 +332,7 @@ def _environment(device: torch.device) -> dict:
         "fastunlearn": fu.__version__,
         "threads": torch.get_num_threads(),
         "device": str(device),
+        "cpu_isa": fu.cpu_isa(),
     }
     if device.type == "cuda":
         env["device_name"] = torch.cuda.get_device_name(device)
