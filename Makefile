@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.fastunlearn-installed
 SOURCES := pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/*/*.cpp csrc/*/*.h csrc/*/*.cu csrc/*/*.cuh)
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench gpu-check clean
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/report.py
 	$(BIN)/python benchmarks/sweep.py
 	$(BIN)/python benchmarks/shard_bar.py
+
+# On a CUDA machine with torch, Triton and nvcc already installed (no venv, no network): build for
+# the local GPU, test, measure, profile; the report lands in $(GPU_CHECK_OUT).
+GPU_CHECK_OUT ?= gpu-check
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_OUT)
 
 clean:
 	rm -rf build $(VENV) fastunlearn/*.so *.egg-info
