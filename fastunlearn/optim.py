@@ -53,8 +53,13 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
 
     @property
     def params(self) -> list[Tensor]:
-        """Every parameter, in param-group order: the shard order of ``step_combined``'s vectors."""
-        return [p for group in self.param_groups for p in group["params"]]
+        """The trainable parameters (``requires_grad``), in param-group order: the shard order of
+        ``step_combined``'s vectors. Frozen ones (a LoRA base) are held, as torch's optimizers hold
+        them, and never updated."""
+        return [p for params in self._trainable_groups() for p in params]
+
+    def _trainable_groups(self) -> list[list[Tensor]]:
+        return [[p for p in group["params"] if p.requires_grad] for group in self.param_groups]
 
     @torch.no_grad()
     def step(self, closure=None, *, weights: Tensor | None = None, vectors: Sequence[Vector] | None = None):
@@ -68,11 +73,13 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
             raise ValueError("give both weights and vectors, or neither")
         if vectors is not None:
             params = self.params
+            if not params:
+                raise ValueError("the optimizer has no trainable parameters (every one has requires_grad=False)")
             grads = _checked_vectors(vectors, params)
             if not isinstance(weights, Tensor):
                 raise TypeError(f"weights must be a Tensor on {params[0].device}, got {type(weights).__name__}")
             _check_step(params, grads, weights)
-            self._update_groups([group["params"] for group in self.param_groups], weights, grads)
+            self._update_groups(self._trainable_groups(), weights, grads)
             return loss
         with_grad = [[p for p in group["params"] if p.grad is not None] for group in self.param_groups]
         params = [p for group in with_grad for p in group]

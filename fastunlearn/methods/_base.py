@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -24,9 +24,33 @@ LossFn = Callable[[nn.Module, Any], Tensor]
 StepStats = dict[str, Tensor]
 
 
-def cross_entropy(model: nn.Module, batch: Sequence[Tensor]) -> Tensor:
-    """The default loss: mean cross-entropy of ``model(batch[0])`` against labels ``batch[1]``."""
-    return F.cross_entropy(model(batch[0]), batch[1])
+def cross_entropy(model: nn.Module, batch: Any) -> Tensor:
+    """The default loss. An ``(inputs, labels)`` pair gives the mean cross-entropy of
+    ``model(inputs)`` against ``labels``; a dict batch (Hugging Face style: ``input_ids``,
+    ``attention_mask``, ``labels``) is passed as keyword arguments and the model's own ``loss``
+    returned. Anything else needs a ``loss_fn``."""
+    if isinstance(batch, Mapping):
+        loss = model_outputs(model, batch, "loss")
+        if loss is None:
+            raise ValueError(
+                "the model returned no loss for a dict batch: put 'labels' in the batch, or pass loss_fn=(model, batch) -> loss"
+            )
+        return loss
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return F.cross_entropy(model(batch[0]), batch[1])
+    raise TypeError(
+        f"the default loss takes an (inputs, labels) pair or a dict of model keyword arguments, got a "
+        f"{type(batch).__name__}; pass loss_fn=(model, batch) -> loss"
+    )
+
+
+def model_outputs(model: nn.Module, batch: Mapping, field: str) -> Any:
+    """``model(**batch)``'s ``field`` (``loss``, ``logits``): the output is a Hugging Face
+    ``ModelOutput``, a dict, or an object with that attribute; None where it has no such field."""
+    output = model(**batch)
+    if isinstance(output, Mapping):
+        return output.get(field)
+    return getattr(output, field, None)
 
 
 @contextlib.contextmanager

@@ -7,6 +7,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor
 
+from fastunlearn import ops
+
 
 class GradientStash:
     """Keeps the gradient of each named loss as a vector (one shard per trainable parameter).
@@ -39,10 +41,13 @@ class GradientStash:
         self._vectors: dict[str, list[Tensor]] = {}
         self._reached: dict[str, list[bool]] = {}
 
-    def capture(self, name: str, loss: Tensor, *, retain_graph: bool = False) -> list[Tensor]:
+    def capture(self, name: str, loss: Tensor, *, retain_graph: bool = False, accumulate: bool = False) -> list[Tensor]:
         """Backpropagates ``loss`` and keeps the gradient under ``name`` (replacing the previous one).
 
-        ``retain_graph`` is only needed when several losses share one forward pass (multi-task).
+        With ``accumulate=True`` the gradient is added to the one already kept under ``name`` (if
+        any), in place: gradient accumulation over micro-batches, each loss scaled by 1 / their
+        number as with ``.backward()``. ``retain_graph`` is only needed when several losses share one
+        forward pass (multi-task).
         """
         if not isinstance(loss, Tensor) or loss.numel() != 1:
             raise ValueError(f"loss for {name!r} must be a scalar tensor")
@@ -56,6 +61,12 @@ class GradientStash:
         finally:
             for p, grad in zip(self.params, saved):
                 p.grad = grad
+        if accumulate and name in self._vectors:
+            kept = self._vectors[name]
+            ones = torch.ones(2, device=kept[0].device)
+            ops.combine_(kept, ones, [kept, vector])
+            self._reached[name] = [a or b for a, b in zip(self._reached[name], reached)]
+            return kept
         self._vectors[name] = vector
         self._reached[name] = reached
         return vector

@@ -3,7 +3,7 @@ moved far enough, then fine-tuning on the retain set."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -11,13 +11,28 @@ from torch import Tensor, nn
 
 from fastunlearn import ops, optim
 from fastunlearn.distributed import is_dtensor
-from fastunlearn.methods._base import History, LossFn, StepStats, UnlearningMethod, _Progress, cycle, evaluating
+from fastunlearn.methods._base import (
+    History,
+    LossFn,
+    StepStats,
+    UnlearningMethod,
+    _Progress,
+    cycle,
+    evaluating,
+    model_outputs,
+)
 
 OutputFn = Callable[[nn.Module, Any], Tensor]
 
 
 def model_output(model: nn.Module, batch: Any) -> Tensor:
-    """The default output for the distance test: ``model(batch[0])`` (or ``model(batch)``)."""
+    """The default output for the distance test: ``model(batch[0])`` (or ``model(batch)``); for a
+    dict batch, the ``logits`` of ``model(**batch)``."""
+    if isinstance(batch, Mapping):
+        logits = model_outputs(model, batch, "logits")
+        if logits is None:
+            raise ValueError("the model returned no logits for a dict batch; pass output_fn=(model, batch) -> tensor")
+        return logits
     return model(batch if isinstance(batch, Tensor) else batch[0])
 
 
