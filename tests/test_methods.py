@@ -424,3 +424,33 @@ def test_steps_never_read_a_tensor_back(cls, kwargs, monkeypatch):
     stats = method.step(forget, retain)
     monkeypatch.undo()
     assert all(isinstance(v, torch.Tensor) for v in stats.values())
+
+
+# --- gradient accumulation and clipping ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("cls,kwargs", ALL_METHODS, ids=lambda v: getattr(v, "__name__", ""))
+def test_two_micro_batches_of_a_batch_step_as_the_whole_batch(cls, kwargs):
+    """micro_batches=2 (batches of 12 in parts of 6) gives the parameters of one step per batch, to
+    fp32 rounding, for every method."""
+    whole = run_method(cls, kwargs, "auto")
+    parts = run_method(cls, dict(kwargs, micro_batches=2), "auto")
+    torch.testing.assert_close(flat_params(parts), flat_params(whole), rtol=1e-5, atol=1e-6)
+
+
+def test_max_grad_norm_clips_the_update_from_the_gram():
+    forget, retain = batches(40, 2)
+    updates = {}
+    for clip in (None, 1e-3, 1e3):
+        model = tiny_model()
+        before = flat_params(model)
+        method = methods.GradientSurgery(model, optimizer=torch.optim.SGD(model.parameters(), lr=1.0), max_grad_norm=clip)
+        method.step(forget, retain)
+        updates[clip] = flat_params(model) - before
+    assert abs(float(updates[1e-3].norm()) - 1e-3) < 1e-9  # the surgery update (norm >> 1e-3) clipped to 1e-3
+    torch.testing.assert_close(updates[1e-3] / 1e-3, updates[None] / updates[None].norm())  # same direction
+    torch.testing.assert_close(updates[1e3], updates[None])  # under the bound: untouched
+    with pytest.raises(ValueError, match="max_grad_norm must be > 0"):
+        methods.GradientSurgery(tiny_model(), max_grad_norm=0.0)
+    with pytest.raises(ValueError, match="micro_batches must be an int >= 1"):
+        methods.GradientSurgery(tiny_model(), micro_batches=0)

@@ -64,6 +64,17 @@ def evaluating(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+def batch_size(batch: Any) -> int:
+    """Samples in a batch: dim 0 of its first tensor (a tensor, or a tuple/list/dict of them)."""
+    if isinstance(batch, Tensor):
+        return batch.shape[0]
+    if isinstance(batch, Mapping):
+        return batch_size(next(iter(batch.values())))
+    if isinstance(batch, (tuple, list)) and batch:
+        return batch_size(batch[0])
+    raise TypeError(f"cannot tell the size of a batch of type {type(batch).__name__}")
+
+
 def split_batch(batch: Any, parts: int) -> list[Any]:
     """Splits a batch (a tensor, or a tuple/list/dict of tensors) into ``parts`` along dim 0."""
     if isinstance(batch, Tensor):
@@ -125,6 +136,12 @@ class UnlearningMethod(abc.ABC):
     optimizer over the model's parameters: with a fused one the combined gradient is applied inside
     the update; with another, it is written over the forget gradient's buffer, handed to ``.grad``
     for ``optimizer.step()``, and ``.grad`` is restored afterwards.
+
+    ``micro_batches`` splits every batch into that many parts along dim 0 and accumulates their
+    gradients (each loss weighted by its share of the samples, exact for losses that average over
+    samples) before the step's vector algebra, which runs once: one step of a large batch in the
+    memory of a part. ``max_grad_norm`` clips the update ``d = sum_k w_k g_k`` to that norm before
+    the optimizer, from the step's Gram matrix (``|d|^2 = w^T G w``), on the device.
     """
 
     def __init__(
@@ -136,7 +153,14 @@ class UnlearningMethod(abc.ABC):
         loss_fn: LossFn = cross_entropy,
         forget_loss_fn: LossFn | None = None,
         backend: str = "auto",
+        micro_batches: int = 1,
+        max_grad_norm: float | None = None,
     ) -> None:
+        if not isinstance(micro_batches, int) or micro_batches < 1:
+            raise ValueError(f"micro_batches must be an int >= 1, got {micro_batches!r}")
+        if max_grad_norm is not None and not max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0 (or None), got {max_grad_norm!r}")
+        self.micro_batches, self.max_grad_norm = micro_batches, max_grad_norm
         self.model = model
         self.backend = backend
         self.stash = GradientStash(model.parameters())
@@ -177,21 +201,41 @@ class UnlearningMethod(abc.ABC):
         return self.timer.phase(name) if self.timer is not None else contextlib.nullcontext()
 
     def gradient(self, name: str, loss_fn: LossFn, batch: Any) -> tuple[Tensor, list[Tensor]]:
-        """Forward + backward of ``loss_fn`` on ``batch``; returns the detached loss and gradient.
+        """Forward + backward of ``loss_fn`` on ``batch`` (in ``micro_batches`` parts, accumulated);
+        returns the detached loss and the gradient.
 
         Timed as ``forward_forget`` / ``backward_forget`` for the forget gradient and
         ``forward_retain`` / ``backward_retain`` for every other one.
         """
         side = "forget" if name == "forget" else "retain"
-        with self.phase(f"forward_{side}"):
-            loss = loss_fn(self.model, batch)
-        with self.phase(f"backward_{side}"):
-            return loss.detach(), self.stash.capture(name, loss)
+        parts = [batch] if self.micro_batches == 1 else split_batch(batch, self.micro_batches)
+        total = batch_size(batch)
+        losses = []
+        for j, part in enumerate(parts):
+            with self.phase(f"forward_{side}"):
+                loss = loss_fn(self.model, part)
+                if len(parts) > 1:
+                    loss = loss * (batch_size(part) / total)
+            with self.phase(f"backward_{side}"):
+                vector = self.stash.capture(name, loss, accumulate=j > 0)
+            losses.append(loss.detach())
+        return (losses[0] if len(losses) == 1 else torch.stack(losses).sum()), vector
 
-    def apply(self, weights: Tensor, vectors: Sequence[Sequence[Tensor]]) -> None:
-        """One optimizer step along the descent direction ``sum_k weights[k] * vectors[k]``."""
+    def apply(self, weights: Tensor, vectors: Sequence[Sequence[Tensor]], gram: Tensor | None = None) -> None:
+        """One optimizer step along the descent direction ``sum_k weights[k] * vectors[k]``, clipped
+        to ``max_grad_norm`` if set (``gram``: the vectors' Gram matrix, if the step has it)."""
+        if self.max_grad_norm is not None:
+            weights = self.clipped(weights, vectors, gram)
         with self.phase("optimizer"):
             self._apply(weights, vectors)
+
+    def clipped(self, weights: Tensor, vectors: Sequence[Sequence[Tensor]], gram: Tensor | None = None) -> Tensor:
+        """``weights`` scaled so that ``|sum_k w_k g_k| = sqrt(w^T G w)`` is at most ``max_grad_norm``."""
+        gram = gram if gram is not None else self.gram(vectors)
+        with self.phase("vector_algebra"):
+            w = weights.to(gram.dtype)
+            norm = (w @ gram @ w).clamp_min(0.0).sqrt()
+            return weights * (self.max_grad_norm / (norm + 1e-12)).clamp_max(1.0).to(weights.dtype)
 
     def _apply(self, weights: Tensor, vectors: Sequence[Sequence[Tensor]]) -> None:
         if isinstance(self.optimizer, FusedOptimizer):

@@ -64,7 +64,7 @@ class GradientDifference(UnlearningMethod):
         retain_loss, g_r = self.gradient("retain", self.loss_fn, retain_batch)
         gram = self.gram([g_f, g_r])
         weights = torch.tensor([-self.forget_weight, self.retain_weight], dtype=gram.dtype, device=gram.device)
-        self.apply(weights, [g_f, g_r])
+        self.apply(weights, [g_f, g_r], gram)
         return pair_stats(gram, forget_loss, retain_loss)
 
 
@@ -132,7 +132,7 @@ class RandomLabel(UnlearningMethod):
             return {"relabelled_forget_loss": forget_loss}
         retain_loss, g_r = self.gradient("retain", self.loss_fn, retain_batch)
         gram = self.gram([g_f, g_r])
-        self.apply(torch.ones(2, dtype=gram.dtype, device=gram.device), [g_f, g_r])
+        self.apply(torch.ones(2, dtype=gram.dtype, device=gram.device), [g_f, g_r], gram)
         stats = pair_stats(gram, forget_loss, retain_loss)
         stats["relabelled_forget_loss"] = stats.pop("forget_loss")
         return stats
@@ -175,7 +175,7 @@ class PCGradUnlearn(UnlearningMethod):
         task_weights = pcgrad_weights(
             signs[:, None] * gram * signs, reduction=self.reduction, order=order, eps=self.eps
         )
-        self.apply(task_weights * signs, [g_f, *g_rs])
+        self.apply(task_weights * signs, [g_f, *g_rs], gram)
         stats = pair_stats(gram[:2, :2], forget_loss, retain_loss)
         stats["task_weights"] = task_weights
         return stats

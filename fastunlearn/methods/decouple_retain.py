@@ -89,13 +89,18 @@ class DecoupleRetain(UnlearningMethod):
         loss_fn: LossFn | None = None,
         forget_loss_fn: LossFn | None = None,
         backend: str = "auto",
+        micro_batches: int = 1,
+        max_grad_norm: float | None = None,
     ) -> None:
         if not threshold > 0:
             raise ValueError(f"threshold must be > 0, got {threshold}")
         if max_steps < 1 or not clip_norm > 0 or noise_multiplier < 0 or not lr > 0:
             raise ValueError("need max_steps >= 1, clip_norm > 0, noise_multiplier >= 0 and lr > 0")
         kwargs = {} if loss_fn is None else {"loss_fn": loss_fn}
-        super().__init__(model, lr=lr, forget_loss_fn=forget_loss_fn, backend=backend, **kwargs)
+        super().__init__(
+            model, lr=lr, forget_loss_fn=forget_loss_fn,
+            backend=backend, micro_batches=micro_batches, max_grad_norm=max_grad_norm, **kwargs,
+        )  # fmt: skip
         self.threshold, self.max_steps, self.clip_norm = float(threshold), max_steps, float(clip_norm)
         self.noise_multiplier, self.lr = float(noise_multiplier), float(lr)
         self.retain_optimizer = retain_optimizer or optim.SGD(self.params, lr=retain_lr, momentum=0.9, backend=backend)

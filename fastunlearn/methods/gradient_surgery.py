@@ -62,6 +62,8 @@ class GradientSurgery(UnlearningMethod):
         loss_fn: LossFn | None = None,
         forget_loss_fn: LossFn | None = None,
         backend: str = "auto",
+        micro_batches: int = 1,
+        max_grad_norm: float | None = None,
     ) -> None:
         if projection not in PROJECTIONS:
             raise ValueError(f"unknown projection {projection!r}; expected one of {PROJECTIONS}")
@@ -70,7 +72,10 @@ class GradientSurgery(UnlearningMethod):
         if retain_directions > 1 and projection != "always":
             raise ValueError("several retain directions are projected out always; use projection='always'")
         kwargs = {} if loss_fn is None else {"loss_fn": loss_fn}
-        super().__init__(model, optimizer=optimizer, lr=lr, forget_loss_fn=forget_loss_fn, backend=backend, **kwargs)
+        super().__init__(
+            model, optimizer=optimizer, lr=lr, forget_loss_fn=forget_loss_fn,
+            backend=backend, micro_batches=micro_batches, max_grad_norm=max_grad_norm, **kwargs,
+        )  # fmt: skip
         self.projection, self.retain_weight = projection, float(retain_weight)
         self.eps = _validate.check_eps(eps)
         self.retain_directions = retain_directions
@@ -83,7 +88,7 @@ class GradientSurgery(UnlearningMethod):
             gram = self.gram([g_f, *g_rs])
             coefs = self._coefficients(gram)
             weights = torch.cat([-torch.ones_like(coefs[:1]), coefs + self.retain_weight / m])
-        self.apply(weights, [g_f, *g_rs])
+        self.apply(weights, [g_f, *g_rs], gram)
 
         # Stats of g_f against the mean retain gradient (the whole batch's, for equal parts).
         pair = torch.zeros(2, m + 1, dtype=gram.dtype, device=gram.device)

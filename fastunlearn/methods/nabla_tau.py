@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from fastunlearn import _validate, optim
-from fastunlearn.methods._base import History, LossFn, StepStats, UnlearningMethod, evaluating, pair_stats
+from fastunlearn.methods._base import History, LossFn, StepStats, UnlearningMethod, batch_size, evaluating, pair_stats
 from fastunlearn.weighting import DEFAULT_EPS, Projection
 
 PROJECTIONS = ("none", "always", "on_conflict")
@@ -94,6 +94,8 @@ class NablaTau(UnlearningMethod):
         loss_fn: LossFn | None = None,
         forget_loss_fn: LossFn | None = None,
         backend: str = "auto",
+        micro_batches: int = 1,
+        max_grad_norm: float | None = None,
     ) -> None:
         if (forget_fraction is None) == (alpha0 is None):
             raise ValueError("give exactly one of forget_fraction (alpha0 = 5/3 * fraction) or alpha0")
@@ -109,7 +111,10 @@ class NablaTau(UnlearningMethod):
             raise ValueError("tau_refresh_every must be >= 1")
         self.weight_decay = weight_decay
         kwargs = {} if loss_fn is None else {"loss_fn": loss_fn}
-        super().__init__(model, optimizer=optimizer, lr=lr, forget_loss_fn=forget_loss_fn, backend=backend, **kwargs)
+        super().__init__(
+            model, optimizer=optimizer, lr=lr, forget_loss_fn=forget_loss_fn,
+            backend=backend, micro_batches=micro_batches, max_grad_norm=max_grad_norm, **kwargs,
+        )  # fmt: skip
         self.val_loader = val_loader
         self.alpha0 = self.alpha = float(alpha0)
         self.two_sided, self.tau_refresh_every = two_sided, tau_refresh_every
@@ -136,7 +141,7 @@ class NablaTau(UnlearningMethod):
         """Sum of per-sample losses over the validation loader, and the number of samples."""
         total, count = None, 0
         for batch in self.val_loader:
-            size = _batch_size(batch)
+            size = batch_size(batch)
             loss = self.loss_fn(self.model, batch).detach() * size
             total = loss if total is None else total + loss
             count += size
@@ -156,7 +161,7 @@ class NablaTau(UnlearningMethod):
             mode = "always" if self.projection == "always" else "ascent_conflict"
             coef = -Projection(mode, self.eps)(gram)[1]
         # d = w_f (g_f - c g_r) + w_r g_r
-        self.apply(torch.stack([forget_weight, retain_weight - forget_weight * coef]), [g_f, g_r])
+        self.apply(torch.stack([forget_weight, retain_weight - forget_weight * coef]), [g_f, g_r], gram)
         stats = pair_stats(gram, forget_loss, retain_loss)
         stats.update(
             tau=self.tau.detach(), alpha=torch.full_like(forget_weight, self.alpha), forget_weight=forget_weight,
@@ -194,11 +199,3 @@ class NablaTau(UnlearningMethod):
     def on_epoch_end(self, epoch: int) -> None:
         if self.scheduler is not None:
             self.scheduler.step()
-
-
-def _batch_size(batch: Any) -> int:
-    if isinstance(batch, torch.Tensor):
-        return batch.shape[0]
-    if isinstance(batch, dict):
-        return _batch_size(next(iter(batch.values())))
-    return _batch_size(batch[0])
