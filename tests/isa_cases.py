@@ -44,6 +44,11 @@ def cases() -> dict[str, str]:
             target = [torch.empty_like(t) for t in vs[0]]
             fu.combine_(target, torch.linspace(-1.5, 2.0, k, dtype=torch.float64), vs)
             out[f"combine_/{name}/K={k}"] = digest(*target)
+        special = vectors(2, dtype, seed=15)  # NaN payloads and infinities convert alike at every level
+        special[0][4][:4] = torch.tensor([float("nan"), -float("nan"), float("inf"), -float("inf")])
+        target = [torch.empty_like(t) for t in special[0]]
+        fu.combine_(target, torch.tensor([0.5, -2.0], dtype=torch.float64), special)
+        out[f"combine_/{name}/special"] = digest(*target)
         g, r, d1, d2 = vectors(4, dtype, seed=20)
         projected = copy(g)
         stats = fu.project_(projected, r)

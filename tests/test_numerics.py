@@ -56,6 +56,28 @@ def test_half_precision_outputs_round_once(backend, dtype):
     assert ((own_dtype.double() - expected).abs() > bound).float().mean() > 0.1
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
+def test_half_combine_is_fp32_arithmetic_rounded_once(dtype, k):
+    """The cpp kernels compute sum_k w_k x_k in fp32, operation by operation, and round once to
+    nearest even: bit for bit what the same fp32 arithmetic in torch gives, infinities included
+    (a NaN stays a NaN; its payload is c10's, which torch's vectorised casts do not keep)."""
+    vectors = make_vectors([(37,), (70_001,), (5, 3)], k, dtype, seed=13)
+    vectors[0][1][:4] = torch.tensor([math.nan, -math.nan, math.inf, -math.inf])
+    weights = torch.linspace(-1.25, 2.5, k, dtype=torch.float64)
+    out = [torch.empty_like(s) for s in vectors[0]]
+    fu.combine_(out, weights, vectors, backend="cpp")
+    w = weights.float()
+    for i, shard in enumerate(out):
+        acc = w[0] * vectors[0][i].float()
+        for j in range(1, k):
+            acc = acc + w[j] * vectors[j][i].float()
+        expected = acc.to(dtype)
+        nan = expected.isnan()
+        assert torch.equal(shard.isnan(), nan), i
+        assert torch.equal(shard[~nan].view(torch.int16), expected[~nan].view(torch.int16)), i
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bit_identical_with_one_and_two_threads(backend):
     vectors = make_vectors([(300_001,), (7,), (150_000,)], 3, torch.float32, seed=2)

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernel_support.h"
+#include "simd.h"
 #include "shards.h"
 
 namespace fastunlearn {
@@ -46,6 +47,47 @@ FU_INLINE void combine_piece_streamed(scalar_t* y, const scalar_t* const* x, con
   }
 }
 
+// The same single loop for bf16/fp16 inputs, computed in fp32 on the level's widest registers,
+// each operation rounding as the staged loop's (no fused multiply-add: these products are not
+// exact), and converted back to the storage type as c10 rounds.
+template <CpuIsa kIsa, typename scalar_t, int K>
+FU_INLINE void combine_piece_half(scalar_t* y, const scalar_t* const* x, const float* w, int64_t len) {
+  using R = Reg<float, register_bytes(kIsa)>;
+  using V = typename R::V;
+  constexpr int64_t width = register_bytes(kIsa) / sizeof(float);
+  V weight[K];
+#pragma GCC unroll 4
+  for (int v = 0; v < K; ++v) weight[v] = R::broadcast(w[v]);
+  int64_t t = 0;
+  for (; t + width <= len; t += width) {
+    V acc = weight[0] * R::load(x[0] + t);
+#pragma GCC unroll 4
+    for (int v = 1; v < K; ++v) acc = acc + weight[v] * R::load(x[v] + t);
+    R::store(y + t, acc);
+  }
+  for (; t < len; ++t) {
+    float acc = w[0] * static_cast<float>(x[0][t]);
+    for (int v = 1; v < K; ++v) acc += w[v] * static_cast<float>(x[v][t]);
+    y[t] = static_cast<scalar_t>(acc);
+  }
+}
+
+template <CpuIsa kIsa, typename scalar_t>
+FU_INLINE void combine_chunk_half(const ChunkPlan& plan, int64_t chunk, void* const* outs, const void* const* ins,
+                                  int64_t k, int64_t n, const float* w) {
+  for_each_piece(plan, chunk, [&](int64_t shard, int64_t begin, int64_t end) __attribute__((always_inline)) {
+    const scalar_t* x[kMaxStreamedInputs];
+    for (int64_t v = 0; v < k; ++v) x[v] = static_cast<const scalar_t*>(ins[v * n + shard]) + begin;
+    scalar_t* y = static_cast<scalar_t*>(outs[shard]) + begin;
+    switch (k) {
+      case 1: return combine_piece_half<kIsa, scalar_t, 1>(y, x, w, end - begin);
+      case 2: return combine_piece_half<kIsa, scalar_t, 2>(y, x, w, end - begin);
+      case 3: return combine_piece_half<kIsa, scalar_t, 3>(y, x, w, end - begin);
+      default: return combine_piece_half<kIsa, scalar_t, 4>(y, x, w, end - begin);
+    }
+  });
+}
+
 template <typename scalar_t>
 FU_INLINE void combine_chunk_streamed(const ChunkPlan& plan, int64_t chunk, void* const* outs,
                                       const void* const* ins, int64_t k, int64_t n, const scalar_t* w) {
@@ -64,15 +106,17 @@ FU_INLINE void combine_chunk_streamed(const ChunkPlan& plan, int64_t chunk, void
 
 // Every input of a block is read before any output of it is written, so an output that is one of
 // the inputs (same shard, same memory) is updated correctly.
-template <typename scalar_t>
+template <CpuIsa kIsa, typename scalar_t>
 FU_INLINE void combine_chunk(const ChunkPlan& plan, int64_t chunk, void* const* outs,
                              int64_t num_outs, const void* const* ins, int64_t k, int64_t n,
                              const double* weights) {
   using comp_t = typename Compute<scalar_t>::type;
   std::vector<comp_t> w(weights, weights + num_outs * k);
-  if constexpr (std::is_same_v<scalar_t, comp_t>) {
-    if (num_outs == 1 && k <= kMaxStreamedInputs) {
+  if (num_outs == 1 && k <= kMaxStreamedInputs) {
+    if constexpr (std::is_same_v<scalar_t, comp_t>) {
       return combine_chunk_streamed<scalar_t>(plan, chunk, outs, ins, k, n, w.data());
+    } else {
+      return combine_chunk_half<kIsa, scalar_t>(plan, chunk, outs, ins, k, n, w.data());
     }
   }
   std::vector<comp_t> sums(num_outs * kBlock);
@@ -104,7 +148,7 @@ FU_INLINE void combine_chunk(const ChunkPlan& plan, int64_t chunk, void* const* 
 #define FU_COMBINE_CHUNK(name, scalar_t)                                                         \
   FU_ISA_CLONES(name, (const ChunkPlan& plan, int64_t chunk, void* const* outs, int64_t num_outs,  \
                        const void* const* ins, int64_t k, int64_t n, const double* weights),       \
-                combine_chunk<scalar_t>(plan, chunk, outs, num_outs, ins, k, n, weights))
+                (combine_chunk<kIsa, scalar_t>(plan, chunk, outs, num_outs, ins, k, n, weights)))
 FU_COMBINE_CHUNK(combine_chunk_f64, double)
 FU_COMBINE_CHUNK(combine_chunk_f32, float)
 FU_COMBINE_CHUNK(combine_chunk_bf16, c10::BFloat16)

@@ -33,7 +33,8 @@ constexpr int register_bytes(CpuIsa isa) {
 }
 
 // Reg<acc_t, Bytes>: Bytes / sizeof(acc_t) lanes of acc_t.
-//   zero(), load(const scalar_t*) (converting to acc_t), store(acc_t*, V),
+//   load(const scalar_t*) (converting to acc_t), store(acc_t*, V), broadcast(acc_t),
+//   for fp32 lanes also store(bf16* / fp16*, V), rounding as c10's conversions do (NaN included),
 //   madd(acc, a, b) = acc + a * b, rounded twice (the product, then the sum);
 //   madd_exact(acc, a, b), the same where a * b is exact in acc_t: one fused rounding, same bits.
 template <typename acc_t, int Bytes> struct Reg;
@@ -42,7 +43,6 @@ template <typename acc_t, int Bytes> struct Reg;
 
 template <> struct Reg<double, 16> {
   using V = __m128d;
-  static V zero() { return _mm_setzero_pd(); }
   static V load(const double* p) { return _mm_loadu_pd(p); }
   static V load(const float* p) { return _mm_cvtps_pd(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p)))); }
   static void store(double* p, V v) { _mm_storeu_pd(p, v); }
@@ -52,7 +52,6 @@ template <> struct Reg<double, 16> {
 
 template <> struct Reg<double, 32> {
   using V = __m256d;
-  FU_TARGET_AVX2 static V zero() { return _mm256_setzero_pd(); }
   FU_TARGET_AVX2 static V load(const double* p) { return _mm256_loadu_pd(p); }
   FU_TARGET_AVX2 static V load(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
   FU_TARGET_AVX2 static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
@@ -62,7 +61,6 @@ template <> struct Reg<double, 32> {
 
 template <> struct Reg<double, 64> {
   using V = __m512d;
-  FU_TARGET_AVX512 static V zero() { return _mm512_setzero_pd(); }
   FU_TARGET_AVX512 static V load(const double* p) { return _mm512_loadu_pd(p); }
   FU_TARGET_AVX512 static V load(const float* p) { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); }
   FU_TARGET_AVX512 static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
@@ -73,7 +71,6 @@ template <> struct Reg<double, 64> {
 // bf16 is the top half of an fp32; fp16 converts with F16C where the level has it.
 template <> struct Reg<float, 16> {
   using V = __m128;
-  static V zero() { return _mm_setzero_ps(); }
   static V load(const float* p) { return _mm_loadu_ps(p); }
   static V load(const c10::BFloat16* p) {
     const __m128i bits = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
@@ -84,12 +81,31 @@ template <> struct Reg<float, 16> {
                        static_cast<float>(p[3]));
   }
   static void store(float* p, V v) { _mm_storeu_ps(p, v); }
+  static void store(c10::BFloat16* p, V v) {
+    const __m128i nan = _mm_castps_si128(_mm_cmpunord_ps(v, v));
+    const __m128i rounded = _mm_or_si128(_mm_andnot_si128(nan, bf16_rounded(_mm_castps_si128(v))),
+                                         _mm_and_si128(nan, _mm_set1_epi32(0x7FC0)));
+    // Sign-extend the 16-bit values so that the signed pack keeps their bits (SSE2 has no unsigned one).
+    const __m128i packed = _mm_srai_epi32(_mm_slli_epi32(rounded, 16), 16);
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi32(packed, packed));
+  }
+  static void store(c10::Half* p, V v) {
+    alignas(16) float lanes[4];
+    _mm_store_ps(lanes, v);
+    for (int j = 0; j < 4; ++j) p[j] = c10::Half(lanes[j]);
+  }
+  static V broadcast(float w) { return _mm_set1_ps(w); }
   static V madd_exact(V acc, V a, V b) { return _mm_add_ps(acc, _mm_mul_ps(a, b)); }
+
+  // c10::BFloat16's rounding of an fp32 to the nearest even bf16, on four lanes of fp32 bits.
+  static __m128i bf16_rounded(__m128i bits) {
+    const __m128i lsb = _mm_and_si128(_mm_srli_epi32(bits, 16), _mm_set1_epi32(1));
+    return _mm_srli_epi32(_mm_add_epi32(bits, _mm_add_epi32(lsb, _mm_set1_epi32(0x7FFF))), 16);
+  }
 };
 
 template <> struct Reg<float, 32> {
   using V = __m256;
-  FU_TARGET_AVX2 static V zero() { return _mm256_setzero_ps(); }
   FU_TARGET_AVX2 static V load(const float* p) { return _mm256_loadu_ps(p); }
   FU_TARGET_AVX2 static V load(const c10::BFloat16* p) {
     const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
@@ -99,12 +115,30 @@ template <> struct Reg<float, 32> {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   }
   FU_TARGET_AVX2 static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  FU_TARGET_AVX2 static void store(c10::BFloat16* p, V v) {
+    const __m256i bits = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    rounded = _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7FC0), nan);
+    const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(rounded), _mm256_extracti128_si256(rounded, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
+  }
+  // c10::Half rounds to nearest even, as F16C does; a NaN becomes sign | 0x7E00 there, so NaN lanes
+  // are made the canonical quiet NaN (keeping the sign) first, which F16C converts to exactly that.
+  FU_TARGET_AVX2 static void store(c10::Half* p, V v) {
+    const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+    const __m256 canonical = _mm256_or_ps(_mm256_and_ps(v, _mm256_set1_ps(-0.0f)),
+                                          _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC00000)));
+    const __m128i halves = _mm256_cvtps_ph(_mm256_blendv_ps(v, canonical, nan), _MM_FROUND_TO_NEAREST_INT);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), halves);
+  }
+  FU_TARGET_AVX2 static V broadcast(float w) { return _mm256_set1_ps(w); }
   FU_TARGET_AVX2 static V madd_exact(V acc, V a, V b) { return _mm256_fmadd_ps(a, b, acc); }
 };
 
 template <> struct Reg<float, 64> {
   using V = __m512;
-  FU_TARGET_AVX512 static V zero() { return _mm512_setzero_ps(); }
   FU_TARGET_AVX512 static V load(const float* p) { return _mm512_loadu_ps(p); }
   FU_TARGET_AVX512 static V load(const c10::BFloat16* p) {
     const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
@@ -114,6 +148,20 @@ template <> struct Reg<float, 64> {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }
   FU_TARGET_AVX512 static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  FU_TARGET_AVX512 static void store(c10::BFloat16* p, V v) {
+    const __m512i bits = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+    rounded = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), rounded, _mm512_set1_epi32(0x7FC0));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(rounded));
+  }
+  FU_TARGET_AVX512 static void store(c10::Half* p, V v) {  // NaN lanes as in Reg<float, 32>
+    const __m512 canonical = _mm512_castsi512_ps(_mm512_or_si512(
+        _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(INT32_MIN)), _mm512_set1_epi32(0x7FC00000)));
+    const __m512 fixed = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v, canonical);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(fixed, _MM_FROUND_TO_NEAREST_INT));
+  }
+  FU_TARGET_AVX512 static V broadcast(float w) { return _mm512_set1_ps(w); }
   FU_TARGET_AVX512 static V madd_exact(V acc, V a, V b) { return _mm512_fmadd_ps(a, b, acc); }
 };
 
@@ -122,13 +170,16 @@ template <> struct Reg<float, 64> {
 template <typename acc_t> struct Reg<acc_t, 16> {
   static constexpr int kLanes = 16 / sizeof(acc_t);
   typedef acc_t V __attribute__((vector_size(16)));
-  static V zero() { return V{}; }
   template <typename scalar_t> static V load(const scalar_t* p) {
     V v;
     for (int j = 0; j < kLanes; ++j) v[j] = static_cast<acc_t>(p[j]);
     return v;
   }
   static void store(acc_t* p, V v) { std::memcpy(p, &v, sizeof(V)); }
+  template <typename scalar_t> static void store(scalar_t* p, V v) {
+    for (int j = 0; j < kLanes; ++j) p[j] = static_cast<scalar_t>(v[j]);
+  }
+  static V broadcast(acc_t w) { return V{} + w; }
   static V madd(V acc, V a, V b) { return acc + a * b; }
   static V madd_exact(V acc, V a, V b) { return acc + a * b; }
 };
