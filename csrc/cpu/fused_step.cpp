@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernel_support.h"
+#include "simd.h"
 #include "shards.h"
 
 namespace fastunlearn {
@@ -39,13 +40,15 @@ FU_INLINE void weighted_gradient(comp_t* __restrict d, const void* const* grads,
   }
 }
 
-template <typename scalar_t>
+// Results are computed into block buffers and stored with store_block (simd.h), so bf16/fp16
+// parameters and state round on the level's registers.
+template <CpuIsa kIsa, typename scalar_t>
 FU_INLINE void sgd_chunk(const ChunkPlan& plan, int64_t chunk, void* const* params, void* const* bufs,
                          const void* const* grads, int64_t k, int64_t n, const double* weights,
                          const SgdRule& rule) {
   using comp_t = typename Compute<scalar_t>::type;
   std::vector<comp_t> w(weights, weights + k);
-  comp_t d[kBlock];
+  comp_t d[kBlock], out[kBlock];
   const comp_t lr = rule.lr, mu = rule.momentum, keep = 1.0 - rule.dampening, wd = rule.weight_decay;
   for_each_piece(plan, chunk, [&](int64_t shard, int64_t begin, int64_t end) __attribute__((always_inline)) {
     for (int64_t pos = begin; pos < end; pos += kBlock) {
@@ -59,22 +62,24 @@ FU_INLINE void sgd_chunk(const ChunkPlan& plan, int64_t chunk, void* const* para
         auto* __restrict b = static_cast<scalar_t*>(bufs[shard]) + pos;
         for (int64_t t = 0; t < len; ++t) {
           const comp_t buf = rule.first_step ? d[t] : mu * static_cast<comp_t>(b[t]) + keep * d[t];
-          b[t] = static_cast<scalar_t>(buf);
+          out[t] = buf;
           d[t] = rule.nesterov ? d[t] + mu * buf : buf;
         }
+        store_block<kIsa>(b, out, len);
       }
-      for (int64_t t = 0; t < len; ++t) p[t] = static_cast<scalar_t>(static_cast<comp_t>(p[t]) - lr * d[t]);
+      for (int64_t t = 0; t < len; ++t) out[t] = static_cast<comp_t>(p[t]) - lr * d[t];
+      store_block<kIsa>(p, out, len);
     }
   });
 }
 
-template <typename scalar_t>
+template <CpuIsa kIsa, typename scalar_t>
 FU_INLINE void adamw_chunk(const ChunkPlan& plan, int64_t chunk, void* const* params, void* const* avgs,
                            void* const* sqs, const void* const* grads, int64_t k, int64_t n,
                            const double* weights, const AdamWRule& rule) {
   using comp_t = typename Compute<scalar_t>::type;
   std::vector<comp_t> w(weights, weights + k);
-  comp_t d[kBlock];
+  comp_t d[kBlock], new_m[kBlock], new_v[kBlock], new_p[kBlock];
   const comp_t decay = 1.0 - rule.lr * rule.weight_decay, b1 = 1.0 - rule.beta1, beta2 = rule.beta2,
                b2 = 1.0 - rule.beta2, step_size = rule.lr / rule.bias_correction1,
                bc2_sqrt = rule.bias_correction2_sqrt, eps = rule.eps;
@@ -92,10 +97,13 @@ FU_INLINE void adamw_chunk(const ChunkPlan& plan, int64_t chunk, void* const* pa
         const comp_t vt = beta2 * static_cast<comp_t>(v[t]) + b2 * g * g;
         const comp_t denom = std::sqrt(vt) / bc2_sqrt + eps;
         const comp_t pt = static_cast<comp_t>(p[t]) * decay;
-        m[t] = static_cast<scalar_t>(mt);
-        v[t] = static_cast<scalar_t>(vt);
-        p[t] = static_cast<scalar_t>(pt - step_size * (mt / denom));
+        new_m[t] = mt;
+        new_v[t] = vt;
+        new_p[t] = pt - step_size * (mt / denom);
       }
+      store_block<kIsa>(m, new_m, len);
+      store_block<kIsa>(v, new_v, len);
+      store_block<kIsa>(p, new_p, len);
     }
   });
 }
@@ -104,11 +112,11 @@ FU_INLINE void adamw_chunk(const ChunkPlan& plan, int64_t chunk, void* const* pa
   FU_ISA_CLONES(sgd_chunk_##suffix,                                                                 \
                 (const ChunkPlan& plan, int64_t c, void* const* p, void* const* b, const void* const* g, \
                  int64_t k, int64_t n, const double* w, const SgdRule& r),                          \
-                sgd_chunk<scalar_t>(plan, c, p, b, g, k, n, w, r))                             \
+                (sgd_chunk<kIsa, scalar_t>(plan, c, p, b, g, k, n, w, r)))                             \
   FU_ISA_CLONES(adamw_chunk_##suffix,                                                               \
                 (const ChunkPlan& plan, int64_t c, void* const* p, void* const* m, void* const* v,  \
                  const void* const* g, int64_t k, int64_t n, const double* w, const AdamWRule& r),  \
-                adamw_chunk<scalar_t>(plan, c, p, m, v, g, k, n, w, r))
+                (adamw_chunk<kIsa, scalar_t>(plan, c, p, m, v, g, k, n, w, r)))
 FU_STEP_CHUNKS(f64, double)
 FU_STEP_CHUNKS(f32, float)
 FU_STEP_CHUNKS(bf16, c10::BFloat16)

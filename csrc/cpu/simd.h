@@ -186,6 +186,20 @@ template <typename acc_t> struct Reg<acc_t, 16> {
 
 #endif
 
+// dst[0:len] = src[0:len] in the storage type: a copy for fp32/fp64, and for bf16/fp16 a rounding
+// as c10's conversions round, on the level's widest registers (the compiler's own vectorisation
+// of c10's scalar rounding is several times slower, most of all in the AVX-512 clone).
+template <CpuIsa kIsa, typename scalar_t, typename comp_t>
+FU_INLINE void store_block(scalar_t* __restrict dst, const comp_t* __restrict src, int64_t len) {
+  int64_t t = 0;
+  if constexpr (!std::is_same_v<scalar_t, comp_t>) {
+    using R = Reg<float, register_bytes(kIsa)>;
+    constexpr int64_t width = register_bytes(kIsa) / sizeof(float);
+    for (; t + width <= len; t += width) R::store(dst + t, R::load(src + t));
+  }
+  for (; t < len; ++t) dst[t] = static_cast<scalar_t>(src[t]);
+}
+
 // sum + a * b for the products of two scalar_t inputs. Where that product is exact in the
 // accumulation type (fp32 in fp64, bf16/fp16 in fp32) a fused multiply-add rounds once, exactly as
 // the baseline's multiply-then-add does; fp64 products are not exact, so every level rounds twice.
