@@ -23,17 +23,20 @@ struct AdamWRule {
   bool maximize;
 };
 
-// d[0:len] = sum_v w[v] * grads[v][shard][pos:pos+len], in the compute type.
-template <typename scalar_t, typename comp_t>
-FU_INLINE void weighted_gradient(comp_t* __restrict d, const void* const* grads, int64_t k,
-                                 int64_t n, int64_t shard, int64_t pos, int64_t len,
-                                 const comp_t* w, bool negate) {
-  const auto* __restrict x0 = static_cast<const scalar_t*>(grads[shard]) + pos;
-  for (int64_t t = 0; t < len; ++t) d[t] = w[0] * static_cast<comp_t>(x0[t]);
-  for (int64_t v = 1; v < k; ++v) {
-    const auto* __restrict x = static_cast<const scalar_t*>(grads[v * n + shard]) + pos;
+// d[0:len] = sum_v w[v] * grads[v][shard][pos:pos+len], in the compute type (`scratch`: a block
+// for converting fp16 inputs).
+template <CpuIsa kIsa, typename scalar_t, typename comp_t>
+FU_INLINE void weighted_gradient(comp_t* __restrict d, comp_t* __restrict scratch, const void* const* grads,
+                                 int64_t k, int64_t n, int64_t shard, int64_t pos, int64_t len, const comp_t* w,
+                                 bool negate) {
+  for (int64_t v = 0; v < k; ++v) {
+    const auto* __restrict x = fast_to_read<kIsa>(static_cast<const scalar_t*>(grads[v * n + shard]) + pos, scratch, len);
     const comp_t wv = w[v];
-    for (int64_t t = 0; t < len; ++t) d[t] += wv * static_cast<comp_t>(x[t]);
+    if (v == 0) {
+      for (int64_t t = 0; t < len; ++t) d[t] = wv * static_cast<comp_t>(x[t]);
+    } else {
+      for (int64_t t = 0; t < len; ++t) d[t] += wv * static_cast<comp_t>(x[t]);
+    }
   }
   if (negate) {
     for (int64_t t = 0; t < len; ++t) d[t] = -d[t];
@@ -48,26 +51,28 @@ FU_INLINE void sgd_chunk(const ChunkPlan& plan, int64_t chunk, void* const* para
                          const SgdRule& rule) {
   using comp_t = typename Compute<scalar_t>::type;
   std::vector<comp_t> w(weights, weights + k);
-  comp_t d[kBlock], out[kBlock];
+  comp_t d[kBlock], out[kBlock], scratch[kBlock], p_scratch[kBlock];
   const comp_t lr = rule.lr, mu = rule.momentum, keep = 1.0 - rule.dampening, wd = rule.weight_decay;
   for_each_piece(plan, chunk, [&](int64_t shard, int64_t begin, int64_t end) __attribute__((always_inline)) {
     for (int64_t pos = begin; pos < end; pos += kBlock) {
       const int64_t len = std::min(kBlock, end - pos);
-      weighted_gradient<scalar_t>(d, grads, k, n, shard, pos, len, w.data(), rule.maximize);
+      weighted_gradient<kIsa, scalar_t>(d, scratch, grads, k, n, shard, pos, len, w.data(), rule.maximize);
       auto* __restrict p = static_cast<scalar_t*>(params[shard]) + pos;
+      const auto* __restrict pv = fast_to_read<kIsa>(p, p_scratch, len);
       if (rule.weight_decay != 0) {
-        for (int64_t t = 0; t < len; ++t) d[t] += wd * static_cast<comp_t>(p[t]);
+        for (int64_t t = 0; t < len; ++t) d[t] += wd * static_cast<comp_t>(pv[t]);
       }
       if (rule.momentum != 0) {
         auto* __restrict b = static_cast<scalar_t*>(bufs[shard]) + pos;
+        const auto* __restrict bv = fast_to_read<kIsa>(b, scratch, len);
         for (int64_t t = 0; t < len; ++t) {
-          const comp_t buf = rule.first_step ? d[t] : mu * static_cast<comp_t>(b[t]) + keep * d[t];
+          const comp_t buf = rule.first_step ? d[t] : mu * static_cast<comp_t>(bv[t]) + keep * d[t];
           out[t] = buf;
           d[t] = rule.nesterov ? d[t] + mu * buf : buf;
         }
         store_block<kIsa>(b, out, len);
       }
-      for (int64_t t = 0; t < len; ++t) out[t] = static_cast<comp_t>(p[t]) - lr * d[t];
+      for (int64_t t = 0; t < len; ++t) out[t] = static_cast<comp_t>(pv[t]) - lr * d[t];
       store_block<kIsa>(p, out, len);
     }
   });
@@ -79,24 +84,27 @@ FU_INLINE void adamw_chunk(const ChunkPlan& plan, int64_t chunk, void* const* pa
                            const double* weights, const AdamWRule& rule) {
   using comp_t = typename Compute<scalar_t>::type;
   std::vector<comp_t> w(weights, weights + k);
-  comp_t d[kBlock], new_m[kBlock], new_v[kBlock], new_p[kBlock];
+  comp_t d[kBlock], new_m[kBlock], new_v[kBlock], new_p[kBlock], scratch[kBlock];
+  comp_t old_m[kBlock], old_v[kBlock], old_p[kBlock];
   const comp_t decay = 1.0 - rule.lr * rule.weight_decay, b1 = 1.0 - rule.beta1, beta2 = rule.beta2,
                b2 = 1.0 - rule.beta2, step_size = rule.lr / rule.bias_correction1,
                bc2_sqrt = rule.bias_correction2_sqrt, eps = rule.eps;
   for_each_piece(plan, chunk, [&](int64_t shard, int64_t begin, int64_t end) __attribute__((always_inline)) {
     for (int64_t pos = begin; pos < end; pos += kBlock) {
       const int64_t len = std::min(kBlock, end - pos);
-      weighted_gradient<scalar_t>(d, grads, k, n, shard, pos, len, w.data(), rule.maximize);
+      weighted_gradient<kIsa, scalar_t>(d, scratch, grads, k, n, shard, pos, len, w.data(), rule.maximize);
       auto* __restrict p = static_cast<scalar_t*>(params[shard]) + pos;
       auto* __restrict m = static_cast<scalar_t*>(avgs[shard]) + pos;
       auto* __restrict v = static_cast<scalar_t*>(sqs[shard]) + pos;
+      const auto* __restrict pv = fast_to_read<kIsa>(p, old_p, len);
+      const auto* __restrict mv = fast_to_read<kIsa>(m, old_m, len);
+      const auto* __restrict vv = fast_to_read<kIsa>(v, old_v, len);
       for (int64_t t = 0; t < len; ++t) {
-        const comp_t g = d[t];
-        comp_t mt = static_cast<comp_t>(m[t]);
-        mt = mt + b1 * (g - mt);
-        const comp_t vt = beta2 * static_cast<comp_t>(v[t]) + b2 * g * g;
+        const comp_t g = d[t], m_old = static_cast<comp_t>(mv[t]);
+        const comp_t mt = m_old + b1 * (g - m_old);
+        const comp_t vt = beta2 * static_cast<comp_t>(vv[t]) + b2 * g * g;
         const comp_t denom = std::sqrt(vt) / bc2_sqrt + eps;
-        const comp_t pt = static_cast<comp_t>(p[t]) * decay;
+        const comp_t pt = static_cast<comp_t>(pv[t]) * decay;
         new_m[t] = mt;
         new_v[t] = vt;
         new_p[t] = pt - step_size * (mt / denom);

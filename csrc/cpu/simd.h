@@ -200,6 +200,23 @@ FU_INLINE void store_block(scalar_t* __restrict dst, const comp_t* __restrict sr
   for (; t < len; ++t) dst[t] = static_cast<scalar_t>(src[t]);
 }
 
+// src[0:len] for elementwise loops that cast each element to the compute type: src itself, except
+// for fp16, whose scalar conversion (c10's) does not vectorise: then `scratch`, filled with its
+// values in fp32 on the level's registers. (bf16's conversion is a shift, fast in place.)
+template <CpuIsa kIsa, typename scalar_t, typename comp_t>
+FU_INLINE auto fast_to_read(const scalar_t* __restrict src, comp_t* __restrict scratch, int64_t len) {
+  if constexpr (std::is_same_v<scalar_t, c10::Half>) {
+    using R = Reg<float, register_bytes(kIsa)>;
+    constexpr int64_t width = register_bytes(kIsa) / sizeof(float);
+    int64_t t = 0;
+    for (; t + width <= len; t += width) R::store(scratch + t, R::load(src + t));
+    for (; t < len; ++t) scratch[t] = static_cast<comp_t>(src[t]);
+    return static_cast<const comp_t*>(scratch);
+  } else {
+    return src;
+  }
+}
+
 // sum + a * b for the products of two scalar_t inputs. Where that product is exact in the
 // accumulation type (fp32 in fp64, bf16/fp16 in fp32) a fused multiply-add rounds once, exactly as
 // the baseline's multiply-then-add does; fp64 products are not exact, so every level rounds twice.
