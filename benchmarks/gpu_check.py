@@ -170,13 +170,13 @@ def main() -> None:
 
 
 def linkage() -> str:
-    """How the built extension links libstdc++ (a static copy crashes on error messages)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("fastunlearn._C")
-    if spec is None or spec.origin is None or shutil.which("ldd") is None:
-        return "unknown"
-    listed = subprocess.run(["ldd", spec.origin], capture_output=True, text=True).stdout
+    """How the built extension links libstdc++ (a static copy crashes on error messages). Asked in a
+    fresh process: this one may predate the install the build stage made."""
+    where = subprocess.run([sys.executable, "-c", "import fastunlearn._C as c; print(c.__file__)"], cwd=ROOT,
+                           capture_output=True, text=True)  # fmt: skip
+    if where.returncode != 0 or shutil.which("ldd") is None:
+        return "unknown (the extension does not load)" if where.returncode != 0 else "unknown (no ldd)"
+    listed = subprocess.run(["ldd", where.stdout.strip()], capture_output=True, text=True).stdout
     return "shared libstdc++" if "libstdc++.so" in listed else "no shared libstdc++ (static?)"
 
 

@@ -87,10 +87,10 @@ def cases_for(dtype: torch.dtype, numel: int):
 
 def child(args: argparse.Namespace) -> None:
     """Measures every case at the level this process was started under; one JSON line per case."""
-    from fastunlearn import _backend
+    import fastunlearn as fu
 
     torch.set_num_threads(args.threads)
-    level = _backend.extension().cpu_isa()
+    level = fu.cpu_isa()
     proxy = cases.bandwidth_proxy(args.numel)
     for dtype_name in args.dtypes:
         for op, k, nbytes, fn in cases_for(DTYPES[dtype_name], args.numel):

@@ -30,12 +30,30 @@ def digest(*tensors: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+def extreme_bf16() -> list[list[torch.Tensor]]:
+    """bf16 products past fp32's range, into lane 0 (2^-127 then 2^128: inf unfused, finite fused)
+    and lane 1 (2^-149 then 2^-150: a fused multiply-add rounds the sum once, differently)."""
+    x, y = torch.ones(64), torch.ones(64)
+    x[0], y[0], x[16], y[16] = 2.0**64, -(2.0**63), 2.0**64, 2.0**64
+    x[1], y[1], x[17], y[17] = 2.0**-75, 2.0**-74, 2.0**-75, 2.0**-75
+    return [[x.to(torch.bfloat16)], [y.to(torch.bfloat16)]]
+
+
+def with_special_values(vector: list[torch.Tensor], dtype: torch.dtype) -> None:
+    """NaNs (one with a payload), infinities: every level converts them alike."""
+    vector[4][:4] = torch.tensor([float("nan"), -float("nan"), float("inf"), -float("inf")])
+    payload = {torch.bfloat16: 0x7FC1, torch.float16: 0x7E01}.get(dtype)
+    if payload is not None:
+        vector[4].view(torch.int16)[4] = payload
+
+
 def copy(vector):
     return [t.clone() for t in vector]
 
 
 def cases() -> dict[str, str]:
     out = {}
+    out["gram/bf16/extreme"] = digest(fu.gram(extreme_bf16()))
     for name, dtype in DTYPES.items():
         for k in (1, 2, 3, 4, 5, 8, 16):
             out[f"gram/{name}/K={k}"] = digest(fu.gram(vectors(k, dtype, seed=k)))
@@ -44,11 +62,14 @@ def cases() -> dict[str, str]:
             target = [torch.empty_like(t) for t in vs[0]]
             fu.combine_(target, torch.linspace(-1.5, 2.0, k, dtype=torch.float64), vs)
             out[f"combine_/{name}/K={k}"] = digest(*target)
-        special = vectors(2, dtype, seed=15)  # NaN payloads and infinities convert alike at every level
-        special[0][4][:4] = torch.tensor([float("nan"), -float("nan"), float("inf"), -float("inf")])
+        special = vectors(2, dtype, seed=15)
+        with_special_values(special[0], dtype)
         target = [torch.empty_like(t) for t in special[0]]
         fu.combine_(target, torch.tensor([0.5, -2.0], dtype=torch.float64), special)
         out[f"combine_/{name}/special"] = digest(*target)
+        params = [torch.nn.Parameter(t.clone()) for t in special[1]]
+        fu.optim.AdamW(params, lr=0.1).step_combined(torch.tensor([1.0, 1.0], dtype=torch.float64), special)
+        out[f"adamw_step/{name}/special"] = digest(*params)
         g, r, d1, d2 = vectors(4, dtype, seed=20)
         projected = copy(g)
         stats = fu.project_(projected, r)

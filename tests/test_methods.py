@@ -438,6 +438,26 @@ def test_two_micro_batches_of_a_batch_step_as_the_whole_batch(cls, kwargs):
     torch.testing.assert_close(flat_params(parts), flat_params(whole), rtol=1e-5, atol=1e-6)
 
 
+def test_micro_batches_split_any_mapping_and_other_batches_need_no_size():
+    """A UserDict batch (as Hugging Face's BatchEncoding) splits into dicts; without micro_batches a
+    batch of any type reaches a custom loss_fn untouched."""
+    from collections import UserDict
+
+    forget, retain = (UserDict(b) for b in dict_batches(6, 2))
+    whole, parts = DictModel(), DictModel()
+    methods.GradientSurgery(whole, lr=0.1).step(forget, retain)
+    methods.GradientSurgery(parts, lr=0.1, micro_batches=2).step(forget, retain)
+    torch.testing.assert_close(flat_params(parts.net), flat_params(whole.net))
+
+    class Opaque:  # no tensors to measure: only the loss_fn knows what it holds
+        def __init__(self, batch):
+            self.batch = batch
+
+    method = methods.GradientSurgery(tiny_model(), lr=0.1, loss_fn=lambda m, b: F.cross_entropy(m(b.batch[0]), b.batch[1]))
+    forget_pair, retain_pair = batches(7, 2)
+    assert torch.isfinite(method.step(Opaque(forget_pair), Opaque(retain_pair))["forget_loss"])
+
+
 def test_max_grad_norm_clips_the_update_from_the_gram():
     forget, retain = batches(40, 2)
     updates = {}

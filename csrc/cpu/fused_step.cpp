@@ -30,7 +30,7 @@ FU_INLINE void weighted_gradient(comp_t* __restrict d, comp_t* __restrict scratc
                                  int64_t k, int64_t n, int64_t shard, int64_t pos, int64_t len, const comp_t* w,
                                  bool negate) {
   for (int64_t v = 0; v < k; ++v) {
-    const auto* __restrict x = fast_to_read<kIsa>(static_cast<const scalar_t*>(grads[v * n + shard]) + pos, scratch, len);
+    const auto* x = fast_to_read<kIsa>(static_cast<const scalar_t*>(grads[v * n + shard]) + pos, scratch, len);
     const comp_t wv = w[v];
     if (v == 0) {
       for (int64_t t = 0; t < len; ++t) d[t] = wv * static_cast<comp_t>(x[t]);
@@ -44,7 +44,8 @@ FU_INLINE void weighted_gradient(comp_t* __restrict d, comp_t* __restrict scratc
 }
 
 // Results are computed into block buffers and stored with store_block (simd.h), so bf16/fp16
-// parameters and state round on the level's registers.
+// parameters and state round on the level's registers. The read pointers (fast_to_read) may be the
+// parameters and state themselves: every element is read before its block is stored.
 template <CpuIsa kIsa, typename scalar_t>
 FU_INLINE void sgd_chunk(const ChunkPlan& plan, int64_t chunk, void* const* params, void* const* bufs,
                          const void* const* grads, int64_t k, int64_t n, const double* weights,
@@ -58,13 +59,13 @@ FU_INLINE void sgd_chunk(const ChunkPlan& plan, int64_t chunk, void* const* para
       const int64_t len = std::min(kBlock, end - pos);
       weighted_gradient<kIsa, scalar_t>(d, scratch, grads, k, n, shard, pos, len, w.data(), rule.maximize);
       auto* __restrict p = static_cast<scalar_t*>(params[shard]) + pos;
-      const auto* __restrict pv = fast_to_read<kIsa>(p, p_scratch, len);
+      const auto* pv = fast_to_read<kIsa>(p, p_scratch, len);
       if (rule.weight_decay != 0) {
         for (int64_t t = 0; t < len; ++t) d[t] += wd * static_cast<comp_t>(pv[t]);
       }
       if (rule.momentum != 0) {
         auto* __restrict b = static_cast<scalar_t*>(bufs[shard]) + pos;
-        const auto* __restrict bv = fast_to_read<kIsa>(b, scratch, len);
+        const auto* bv = fast_to_read<kIsa>(b, scratch, len);
         for (int64_t t = 0; t < len; ++t) {
           const comp_t buf = rule.first_step ? d[t] : mu * static_cast<comp_t>(bv[t]) + keep * d[t];
           out[t] = buf;
@@ -96,9 +97,9 @@ FU_INLINE void adamw_chunk(const ChunkPlan& plan, int64_t chunk, void* const* pa
       auto* __restrict p = static_cast<scalar_t*>(params[shard]) + pos;
       auto* __restrict m = static_cast<scalar_t*>(avgs[shard]) + pos;
       auto* __restrict v = static_cast<scalar_t*>(sqs[shard]) + pos;
-      const auto* __restrict pv = fast_to_read<kIsa>(p, old_p, len);
-      const auto* __restrict mv = fast_to_read<kIsa>(m, old_m, len);
-      const auto* __restrict vv = fast_to_read<kIsa>(v, old_v, len);
+      const auto* pv = fast_to_read<kIsa>(p, old_p, len);
+      const auto* mv = fast_to_read<kIsa>(m, old_m, len);
+      const auto* vv = fast_to_read<kIsa>(v, old_v, len);
       for (int64_t t = 0; t < len; ++t) {
         const comp_t g = d[t], m_old = static_cast<comp_t>(mv[t]);
         const comp_t mt = m_old + b1 * (g - m_old);

@@ -11,7 +11,8 @@ namespace fastunlearn {
 // Elements staged per block in a stack buffer of the accumulation type (stays in L1).
 constexpr int64_t kBlock = 256;
 
-// fp32 and fp64 inputs accumulate in fp64; bf16 and fp16 in fp32 (their products are exact there).
+// fp32 and fp64 inputs accumulate in fp64; bf16 and fp16 in fp32 (their products keep every
+// significand bit there).
 template <typename scalar_t> struct Acc { using type = double; };
 template <> struct Acc<c10::BFloat16> { using type = float; };
 template <> struct Acc<c10::Half> { using type = float; };

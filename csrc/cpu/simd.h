@@ -36,7 +36,8 @@ constexpr int register_bytes(CpuIsa isa) {
 //   load(const scalar_t*) (converting to acc_t), store(acc_t*, V), broadcast(acc_t),
 //   for fp32 lanes also store(bf16* / fp16*, V), rounding as c10's conversions do (NaN included),
 //   madd(acc, a, b) = acc + a * b, rounded twice (the product, then the sum);
-//   madd_exact(acc, a, b), the same where a * b is exact in acc_t: one fused rounding, same bits.
+//   madd_exact(acc, a, b), the same where a * b is exact in acc_t: one fused rounding, same bits
+//   (add_product below says where that holds).
 template <typename acc_t, int Bytes> struct Reg;
 
 #if defined(__x86_64__)
@@ -95,7 +96,8 @@ template <> struct Reg<float, 16> {
     for (int j = 0; j < 4; ++j) p[j] = c10::Half(lanes[j]);
   }
   static V broadcast(float w) { return _mm_set1_ps(w); }
-  static V madd_exact(V acc, V a, V b) { return _mm_add_ps(acc, _mm_mul_ps(a, b)); }
+  static V madd(V acc, V a, V b) { return _mm_add_ps(acc, _mm_mul_ps(a, b)); }
+  static V madd_exact(V acc, V a, V b) { return madd(acc, a, b); }
 
   // c10::BFloat16's rounding of an fp32 to the nearest even bf16, on four lanes of fp32 bits.
   static __m128i bf16_rounded(__m128i bits) {
@@ -134,6 +136,7 @@ template <> struct Reg<float, 32> {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), halves);
   }
   FU_TARGET_AVX2 static V broadcast(float w) { return _mm256_set1_ps(w); }
+  FU_TARGET_AVX2 static V madd(V acc, V a, V b) { return _mm256_add_ps(acc, _mm256_mul_ps(a, b)); }
   FU_TARGET_AVX2 static V madd_exact(V acc, V a, V b) { return _mm256_fmadd_ps(a, b, acc); }
 };
 
@@ -162,6 +165,7 @@ template <> struct Reg<float, 64> {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(fixed, _MM_FROUND_TO_NEAREST_INT));
   }
   FU_TARGET_AVX512 static V broadcast(float w) { return _mm512_set1_ps(w); }
+  FU_TARGET_AVX512 static V madd(V acc, V a, V b) { return _mm512_add_ps(acc, _mm512_mul_ps(a, b)); }
   FU_TARGET_AVX512 static V madd_exact(V acc, V a, V b) { return _mm512_fmadd_ps(a, b, acc); }
 };
 
@@ -217,15 +221,18 @@ FU_INLINE auto fast_to_read(const scalar_t* __restrict src, comp_t* __restrict s
   }
 }
 
-// sum + a * b for the products of two scalar_t inputs. Where that product is exact in the
-// accumulation type (fp32 in fp64, bf16/fp16 in fp32) a fused multiply-add rounds once, exactly as
-// the baseline's multiply-then-add does; fp64 products are not exact, so every level rounds twice.
+// sum + a * b for the products of two scalar_t inputs. Where every such product is exact in the
+// accumulation type (fp32 in fp64: 48 significand bits and exponents in range; fp16 in fp32: 22
+// bits, magnitudes 2^-48 to 2^32) a fused multiply-add rounds once, exactly as the baseline's
+// multiply-then-add does. fp64 products are not exact, nor are bf16 ones (bf16 shares fp32's
+// exponent range: a product can overflow or fall below fp32's normal range), so those round twice
+// at every level.
 template <typename scalar_t, typename R>
 FU_INLINE typename R::V add_product(typename R::V sum, typename R::V a, typename R::V b) {
-  if constexpr (std::is_same_v<scalar_t, double>) {
-    return R::madd(sum, a, b);
-  } else {
+  if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, c10::Half>) {
     return R::madd_exact(sum, a, b);
+  } else {
+    return R::madd(sum, a, b);
   }
 }
 

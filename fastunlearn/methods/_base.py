@@ -76,13 +76,13 @@ def batch_size(batch: Any) -> int:
 
 
 def split_batch(batch: Any, parts: int) -> list[Any]:
-    """Splits a batch (a tensor, or a tuple/list/dict of tensors) into ``parts`` along dim 0."""
+    """Splits a batch (a tensor, or a tuple/list/mapping of tensors) into ``parts`` along dim 0."""
     if isinstance(batch, Tensor):
         pieces = torch.tensor_split(batch, parts)
         if any(p.shape[0] == 0 for p in pieces):
             raise ValueError(f"a batch of {batch.shape[0]} samples cannot be split into {parts} non-empty parts")
         return list(pieces)
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):  # a dict, or Hugging Face's BatchEncoding: the parts are dicts
         split = {key: split_batch(value, parts) for key, value in batch.items()}
         return [{key: split[key][j] for key in batch} for j in range(parts)]
     if isinstance(batch, (tuple, list)):
@@ -163,7 +163,7 @@ class UnlearningMethod(abc.ABC):
         self.micro_batches, self.max_grad_norm = micro_batches, max_grad_norm
         self.model = model
         self.backend = backend
-        self.stash = GradientStash(model.parameters())
+        self.stash = GradientStash(model.parameters(), backend=backend)
         self.params = self.stash.params
         self.optimizer = optimizer if optimizer is not None else self.default_optimizer(lr)
         if isinstance(self.optimizer, FusedOptimizer):
@@ -209,13 +209,12 @@ class UnlearningMethod(abc.ABC):
         """
         side = "forget" if name == "forget" else "retain"
         parts = [batch] if self.micro_batches == 1 else split_batch(batch, self.micro_batches)
-        total = batch_size(batch)
         losses = []
         for j, part in enumerate(parts):
             with self.phase(f"forward_{side}"):
                 loss = loss_fn(self.model, part)
                 if len(parts) > 1:
-                    loss = loss * (batch_size(part) / total)
+                    loss = loss * (batch_size(part) / batch_size(batch))
             with self.phase(f"backward_{side}"):
                 vector = self.stash.capture(name, loss, accumulate=j > 0)
             losses.append(loss.detach())

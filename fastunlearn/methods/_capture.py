@@ -34,8 +34,9 @@ class GradientStash:
     True
     """
 
-    def __init__(self, params: Iterable[Tensor]) -> None:
+    def __init__(self, params: Iterable[Tensor], *, backend: str = "auto") -> None:
         self.params = [p for p in params if p.requires_grad]
+        self.backend = backend  # of the accumulation
         if not self.params:
             raise ValueError("no trainable parameters: every parameter has requires_grad=False")
         self._vectors: dict[str, list[Tensor]] = {}
@@ -45,8 +46,8 @@ class GradientStash:
         """Backpropagates ``loss`` and keeps the gradient under ``name`` (replacing the previous one).
 
         With ``accumulate=True`` the gradient is added to the one already kept under ``name`` (if
-        any), in place: gradient accumulation over micro-batches, each loss scaled by 1 / their
-        number as with ``.backward()``. ``retain_graph`` is only needed when several losses share one
+        any), in place: gradient accumulation over micro-batches, each loss weighted by the caller
+        (by its share of the samples, for a loss that averages over them). ``retain_graph`` is only needed when several losses share one
         forward pass (multi-task).
         """
         if not isinstance(loss, Tensor) or loss.numel() != 1:
@@ -64,7 +65,7 @@ class GradientStash:
         if accumulate and name in self._vectors:
             kept = self._vectors[name]
             ones = torch.ones(2, device=kept[0].device)
-            ops.combine_(kept, ones, [kept, vector])
+            ops.combine_(kept, ones, [kept, vector], backend=self.backend)
             self._reached[name] = [a or b for a, b in zip(self._reached[name], reached)]
             return kept
         self._vectors[name] = vector
