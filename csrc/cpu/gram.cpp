@@ -33,9 +33,10 @@ FU_INLINE void stage_block(const scalar_t* __restrict src, int64_t len, acc_t* _
 // Few vectors: all K streams are read in the same loop, so their loads interleave the way a plain
 // dot product's do, and every pair's accumulators stay in registers.
 //
-// Lanes per pair: as many as AVX2's sixteen registers hold beside one register per vector, so no
-// level spills (in elements of the accumulation type: fp32 accumulation keeps twice as many in the
-// same registers). Element t of a piece goes to lane t % lanes, whatever the level.
+// Lanes per pair: as many as AVX2's sixteen registers hold beside one register per vector, so
+// neither AVX level spills (SSE2's registers hold half as much: the baseline spills at K = 3 and 4).
+// In elements of the accumulation type: fp32 accumulation keeps twice as many in the same
+// registers. Element t of a piece goes to lane t % lanes, whatever the level.
 template <typename acc_t>
 constexpr int interleaved_lanes(int k) {
   return (k == 1 ? 16 : k == 2 ? 8 : 4) * static_cast<int>(sizeof(double) / sizeof(acc_t));

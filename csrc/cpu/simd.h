@@ -1,7 +1,8 @@
-// Register primitives of the reduction kernels, one set per register width. A kernel names its
-// lanes (how many accumulators each result keeps, summed in order at the end) independently of the
-// ISA; each clone covers those lanes with the widest registers its level has, so every level runs
-// the same additions in the same order and gives the same bits.
+// Register primitives of the CPU kernels, one set per register width. A reduction names its lanes
+// (how many accumulators each result keeps, summed in order at the end) independently of the ISA;
+// each clone covers those lanes with the widest registers its level has, so every level runs the
+// same additions in the same order and gives the same bits. Elementwise kernels use the same
+// primitives for their bf16/fp16 conversions, which round as c10's do at every level.
 //
 // Each wide primitive is compiled for the levels that have its registers; the kernels reach them
 // only through a flattened clone of such a level (FU_ISA_CLONES), which inlines them.
