@@ -105,14 +105,14 @@ def environment(device: str) -> dict:
         env["triton"] = triton.__version__
     except ImportError:
         env["triton"] = "not installed"
+    sys.path.insert(0, str(Path(__file__).parent))
+    from sweep import device_name
+
+    env["device"] = device_name(torch.device(device))
     if device == "cuda":
-        env["device"] = torch.cuda.get_device_name()
-        env["capability"] = "%d.%d" % torch.cuda.get_device_capability()
+        env["capability"] = "{}.{}".format(*torch.cuda.get_device_capability())
         env["driver"] = command_output(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"])
         env["nvcc"] = command_output(["nvcc", "--version"])
-    else:
-        env["device"] = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                              if line.startswith("model name")), platform.processor())  # fmt: skip
     return env
 
 
@@ -138,8 +138,8 @@ def main() -> None:
         stages.run("build", 60, [py, "-c", "import fastunlearn as fu; print('extension loads; CPU ISA', fu.cpu_isa())"])
     else:
         build_env = dict(os.environ, TORCH_CUDA_ARCH_LIST=env["capability"], MAX_JOBS=str(os.cpu_count() or 4))
-        stages.run("build", 240, [py, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index", "-e", "."],
-                   env=build_env)  # fmt: skip
+        pip = [py, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index", "-e", "."]
+        stages.run("build", 240, pip, env=build_env)
     env["extension_links"] = linkage()
     test_env = dict(os.environ, TRITON_INTERPRET="1") if args.dry_run else None
 
@@ -157,7 +157,8 @@ def main() -> None:
     stages.run("measure", measure_limit,
                [py, __file__, str(args.out), "--measure", str(jsonl), "--budget", str(measure_limit - 15)]
                + (["--dry-run"] if args.dry_run else []), env=measure_env)  # fmt: skip
-    profile = [py, "-m", "fastunlearn", "profile", "--compare", "--device", device, "--json", str(args.out / "profile.json")]
+    profile = [py, "-m", "fastunlearn", "profile", "--compare", "--device", device]
+    profile += ["--json", str(args.out / "profile.json")]
     profile += ["--size", "tiny", "--steps", "1"] if args.dry_run else ["--size", "1b", "--steps", "3"]
     stages.run("profile", 90, profile)
     tests("test_triton")  # last: the Triton kernels on CUDA tensors are also in test_gpu.py
@@ -189,7 +190,8 @@ def markdown(report: dict) -> str:
         f"# GPU check: {env['device']}",
         "",
         f"Started {report['started']}. torch {env['torch']} (CUDA {env['cuda']}), Triton {env['triton']}, "
-        f"Python {env['python']}" + (f", driver {env['driver']}, nvcc: {env['nvcc']}" if "driver" in env else "")
+        f"Python {env['python']}"
+        + (f", driver {env['driver']}, nvcc: {env['nvcc']}" if "driver" in env else "")
         + f". Extension: {env['extension_links']}.",
         "",
         "| stage | status | wall s |",
@@ -209,8 +211,13 @@ def markdown(report: dict) -> str:
         "in the same run. Host: microseconds one call holds the host (no synchronise). Launches: CUDA kernels per "
         "call (torch.profiler). `cat` is torch.cat-flatten code as public PCGrad/surgery code writes it.",
         "",
-        "| op | dtype | elements | shards | copy GB/s | " + " | ".join(backends)
-        + " | host us (" + " / ".join(fused) + ") | launches (" + " / ".join(fused) + ") |",
+        "| op | dtype | elements | shards | copy GB/s | "
+        + " | ".join(backends)
+        + " | host us ("
+        + " / ".join(fused)
+        + ") | launches ("
+        + " / ".join(fused)
+        + ") |",
         "|---" * (5 + len(backends) + 2) + "|",
     ]
     groups: dict[tuple, dict[str, dict]] = {}
@@ -223,11 +230,12 @@ def markdown(report: dict) -> str:
             r = by_backend.get(b)
             cells.append("-" if r is None else f"{r['seconds'] * 1e3:.3f} ms ({r['fraction_of_copy']:.2f})")
         cells.append(" / ".join(f"{by_backend[b]['host_us']:.0f}" if b in by_backend else "-" for b in fused))
-        cells.append(" / ".join(str(by_backend[b]["launches"]) if b in by_backend and by_backend[b]["launches"] is not None
-                                else "-" for b in fused))  # fmt: skip
+        launch_counts = [by_backend[b]["launches"] if b in by_backend else None for b in fused]
+        cells.append(" / ".join("-" if count is None else str(count) for count in launch_counts))
         lines.append("| " + " | ".join(cells) + " |")
     if skipped:
-        lines += ["", "Skipped cases:", ""] + [f"- {r['op']} {r['dtype']} {r['numel']:.0e}: {r['skipped']}" for r in skipped]
+        lines += ["", "Skipped cases:", ""]
+        lines += [f"- {r['op']} {r['dtype']} {r['numel']:.0e}: {r['skipped']}" for r in skipped]
     return "\n".join(lines) + "\n"
 
 
@@ -318,10 +326,13 @@ def measure(path: Path, dry_run: bool, seconds: float | None) -> None:
     grid.append((torch.float32, many_shards[1], many_shards[0]))
     grid += [(dtype, numel, None) for numel in sizes[2:] for dtype in (torch.float32, torch.bfloat16)]
     with path.open("a") as sink:
+
         def emit(row: dict) -> None:
             sink.write(json.dumps(row) + "\n")
             sink.flush()
-            what = row.get("skipped") or f"{row['backend']}: {row['seconds'] * 1e3:.3f} ms, {row['fraction_of_copy']:.2f} of copy"
+            what = row.get("skipped") or (
+                f"{row['backend']}: {row['seconds'] * 1e3:.3f} ms, {row['fraction_of_copy']:.2f} of copy"
+            )
             print(f"{row['op']} {row['dtype']} {row['numel']:.0e} {row['shards']}: {what}", flush=True)
 
         for dtype, numel, shards in grid:
@@ -341,7 +352,7 @@ def measure(path: Path, dry_run: bool, seconds: float | None) -> None:
                     continue
                 try:
                     vectors = case_inputs(op, k, dtype, numel, shards)
-                    copy_seconds, _ = timed(lambda: copy_dst.copy_(copy_src))
+                    copy_seconds, _ = timed(lambda dst=copy_dst, src=copy_src: dst.copy_(src))
                     copy_gbs = 2 * vector_bytes / copy_seconds / 1e9
                     min_bytes = MIN_BYTES[op](k) * vector_bytes
                     entries = [(b, calls(op, k, vectors, b)) for b in backends]
@@ -352,8 +363,9 @@ def measure(path: Path, dry_run: bool, seconds: float | None) -> None:
                             continue
                         seconds, host = timed(fn)
                         count = launches(fn) if numel == sizes[0] or shards is not None else None
+                        fraction = min_bytes / seconds / 1e9 / copy_gbs
                         emit(base | dict(backend=name, seconds=seconds, host_us=host * 1e6, launches=count,
-                                         copy_gbs=copy_gbs, fraction_of_copy=min_bytes / seconds / 1e9 / copy_gbs))  # fmt: skip
+                                         copy_gbs=copy_gbs, fraction_of_copy=fraction))  # fmt: skip
                     del vectors, entries
                 except torch.OutOfMemoryError as exc:
                     emit(base | dict(skipped=f"out of memory ({exc.__class__.__name__})"))

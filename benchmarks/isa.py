@@ -22,41 +22,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import cases  # noqa: E402
+from sweep import device_name  # noqa: E402
+
+from fastunlearn._timing import median_seconds  # noqa: E402
 
 LEVELS = ("avx512", "avx2", "baseline")
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16, "fp16": torch.float16}
 GRAM_KS = (1, 2, 3, 4, 8, 16)
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def cases_for(dtype: torch.dtype, numel: int):
@@ -81,7 +62,7 @@ def cases_for(dtype: torch.dtype, numel: int):
         params = [torch.nn.Parameter(torch.zeros_like(t)) for t in g]
         opt = make(params)
         step_weights = torch.tensor([1.0, -0.5], dtype=torch.float64)
-        yield name, 2, per_element * numel * size, (lambda o=opt: o.step_combined(step_weights, [g, r]))
+        yield name, 2, per_element * numel * size, (lambda o=opt, w=step_weights: o.step_combined(w, [g, r]))
         del params, opt
 
 
@@ -108,7 +89,7 @@ def run_level(level: str, args: argparse.Namespace) -> tuple[list[dict], str | N
     env = dict(os.environ, FASTUNLEARN_CPU_ISA=level)
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0:
-        reason = (done.stderr.strip().splitlines() or ["exit status %d" % done.returncode])[-1]
+        reason = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
         return [], reason
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")], None
 
@@ -151,7 +132,7 @@ def main() -> None:
 
     meta = dict(
         command="python benchmarks/isa.py " + shlex.join(sys.argv[1:]),
-        cpu=cpu_model(),
+        cpu=device_name(torch.device("cpu")),
         threads=args.threads,
         torch=torch.__version__,
         numel=args.numel,

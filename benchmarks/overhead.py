@@ -75,7 +75,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300)
     args = parser.parse_args()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU ISA level {fu.cpu_isa()}, device {args.device}, fastunlearn backends: "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU ISA level {fu.cpu_isa()}, "
+        f"device {args.device}, fastunlearn backends: "
         f"{', '.join(name for name, state in fu.backends().items() if state.startswith('available'))}"
     )
     table = {}

@@ -453,7 +453,10 @@ def test_micro_batches_split_any_mapping_and_other_batches_need_no_size():
         def __init__(self, batch):
             self.batch = batch
 
-    method = methods.GradientSurgery(tiny_model(), lr=0.1, loss_fn=lambda m, b: F.cross_entropy(m(b.batch[0]), b.batch[1]))
+    def opaque_loss(model, batch):
+        return F.cross_entropy(model(batch.batch[0]), batch.batch[1])
+
+    method = methods.GradientSurgery(tiny_model(), lr=0.1, loss_fn=opaque_loss)
     forget_pair, retain_pair = batches(7, 2)
     assert torch.isfinite(method.step(Opaque(forget_pair), Opaque(retain_pair))["forget_loss"])
 
@@ -464,7 +467,8 @@ def test_max_grad_norm_clips_the_update_from_the_gram():
     for clip in (None, 1e-3, 1e3):
         model = tiny_model()
         before = flat_params(model)
-        method = methods.GradientSurgery(model, optimizer=torch.optim.SGD(model.parameters(), lr=1.0), max_grad_norm=clip)
+        sgd = torch.optim.SGD(model.parameters(), lr=1.0)
+        method = methods.GradientSurgery(model, optimizer=sgd, max_grad_norm=clip)
         method.step(forget, retain)
         updates[clip] = flat_params(model) - before
     assert abs(float(updates[1e-3].norm()) - 1e-3) < 1e-9  # the surgery update (norm >> 1e-3) clipped to 1e-3

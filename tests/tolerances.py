@@ -37,7 +37,9 @@ def ulp(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.ldexp(torch.ones_like(values), exponent - _SIGNIFICAND[dtype])
 
 
-def elementwise_bound(expected: torch.Tensor, magnitude: torch.Tensor, dtype: torch.dtype, num_terms: int) -> torch.Tensor:
+def elementwise_bound(
+    expected: torch.Tensor, magnitude: torch.Tensor, dtype: torch.dtype, num_terms: int
+) -> torch.Tensor:
     """Per element, how far a weighted sum of `num_terms` inputs stored in `dtype` may land from its
     float64 value `expected`, where `magnitude` is the sum of the terms' magnitudes: each operation
     rounds once in the compute dtype (fp32 for bf16/fp16, never below), then the result rounds once

@@ -43,7 +43,7 @@ FU_INLINE void weighted_gradient(comp_t* __restrict d, comp_t* __restrict scratc
   }
 }
 
-// Results are computed into block buffers and stored with store_block (simd.h), so bf16/fp16
+// Results are computed into block buffers and stored with convert_block (simd.h), so bf16/fp16
 // parameters and state round on the level's registers. The read pointers (fast_to_read) may be the
 // parameters and state themselves: every element is read before its block is stored.
 template <CpuIsa kIsa, typename scalar_t>
@@ -71,10 +71,10 @@ FU_INLINE void sgd_chunk(const ChunkPlan& plan, int64_t chunk, void* const* para
           out[t] = buf;
           d[t] = rule.nesterov ? d[t] + mu * buf : buf;
         }
-        store_block<kIsa>(b, out, len);
+        convert_block<kIsa, comp_t>(b, out, len);
       }
       for (int64_t t = 0; t < len; ++t) out[t] = static_cast<comp_t>(pv[t]) - lr * d[t];
-      store_block<kIsa>(p, out, len);
+      convert_block<kIsa, comp_t>(p, out, len);
     }
   });
 }
@@ -110,9 +110,9 @@ FU_INLINE void adamw_chunk(const ChunkPlan& plan, int64_t chunk, void* const* pa
         new_v[t] = vt;
         new_p[t] = pt - step_size * (mt / denom);
       }
-      store_block<kIsa>(m, new_m, len);
-      store_block<kIsa>(v, new_v, len);
-      store_block<kIsa>(p, new_p, len);
+      convert_block<kIsa, comp_t>(m, new_m, len);
+      convert_block<kIsa, comp_t>(v, new_v, len);
+      convert_block<kIsa, comp_t>(p, new_p, len);
     }
   });
 }

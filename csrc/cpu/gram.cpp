@@ -21,13 +21,9 @@ int64_t num_pairs(int64_t k) { return k * (k + 1) / 2; }
 // compiler's vectorisation of c10's bf16/fp16 conversions is slow), zero-padded to kBlock.
 template <CpuIsa kIsa, typename scalar_t, typename acc_t>
 FU_INLINE void stage_block(const scalar_t* __restrict src, int64_t len, acc_t* __restrict dst) {
-  using R = Reg<acc_t, register_bytes(kIsa)>;
-  constexpr int64_t width = register_bytes(kIsa) / sizeof(acc_t);
   prefetch_ahead(src, len);
-  int64_t t = 0;
-  for (; t + width <= len; t += width) R::store(dst + t, R::load(src + t));
-  for (; t < len; ++t) dst[t] = static_cast<acc_t>(src[t]);
-  for (; t < kBlock; ++t) dst[t] = acc_t(0);
+  convert_block<kIsa, acc_t>(dst, src, len);
+  for (int64_t t = len; t < kBlock; ++t) dst[t] = acc_t(0);
 }
 
 // Few vectors: all K streams are read in the same loop, so their loads interleave the way a plain

@@ -191,18 +191,16 @@ template <typename acc_t> struct Reg<acc_t, 16> {
 
 #endif
 
-// dst[0:len] = src[0:len] in the storage type: a copy for fp32/fp64, and for bf16/fp16 a rounding
-// as c10's conversions round, on the level's widest registers (the compiler's own vectorisation
-// of c10's scalar rounding is several times slower, most of all in the AVX-512 clone).
-template <CpuIsa kIsa, typename scalar_t, typename comp_t>
-FU_INLINE void store_block(scalar_t* __restrict dst, const comp_t* __restrict src, int64_t len) {
+// dst[0:len] = src[0:len] converted, through whole registers of reg_t (the wider of the two types)
+// on the level, then the tail one by one: bf16/fp16 round as c10's conversions do (the compiler's
+// own vectorisation of c10's scalar conversions is several times slower, most of all at AVX-512).
+template <CpuIsa kIsa, typename reg_t, typename To, typename From>
+FU_INLINE void convert_block(To* __restrict dst, const From* __restrict src, int64_t len) {
+  using R = Reg<reg_t, register_bytes(kIsa)>;
+  constexpr int64_t width = register_bytes(kIsa) / sizeof(reg_t);
   int64_t t = 0;
-  if constexpr (!std::is_same_v<scalar_t, comp_t>) {
-    using R = Reg<float, register_bytes(kIsa)>;
-    constexpr int64_t width = register_bytes(kIsa) / sizeof(float);
-    for (; t + width <= len; t += width) R::store(dst + t, R::load(src + t));
-  }
-  for (; t < len; ++t) dst[t] = static_cast<scalar_t>(src[t]);
+  for (; t + width <= len; t += width) R::store(dst + t, R::load(src + t));
+  for (; t < len; ++t) dst[t] = static_cast<To>(src[t]);
 }
 
 // src[0:len] for elementwise loops that cast each element to the compute type: src itself, except
@@ -211,11 +209,7 @@ FU_INLINE void store_block(scalar_t* __restrict dst, const comp_t* __restrict sr
 template <CpuIsa kIsa, typename scalar_t, typename comp_t>
 FU_INLINE auto fast_to_read(const scalar_t* __restrict src, comp_t* __restrict scratch, int64_t len) {
   if constexpr (std::is_same_v<scalar_t, c10::Half>) {
-    using R = Reg<float, register_bytes(kIsa)>;
-    constexpr int64_t width = register_bytes(kIsa) / sizeof(float);
-    int64_t t = 0;
-    for (; t + width <= len; t += width) R::store(scratch + t, R::load(src + t));
-    for (; t < len; ++t) scratch[t] = static_cast<comp_t>(src[t]);
+    convert_block<kIsa, float>(scratch, src, len);
     return static_cast<const comp_t*>(scratch);
   } else {
     return src;

@@ -33,7 +33,8 @@ def cross_entropy(model: nn.Module, batch: Any) -> Tensor:
         loss = model_outputs(model, batch, "loss")
         if loss is None:
             raise ValueError(
-                "the model returned no loss for a dict batch: put 'labels' in the batch, or pass loss_fn=(model, batch) -> loss"
+                "the model returned no loss for a dict batch: put 'labels' in the batch, "
+                "or pass loss_fn=(model, batch) -> loss"
             )
         return loss
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:

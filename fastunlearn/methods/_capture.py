@@ -47,8 +47,8 @@ class GradientStash:
 
         With ``accumulate=True`` the gradient is added to the one already kept under ``name`` (if
         any), in place: gradient accumulation over micro-batches, each loss weighted by the caller
-        (by its share of the samples, for a loss that averages over them). ``retain_graph`` is only needed when several losses share one
-        forward pass (multi-task).
+        (by its share of the samples, for a loss that averages over them). ``retain_graph`` is only
+        needed when several losses share one forward pass (multi-task).
         """
         if not isinstance(loss, Tensor) or loss.numel() != 1:
             raise ValueError(f"loss for {name!r} must be a scalar tensor")
