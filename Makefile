@@ -18,7 +18,7 @@ $(BIN)/python:
 $(STAMP): $(SOURCES) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=69" wheel ninja
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --no-build-isolation -e ".[dev,demo]"
+	$(BIN)/python -m pip install --no-build-isolation -e ".[dev,demo,hf]"
 	touch $@
 
 demo: $(STAMP)

@@ -16,7 +16,15 @@ GradientSurgery with several retain directions) -- no host sync inside a step.
 torch.Size([3])
 """
 
-from fastunlearn.methods._base import History, LossFn, StepStats, UnlearningMethod, cross_entropy, split_batch
+from fastunlearn.methods._base import (
+    History,
+    LossFn,
+    MicroBatches,
+    StepStats,
+    UnlearningMethod,
+    cross_entropy,
+    split_batch,
+)
 from fastunlearn.methods._capture import GradientStash
 from fastunlearn.methods.baselines import (
     Finetune,
@@ -29,10 +37,12 @@ from fastunlearn.methods.baselines import (
 )
 from fastunlearn.methods.decouple_retain import DecoupleRetain
 from fastunlearn.methods.gradient_surgery import GradientSurgery
+from fastunlearn.methods.gru import FastGRU
 from fastunlearn.methods.nabla_tau import NablaTau, alpha_schedule, nabla_tau_epochs
 
 __all__ = [
     "DecoupleRetain",
+    "FastGRU",
     "Finetune",
     "GradientAscent",
     "GradientDifference",
@@ -40,6 +50,7 @@ __all__ = [
     "GradientSurgery",
     "History",
     "LossFn",
+    "MicroBatches",
     "NablaTau",
     "PCGradUnlearn",
     "RandomLabel",

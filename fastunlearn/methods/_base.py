@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from fastunlearn import ops, optim
 from fastunlearn._phases import PhaseTimer
 from fastunlearn.methods._capture import GradientStash
+from fastunlearn.methods._scaling import LossScaling
 from fastunlearn.optim import FusedOptimizer
 
 #: ``loss_fn(model, batch) -> scalar tensor``: how a method turns a batch into a loss.
@@ -65,8 +66,16 @@ def evaluating(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
+class MicroBatches(list):
+    """The micro-batches of one step, given already split (a gradient-accumulation window): a
+    method runs forward + backward on each in turn, accumulates the gradients (each loss weighted
+    by its share of the samples) and runs its vector algebra once, as for ``micro_batches``."""
+
+
 def batch_size(batch: Any) -> int:
     """Samples in a batch: dim 0 of its first tensor (a tensor, or a tuple/list/dict of them)."""
+    if isinstance(batch, MicroBatches):
+        return sum(batch_size(part) for part in batch)
     if isinstance(batch, Tensor):
         return batch.shape[0]
     if isinstance(batch, Mapping):
@@ -77,7 +86,11 @@ def batch_size(batch: Any) -> int:
 
 
 def split_batch(batch: Any, parts: int) -> list[Any]:
-    """Splits a batch (a tensor, or a tuple/list/mapping of tensors) into ``parts`` along dim 0."""
+    """Splits a batch (a tensor, or a tuple/list/mapping of tensors) into ``parts`` along dim 0
+    (:class:`MicroBatches`: each micro-batch is split, part ``j`` gathers their ``j``-th pieces)."""
+    if isinstance(batch, MicroBatches):
+        pieces = [split_batch(micro, parts) for micro in batch]
+        return [MicroBatches(piece[j] for piece in pieces) for j in range(parts)]
     if isinstance(batch, Tensor):
         pieces = torch.tensor_split(batch, parts)
         if any(p.shape[0] == 0 for p in pieces):
@@ -141,8 +154,18 @@ class UnlearningMethod(abc.ABC):
     ``micro_batches`` splits every batch into that many parts along dim 0 and accumulates their
     gradients (each loss weighted by its share of the samples, exact for losses that average over
     samples) before the step's vector algebra, which runs once: one step of a large batch in the
-    memory of a part. ``max_grad_norm`` clips the update ``d = sum_k w_k g_k`` to that norm before
-    the optimizer, from the step's Gram matrix (``|d|^2 = w^T G w``), on the device.
+    memory of a part. A :class:`MicroBatches` batch is taken as already split (a gradient
+    accumulation window). ``max_grad_norm`` clips the update ``d = sum_k w_k g_k`` to that norm
+    before the optimizer, from the step's Gram matrix (``|d|^2 = w^T G w``), on the device.
+
+    ``grad_scaler`` (a ``torch.amp.GradScaler``, for fp16 autocast): every loss is scaled before
+    its backward, the Gram is unscaled (so coefficients, clipping and stats see true gradients) and
+    the unscale is folded into the update's weights -- no gradient is rewritten. A step whose Gram
+    or weights are not finite is skipped (parameters and optimizer state untouched) and the scale
+    backs off, as ``GradScaler.step``/``update`` do. ``skip_nonfinite=True`` skips such steps
+    without a scaler (a NaN/inf loss then leaves the model as it was). Both read one bool back per
+    step -- the skip is a host decision, as in ``GradScaler.step`` -- and count
+    :attr:`skipped_steps`.
     """
 
     def __init__(
@@ -156,6 +179,8 @@ class UnlearningMethod(abc.ABC):
         backend: str = "auto",
         micro_batches: int = 1,
         max_grad_norm: float | None = None,
+        grad_scaler: torch.amp.GradScaler | None = None,
+        skip_nonfinite: bool = False,
     ) -> None:
         if not isinstance(micro_batches, int) or micro_batches < 1:
             raise ValueError(f"micro_batches must be an int >= 1, got {micro_batches!r}")
@@ -164,17 +189,23 @@ class UnlearningMethod(abc.ABC):
         self.micro_batches, self.max_grad_norm = micro_batches, max_grad_norm
         self.model = model
         self.backend = backend
-        self.stash = GradientStash(model.parameters(), backend=backend)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        if isinstance(optimizer, FusedOptimizer):
+            # The fused step pairs shards with the optimizer's parameters: the vectors follow its
+            # order (param groups, e.g. decay / no decay, reorder them).
+            params = optimizer.params
+            if len(params) != len(trainable) or {id(p) for p in params} != {id(p) for p in trainable}:
+                raise ValueError("a fused optimizer must hold exactly the model's trainable parameters")
+        else:
+            params = trainable
+        self.stash = GradientStash(params, backend=backend)
         self.params = self.stash.params
         self.optimizer = optimizer if optimizer is not None else self.default_optimizer(lr)
-        if isinstance(self.optimizer, FusedOptimizer):
-            theirs = self.optimizer.params
-            if len(theirs) != len(self.params) or any(a is not b for a, b in zip(theirs, self.params)):
-                raise ValueError(
-                    "a fused optimizer must hold exactly the model's trainable parameters, in model.parameters() order"
-                )
+        self.scaling = LossScaling(grad_scaler, skip_nonfinite)
         self.loss_fn = loss_fn
         self.forget_loss_fn = forget_loss_fn or loss_fn
+        #: The norm of the last update before clipping (0-d, device; set where ``max_grad_norm`` is).
+        self.update_norm: Tensor | None = None
         #: Set a :class:`PhaseTimer` to time forward / backward / vector_algebra / optimizer phases.
         self.timer: PhaseTimer | None = None
 
@@ -186,6 +217,11 @@ class UnlearningMethod(abc.ABC):
     @abc.abstractmethod
     def step(self, forget_batch: Any, retain_batch: Any) -> StepStats:
         """One unlearning step; returns its stats as device tensors (see :data:`StepStats`)."""
+
+    def train_step(self, forget_batch: Any, retain_batch: Any) -> StepStats:
+        """One step driven by an outside training loop (e.g. the Hugging Face ``UnlearnTrainer``):
+        :meth:`step`, unless a method has phases and picks the step here."""
+        return self.step(forget_batch, retain_batch)
 
     def retain_gradients(self, retain_batch: Any, parts: int) -> tuple[Tensor, list[list[Tensor]]]:
         """The mean retain loss and one gradient per part of the batch (split along dim 0 if parts > 1)."""
@@ -209,25 +245,30 @@ class UnlearningMethod(abc.ABC):
         ``forward_retain`` / ``backward_retain`` for every other one.
         """
         side = "forget" if name == "forget" else "retain"
-        parts = [batch] if self.micro_batches == 1 else split_batch(batch, self.micro_batches)
+        parts = self._parts(batch)
+        total = batch_size(batch) if len(parts) > 1 else 1
         losses = []
         for j, part in enumerate(parts):
             with self.phase(f"forward_{side}"):
                 loss = loss_fn(self.model, part)
                 if len(parts) > 1:
-                    loss = loss * (batch_size(part) / batch_size(batch))
+                    loss = loss * (batch_size(part) / total)
             with self.phase(f"backward_{side}"):
-                vector = self.stash.capture(name, loss, accumulate=j > 0)
+                vector = self.stash.capture(name, self.scaling.scale(loss), accumulate=j > 0)
             losses.append(loss.detach())
         return (losses[0] if len(losses) == 1 else torch.stack(losses).sum()), vector
 
     def apply(self, weights: Tensor, vectors: Sequence[Sequence[Tensor]], gram: Tensor | None = None) -> None:
         """One optimizer step along the descent direction ``sum_k weights[k] * vectors[k]``, clipped
         to ``max_grad_norm`` if set (``gram``: the vectors' Gram matrix, if the step has it)."""
+        if self.scaling.checks or self.max_grad_norm is not None:
+            gram = gram if gram is not None else self.gram(vectors)
+        if self.scaling.checks and self.scaling.skip(weights, gram):
+            return
         if self.max_grad_norm is not None:
             weights = self.clipped(weights, vectors, gram)
         with self.phase("optimizer"):
-            self._apply(weights, vectors)
+            self._apply(self.scaling.unscale(weights), vectors)
 
     def clipped(self, weights: Tensor, vectors: Sequence[Sequence[Tensor]], gram: Tensor | None = None) -> Tensor:
         """``weights`` scaled so that ``|sum_k w_k g_k| = sqrt(w^T G w)`` is at most ``max_grad_norm``."""
@@ -235,6 +276,7 @@ class UnlearningMethod(abc.ABC):
         with self.phase("vector_algebra"):
             w = weights.to(gram.dtype)
             norm = (w @ gram @ w).clamp_min(0.0).sqrt()
+            self.update_norm = norm
             return weights * (self.max_grad_norm / (norm + 1e-12)).clamp_max(1.0).to(weights.dtype)
 
     def _apply(self, weights: Tensor, vectors: Sequence[Sequence[Tensor]]) -> None:
@@ -256,7 +298,21 @@ class UnlearningMethod(abc.ABC):
     def gram(self, vectors: Sequence[Sequence[Tensor]]) -> Tensor:
         """Gram matrix of gradient vectors in float64 (coefficients are derived from it)."""
         with self.phase("vector_algebra"):
-            return ops.gram(vectors, dtype=torch.float64, backend=self.backend)
+            return self.scaling.unscale_gram(ops.gram(vectors, dtype=torch.float64, backend=self.backend))
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps skipped for a non-finite Gram or weights (see ``grad_scaler``, ``skip_nonfinite``)."""
+        return self.scaling.skipped_steps
+
+    def _parts(self, batch: Any) -> list[Any]:
+        """The micro-batches a batch is run in (see ``micro_batches`` and :class:`MicroBatches`)."""
+        parts = list(batch) if isinstance(batch, MicroBatches) else [batch]
+        if self.micro_batches > 1:
+            parts = [piece for part in parts for piece in split_batch(part, self.micro_batches)]
+        if not parts:
+            raise ValueError("MicroBatches holds no batch")
+        return parts
 
     # -- a whole run ---------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from fastunlearn.distributed import is_dtensor
 from fastunlearn.methods._base import (
     History,
     LossFn,
+    MicroBatches,
     StepStats,
     UnlearningMethod,
     _Progress,
@@ -91,15 +92,21 @@ class DecoupleRetain(UnlearningMethod):
         backend: str = "auto",
         micro_batches: int = 1,
         max_grad_norm: float | None = None,
+        grad_scaler: torch.amp.GradScaler | None = None,
+        skip_nonfinite: bool = False,
     ) -> None:
         if not threshold > 0:
             raise ValueError(f"threshold must be > 0, got {threshold}")
         if max_steps < 1 or not clip_norm > 0 or noise_multiplier < 0 or not lr > 0:
             raise ValueError("need max_steps >= 1, clip_norm > 0, noise_multiplier >= 0 and lr > 0")
         kwargs = {} if loss_fn is None else {"loss_fn": loss_fn}
+        if isinstance(retain_optimizer, optim.FusedOptimizer):
+            # Both phases step on the same vectors: phase 1's SGD takes the retain optimizer's order.
+            kwargs["optimizer"] = optim.SGD(retain_optimizer.params, lr=lr, backend=backend)
         super().__init__(
             model, lr=lr, forget_loss_fn=forget_loss_fn,
-            backend=backend, micro_batches=micro_batches, max_grad_norm=max_grad_norm, **kwargs,
+            backend=backend, micro_batches=micro_batches, max_grad_norm=max_grad_norm,
+            grad_scaler=grad_scaler, skip_nonfinite=skip_nonfinite, **kwargs,
         )  # fmt: skip
         self.threshold, self.max_steps, self.clip_norm = float(threshold), max_steps, float(clip_norm)
         self.noise_multiplier, self.lr = float(noise_multiplier), float(lr)
@@ -154,6 +161,22 @@ class DecoupleRetain(UnlearningMethod):
         if is_dtensor(g):
             return torch.randn_like(g)
         return torch.randn(g.shape, dtype=g.dtype, device=g.device, generator=self.generator)
+
+    def train_step(self, forget_batch: Any, retain_batch: Any) -> StepStats:
+        """For an outside loop: phase-1 steps until the output distance reaches ``threshold`` or
+        ``max_steps`` (read back after every step), then phase-2 steps. Without a cached reference,
+        the first forget batch is the one the distance is measured on."""
+        if self.reference is None:
+            self.cache_reference(list(forget_batch) if isinstance(forget_batch, MicroBatches) else [forget_batch])
+        if self.reached_threshold or self.steps_taken >= self.max_steps:
+            stats = self.retain_step(retain_batch)
+            stats["phase"] = torch.full_like(stats["retain_loss"], 2.0)
+            return stats
+        stats = self.step(forget_batch)
+        stats["phase"] = torch.ones_like(stats["forget_loss"])
+        stats["output_distance"] = self.output_distance()
+        self.reached_threshold = float(stats["output_distance"]) >= self.threshold
+        return stats
 
     def retain_step(self, retain_batch: Any) -> StepStats:
         """One phase-2 step: descent on the retain loss with ``retain_optimizer``."""

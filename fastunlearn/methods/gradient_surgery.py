@@ -64,6 +64,8 @@ class GradientSurgery(UnlearningMethod):
         backend: str = "auto",
         micro_batches: int = 1,
         max_grad_norm: float | None = None,
+        grad_scaler: torch.amp.GradScaler | None = None,
+        skip_nonfinite: bool = False,
     ) -> None:
         if projection not in PROJECTIONS:
             raise ValueError(f"unknown projection {projection!r}; expected one of {PROJECTIONS}")
@@ -74,7 +76,8 @@ class GradientSurgery(UnlearningMethod):
         kwargs = {} if loss_fn is None else {"loss_fn": loss_fn}
         super().__init__(
             model, optimizer=optimizer, lr=lr, forget_loss_fn=forget_loss_fn,
-            backend=backend, micro_batches=micro_batches, max_grad_norm=max_grad_norm, **kwargs,
+            backend=backend, micro_batches=micro_batches, max_grad_norm=max_grad_norm,
+            grad_scaler=grad_scaler, skip_nonfinite=skip_nonfinite, **kwargs,
         )  # fmt: skip
         self.projection, self.retain_weight = projection, float(retain_weight)
         self.eps = _validate.check_eps(eps)

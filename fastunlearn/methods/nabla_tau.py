@@ -96,6 +96,8 @@ class NablaTau(UnlearningMethod):
         backend: str = "auto",
         micro_batches: int = 1,
         max_grad_norm: float | None = None,
+        grad_scaler: torch.amp.GradScaler | None = None,
+        skip_nonfinite: bool = False,
     ) -> None:
         if (forget_fraction is None) == (alpha0 is None):
             raise ValueError("give exactly one of forget_fraction (alpha0 = 5/3 * fraction) or alpha0")
@@ -113,7 +115,8 @@ class NablaTau(UnlearningMethod):
         kwargs = {} if loss_fn is None else {"loss_fn": loss_fn}
         super().__init__(
             model, optimizer=optimizer, lr=lr, forget_loss_fn=forget_loss_fn,
-            backend=backend, micro_batches=micro_batches, max_grad_norm=max_grad_norm, **kwargs,
+            backend=backend, micro_batches=micro_batches, max_grad_norm=max_grad_norm,
+            grad_scaler=grad_scaler, skip_nonfinite=skip_nonfinite, **kwargs,
         )  # fmt: skip
         self.val_loader = val_loader
         self.alpha0 = self.alpha = float(alpha0)
