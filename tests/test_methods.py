@@ -376,6 +376,7 @@ ALL_METHODS = [
     (methods.Finetune, {}),
     (methods.RandomLabel, {"num_classes": NUM_CLASSES, "generator": None}),
     (methods.PCGradUnlearn, {"retain_tasks": 2}),
+    (methods.FastGRU, {"gamma": 0.7}),
 ]
 
 
@@ -478,3 +479,141 @@ def test_max_grad_norm_clips_the_update_from_the_gram():
         methods.GradientSurgery(tiny_model(), max_grad_norm=0.0)
     with pytest.raises(ValueError, match="micro_batches must be an int >= 1"):
         methods.GradientSurgery(tiny_model(), micro_batches=0)
+
+
+# --- FastGRU --------------------------------------------------------------------------------------
+
+
+def reference_gru(model, steps, gamma, lr):
+    """OpenUnlearning's GRU algebra, written as it does it: gradients concatenated into flat vectors
+    on the host, the retain average, a per-parameter dot product summed as Python floats, the
+    projection only where the objective gradient and the average conflict, then ``.grad`` and SGD."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr)
+    previous, projected = 0.0, []
+
+    def flat_gradient(loss):
+        optimizer.zero_grad()
+        loss.backward()
+        return torch.cat([p.grad.detach().flatten() for p in params]).cpu()
+
+    def total_dot(a, b):
+        total, index = 0.0, 0
+        for p in params:
+            total += (a[index : index + p.numel()] * b[index : index + p.numel()]).sum().item()
+            index += p.numel()
+        return total
+
+    for forget, retain in steps:
+        objective = flat_gradient(-F.cross_entropy(model(forget[0]), forget[1]))
+        average = gamma * flat_gradient(F.cross_entropy(model(retain[0]), retain[1])) + (1 - gamma) * previous
+        previous = average
+        dot = total_dot(objective, average)
+        projected.append(dot < 0)
+        if dot < 0:
+            objective = objective - dot / total_dot(average, average) * average
+        index = 0
+        for p in params:
+            p.grad = objective[index : index + p.numel()].view_as(p).clone()
+            index += p.numel()
+        optimizer.step()
+    return projected
+
+
+def test_fast_gru_matches_openunlearnings_gru():
+    forget = batches(40, 6, dtype=torch.float32)
+    # A retain set that disagrees with the forget set on half of the steps: some steps project.
+    retain = [(x, (y + (i % 2)) % NUM_CLASSES) for i, (x, y) in enumerate(batches(41, 6, dtype=torch.float32))]
+    steps = list(zip(forget, retain))
+    reference = tiny_model(dtype=torch.float32)
+    projected = reference_gru(reference, steps, gamma=0.8, lr=0.5)
+    assert any(projected) and not all(projected)
+
+    model = tiny_model(dtype=torch.float32)
+    gru = methods.FastGRU(model, gamma=0.8, optimizer=fu.optim.SGD(model.parameters(), lr=0.5))
+    stats = [gru.step(f, r) for f, r in steps]
+    assert [bool(s["projected"]) for s in stats] == projected
+    torch.testing.assert_close(flat_params(model), flat_params(reference), rtol=1e-6, atol=1e-7)
+
+
+def test_fast_gru_descent_objective_and_bad_options():
+    model = tiny_model()
+    gru = methods.FastGRU(model, forget_objective="descent", gamma=1.0, lr=0.1)
+    forget, retain = batches(42, 1)[0], batches(43, 1)[0]
+    g_f, g_r = grad_of(model, forget), grad_of(model, retain)
+    before = flat_params(model)
+    stats = gru.step(forget, retain)
+    d = g_f - float(stats["coef"]) * g_r  # descent on the forget loss, projected where g_f . g_r < 0
+    torch.testing.assert_close(flat_params(model), before - 0.1 * d)
+    assert (float(stats["coef"]) != 0) == bool(g_f @ g_r < 0)
+    with pytest.raises(ValueError, match="gamma"):
+        methods.FastGRU(model, gamma=1.5)
+    with pytest.raises(ValueError, match="forget_objective"):
+        methods.FastGRU(model, forget_objective="up")
+
+
+# --- loss scaling, non-finite steps, accumulation windows, parameter order ----------------------
+
+
+def test_grad_scaler_steps_as_unscaled_and_skips_non_finite_steps():
+    forget, retain = batches(44, 3, dtype=torch.float32), batches(45, 3, dtype=torch.float32)
+    plain = tiny_model(dtype=torch.float32)
+    unscaled = methods.GradientSurgery(plain, lr=0.1, max_grad_norm=0.5)
+    for f, r in zip(forget, retain):
+        unscaled.step(f, r)
+
+    scaled_model = tiny_model(dtype=torch.float32)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=2)
+    scaled = methods.GradientSurgery(scaled_model, lr=0.1, max_grad_norm=0.5, grad_scaler=scaler)
+    for f, r in zip(forget, retain):
+        stats = scaled.step(f, r)
+    torch.testing.assert_close(flat_params(scaled_model), flat_params(plain), rtol=1e-6, atol=1e-7)
+    assert float(stats["forget_grad_norm"]) < 10  # stats are of the true (unscaled) gradients
+    assert scaler.get_scale() == 2.0**13  # grown once, after two finite steps
+
+    before = flat_params(scaled_model)
+    inf_input = (forget[0][0] * float("inf"), forget[0][1])
+    scaled.step(inf_input, retain[0])
+    assert torch.equal(flat_params(scaled_model), before)
+    assert scaled.skipped_steps == 1 and scaler.get_scale() == 2.0**12
+
+
+def test_skip_nonfinite_without_a_scaler_keeps_adamw_state():
+    model = tiny_model(dtype=torch.float32)
+    method = methods.GradientDifference(
+        model, optimizer=fu.optim.AdamW(model.parameters(), lr=0.1), skip_nonfinite=True
+    )
+    forget, retain = batches(46, 1, dtype=torch.float32)[0], batches(47, 1, dtype=torch.float32)[0]
+    method.step(forget, retain)
+    state = {k: v.clone() for k, v in method.optimizer.state[method.params[0]].items() if torch.is_tensor(v)}
+    before = flat_params(model)
+    method.step((forget[0] * float("nan"), forget[1]), retain)
+    assert torch.equal(flat_params(model), before) and method.skipped_steps == 1
+    for key, value in state.items():
+        assert torch.equal(method.optimizer.state[method.params[0]][key], value)
+    assert method.optimizer.state[method.params[0]]["step"] == 1
+
+
+@pytest.mark.parametrize("retain_directions", [1, 2, 3])  # 3: parts that span two micro-batches
+def test_micro_batches_window_steps_as_the_concatenated_batch(retain_directions):
+    forget, retain = batches(48, 2, size=6), batches(49, 2, size=6)
+    joined = [tuple(torch.cat(column) for column in zip(*pair)) for pair in (forget, retain)]
+    whole, window = tiny_model(), tiny_model()
+    kwargs = {"lr": 0.1, "retain_directions": retain_directions}
+    methods.GradientSurgery(whole, **kwargs).step(*joined)
+    methods.GradientSurgery(window, **kwargs).step(methods.MicroBatches(forget), methods.MicroBatches(retain))
+    torch.testing.assert_close(flat_params(window), flat_params(whole))
+
+
+def test_fused_optimizer_param_groups_in_any_order():
+    forget, retain = batches(50, 1)[0], batches(51, 1)[0]
+    one_group, two_groups = tiny_model(), tiny_model()
+    methods.GradientSurgery(one_group, optimizer=fu.optim.SGD(one_group.parameters(), lr=0.1)).step(forget, retain)
+    params = list(two_groups.parameters())
+    reordered = fu.optim.SGD([{"params": params[2:]}, {"params": params[:2], "lr": 0.1}], lr=0.1)
+    method = methods.GradientSurgery(two_groups, optimizer=reordered)
+    assert method.params[0] is params[2]
+    method.step(forget, retain)
+    torch.testing.assert_close(flat_params(two_groups), flat_params(one_group))
+    with pytest.raises(ValueError, match="exactly the model's trainable parameters"):
+        methods.GradientSurgery(two_groups, optimizer=fu.optim.SGD(params[:2], lr=0.1))

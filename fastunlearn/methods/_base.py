@@ -86,11 +86,23 @@ def batch_size(batch: Any) -> int:
 
 
 def split_batch(batch: Any, parts: int) -> list[Any]:
-    """Splits a batch (a tensor, or a tuple/list/mapping of tensors) into ``parts`` along dim 0
-    (:class:`MicroBatches`: each micro-batch is split, part ``j`` gathers their ``j``-th pieces)."""
+    """Splits a batch (a tensor, or a tuple/list/mapping of tensors) into ``parts`` along dim 0.
+    :class:`MicroBatches` are split as their concatenation would be, each part a
+    :class:`MicroBatches` of the slices it spans."""
     if isinstance(batch, MicroBatches):
-        pieces = [split_batch(micro, parts) for micro in batch]
-        return [MicroBatches(piece[j] for piece in pieces) for j in range(parts)]
+        sizes = [batch_size(micro) for micro in batch]
+        bounds = [0, *itertools.accumulate(len(piece) for piece in torch.arange(sum(sizes)).tensor_split(parts))]
+        if any(stop == start for start, stop in itertools.pairwise(bounds)):
+            raise ValueError(f"a batch of {sum(sizes)} samples cannot be split into {parts} non-empty parts")
+        starts = [0, *itertools.accumulate(sizes)]
+        return [
+            MicroBatches(
+                _rows(micro, max(lo, first) - first, min(hi, first + size) - first)
+                for micro, first, size in zip(batch, starts, sizes)
+                if max(lo, first) < min(hi, first + size)
+            )
+            for lo, hi in itertools.pairwise(bounds)
+        ]
     if isinstance(batch, Tensor):
         pieces = torch.tensor_split(batch, parts)
         if any(p.shape[0] == 0 for p in pieces):
@@ -103,6 +115,15 @@ def split_batch(batch: Any, parts: int) -> list[Any]:
         columns = [split_batch(item, parts) for item in batch]
         return [type(batch)(column[j] for column in columns) for j in range(parts)]
     raise TypeError(f"cannot split a batch of type {type(batch).__name__}; use tensors, tuples, lists or dicts")
+
+
+def _rows(batch: Any, start: int, stop: int) -> Any:
+    """Samples ``start:stop`` of a batch (a tensor, or a tuple/list/mapping of tensors)."""
+    if isinstance(batch, Tensor):
+        return batch[start:stop]
+    if isinstance(batch, Mapping):
+        return {key: _rows(value, start, stop) for key, value in batch.items()}
+    return type(batch)(_rows(item, start, stop) for item in batch)
 
 
 class History(dict):
@@ -269,6 +290,8 @@ class UnlearningMethod(abc.ABC):
             weights = self.clipped(weights, vectors, gram)
         with self.phase("optimizer"):
             self._apply(self.scaling.unscale(weights), vectors)
+        if self.scaling.checks:
+            self.scaling.stepped()
 
     def clipped(self, weights: Tensor, vectors: Sequence[Sequence[Tensor]], gram: Tensor | None = None) -> Tensor:
         """``weights`` scaled so that ``|sum_k w_k g_k| = sqrt(w^T G w)`` is at most ``max_grad_norm``."""

@@ -39,17 +39,29 @@ class LossScaling:
         return weights if self.scaler is None else weights / self.current(weights)
 
     def skip(self, weights: Tensor, gram: Tensor) -> bool:
-        """Whether this step must be skipped (a non-finite Gram or weights); updates the scale."""
+        """Whether this step must be skipped (a non-finite Gram or weights). A skipped step backs the
+        scale off here; a taken one calls :meth:`stepped` once the update has used the scale."""
+        self._device = gram.device
         found_inf = bool(~(torch.isfinite(gram).all() & torch.isfinite(weights).all()))
-        if self.scaler is not None:
-            factor = 1.0
-            if found_inf:
-                factor, self._good_steps = self.scaler.get_backoff_factor(), 0
-            else:
-                self._good_steps += 1
-                if self._good_steps == self.scaler.get_growth_interval():
-                    factor, self._good_steps = self.scaler.get_growth_factor(), 0
-            scale = self.current(torch.ones((), dtype=torch.float32, device=gram.device))
-            self.scaler.update(new_scale=scale * factor)
-        self.skipped_steps += found_inf
+        if found_inf:
+            self.skipped_steps += 1
+            self._good_steps = 0
+            self._rescale(self.scaler.get_backoff_factor() if self.scaler is not None else 1.0)
         return found_inf
+
+    def stepped(self) -> None:
+        """A finite step went through: the scale grows after ``growth_interval`` of them."""
+        if self.scaler is None:
+            return
+        self._good_steps += 1
+        if self._good_steps == self.scaler.get_growth_interval():
+            self._good_steps = 0
+            self._rescale(self.scaler.get_growth_factor())
+        else:
+            self._rescale(1.0)
+
+    def _rescale(self, factor: float) -> None:
+        # update(new_scale) also closes the scaler's step, as update() after GradScaler.step does.
+        if self.scaler is not None:
+            scale = self.current(torch.ones((), dtype=torch.float32, device=self._device))
+            self.scaler.update(new_scale=scale * factor)

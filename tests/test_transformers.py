@@ -1,0 +1,246 @@
+"""UnlearnTrainer on a tiny random-init Llama with LoRA adapters, on CPU."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+from fastunlearn import optim  # noqa: E402
+from fastunlearn.integrations.transformers import (  # noqa: E402
+    ForgetRetainCollator,
+    ForgetRetainDataset,
+    UnlearnTrainer,
+    method_names,
+)
+
+VOCAB, LENGTH = 64, 12
+
+
+def tiny_llama(seed: int = 0, lora: bool = True) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=32,
+    )  # fmt: skip
+    model = transformers.LlamaForCausalLM(config)
+    if lora:
+        config = peft.LoraConfig(r=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0, init_lora_weights=False)
+        model = peft.get_peft_model(model, config)
+    return model
+
+
+class Tokens(torch.utils.data.Dataset):
+    """Fixed-length random token sequences (every label counted, so per-sample means are exact)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.ids = torch.randint(0, VOCAB, (n, LENGTH), generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.ids[i], "attention_mask": torch.ones(LENGTH, dtype=torch.long), "labels": self.ids[i]}
+
+
+class Pairs(torch.utils.data.Dataset):
+    """Paired samples in a fixed order (forget i with retain i)."""
+
+    def __init__(self, n: int) -> None:
+        self.forget, self.retain = Tokens(n, 1), Tokens(n, 2)
+
+    def __len__(self) -> int:
+        return len(self.forget)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"forget": self.forget[i], "retain": self.retain[i]}
+
+
+def arguments(tmp_path, **overrides) -> transformers.TrainingArguments:
+    values = dict(
+        output_dir=str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=2, max_grad_norm=0.5,
+        learning_rate=1e-2, max_steps=2, logging_steps=1, report_to=[], save_strategy="no", use_cpu=True,
+        disable_tqdm=True, lr_scheduler_type="constant", seed=0, data_seed=0,
+    )  # fmt: skip
+    values.update(overrides)
+    return transformers.TrainingArguments(**values)
+
+
+METHOD_ARGS = {
+    "decouple_retain": {"threshold": 1e9, "max_steps": 1, "lr": 1e-2},
+    "nabla_tau": {"val_loader": [{"input_ids": Tokens(4, 3).ids, "labels": Tokens(4, 3).ids}], "alpha0": 0.5},
+}
+
+
+def trainable(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def train(tmp_path, method, model=None, dataset=None, method_args=None, **overrides):
+    model = model if model is not None else tiny_llama()
+    trainer = UnlearnTrainer(
+        model=model, args=arguments(tmp_path, **overrides), train_dataset=dataset or Pairs(8), method=method,
+        method_args=method_args if method_args is not None else METHOD_ARGS.get(method, {}),
+    )  # fmt: skip
+    trainer.train()
+    return trainer
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_every_method_trains_with_accumulation_and_clipping(tmp_path, method):
+    model = tiny_llama()
+    before = trainable(model)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    trainer = train(tmp_path, method, model=model)
+    assert isinstance(trainer.unlearning.optimizer, optim.FusedOptimizer)
+    after = trainable(model)
+    assert any(not torch.equal(before[n], after[n]) for n in before), "no adapter moved"
+    assert all(torch.isfinite(p).all() for p in after.values())
+    for name, p in model.named_parameters():  # the base model stays frozen
+        if not p.requires_grad:
+            assert torch.equal(p, frozen[name]), name
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 2
+    stat = "retain_loss" if method == "decouple_retain" else "forget_loss"
+    assert math.isfinite(logs[-1][stat]) and math.isfinite(logs[-1]["grad_norm"])
+
+
+@pytest.mark.parametrize("method", ["surgery", "gru", "grad_diff", "pcgrad"])
+def test_two_micro_batches_of_two_equal_one_batch_of_four(tmp_path, method):
+    """The window's gradients are accumulated before the projection: the same step as one batch."""
+    args = {"pcgrad": {"generator": torch.Generator().manual_seed(0)}}.get(method, {})
+    split = trainable(train(tmp_path, method, method_args=dict(args), max_steps=2).model)
+    args = {"pcgrad": {"generator": torch.Generator().manual_seed(0)}}.get(method, {})
+    whole = trainable(
+        train(
+            tmp_path, method, method_args=dict(args), max_steps=2, per_device_train_batch_size=4,
+            gradient_accumulation_steps=1,
+        ).model
+    )  # fmt: skip
+    for name in split:
+        torch.testing.assert_close(split[name], whole[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def retain_gradient(model, batch) -> list[torch.Tensor]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return list(torch.autograd.grad(model(**batch).loss, params))
+
+
+def test_surgery_with_sgd_moves_orthogonally_to_the_retain_gradient(tmp_path):
+    model, pairs = tiny_llama(), Pairs(4)
+    retain = ForgetRetainCollator()([pairs[i] for i in range(4)])["retain"]
+    g_r = retain_gradient(model, retain)
+    before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+    train(
+        tmp_path, "surgery", model=model, dataset=pairs, optim="sgd", max_steps=1, per_device_train_batch_size=4,
+        gradient_accumulation_steps=1, max_grad_norm=0.0, learning_rate=1.0,
+    )  # fmt: skip
+    delta = [p.detach() - b for p, b in zip((p for p in model.parameters() if p.requires_grad), before)]
+    dot = sum((g.double() * d.double()).sum() for g, d in zip(g_r, delta))
+    norms = math.sqrt(sum(g.double().square().sum() for g in g_r)) * math.sqrt(
+        sum(d.double().square().sum() for d in delta)
+    )
+    assert norms > 0
+    assert abs(float(dot)) <= 1e-5 * norms
+
+
+def test_clipped_update_norm_is_at_most_max_grad_norm(tmp_path):
+    model = tiny_llama()
+    before = trainable(model)
+    trainer = train(
+        tmp_path, "grad_diff", model=model, optim="sgd", max_steps=1, max_grad_norm=1e-3, learning_rate=1.0,
+        per_device_train_batch_size=4, gradient_accumulation_steps=1,
+    )  # fmt: skip
+    after = trainable(model)
+    norm = math.sqrt(sum(float((after[n].double() - before[n].double()).square().sum()) for n in before))
+    assert float(trainer.unlearning.update_norm) > 1e-3  # the clip was active
+    assert norm <= 1e-3 * (1 + 1e-5)
+    assert norm == pytest.approx(1e-3, rel=1e-4)
+
+
+def nan_forget_loss(model, batch):
+    return model(**batch).loss * float("nan")
+
+
+@pytest.mark.parametrize("method", ["surgery", "gru"])
+def test_a_non_finite_loss_leaves_the_weights_untouched(tmp_path, method):
+    model = tiny_llama()
+    before = trainable(model)
+    trainer = train(tmp_path, method, model=model, method_args={"forget_loss_fn": nan_forget_loss})
+    after = trainable(model)
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+    assert trainer.unlearning.skipped_steps == 2
+    assert all("exp_avg" not in state for state in trainer.unlearning.optimizer.state.values())
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [entry["skipped_steps"] for entry in logs] == [1, 2]
+
+
+def test_stats_are_logged_at_logging_steps_only(tmp_path):
+    trainer = train(tmp_path, "surgery", max_steps=4, logging_steps=2)
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [entry["step"] for entry in logs] == [2, 4]
+    assert {"forget_loss", "retain_loss", "cosine", "coef", "retain_dot_update"} <= logs[0].keys()
+    assert abs(logs[0]["retain_dot_update"]) < 1e-8
+
+
+def test_full_model_bf16_with_fp32_norms(tmp_path):
+    """A bf16 model whose RMSNorm weights are fp32: mixed shard dtypes in one gradient."""
+    model = tiny_llama(lora=False).to(torch.bfloat16)
+    for name, p in model.named_parameters():
+        if "norm" in name:
+            p.data = p.data.float()
+    before = trainable(model)
+    train(tmp_path, "surgery", model=model, bf16=True)
+    after = trainable(model)
+    assert {p.dtype for p in after.values()} == {torch.bfloat16, torch.float32}
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+
+
+def test_gradient_checkpointing(tmp_path):
+    plain = trainable(train(tmp_path, "surgery", model=tiny_llama(lora=False)).model)
+    checkpointed = trainable(train(tmp_path, "surgery", model=tiny_llama(lora=False), gradient_checkpointing=True).model)
+    for name in plain:
+        torch.testing.assert_close(plain[name], checkpointed[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_torch_optimizer_gets_the_update_through_grad(tmp_path):
+    model = tiny_llama()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    before = trainable(model)
+    trainer = UnlearnTrainer(
+        model=model, args=arguments(tmp_path), train_dataset=Pairs(8), method="surgery",
+        optimizers=(optimizer, None),
+    )  # fmt: skip
+    trainer.train()
+    assert trainer.unlearning.optimizer is optimizer
+    assert any(not torch.equal(before[n], p) for n, p in trainable(model).items())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_forget_retain_dataset_and_collator():
+    forget, retain = Tokens(3, 1), Tokens(5, 2)
+    data = ForgetRetainDataset(forget, retain, seed=0)
+    assert len(data) == 3 and len(ForgetRetainDataset(forget, retain, anchor="retain")) == 5
+    item = data[1]
+    assert torch.equal(item["forget"]["input_ids"], forget[1]["input_ids"])
+    assert any(torch.equal(item["retain"]["input_ids"], retain[j]["input_ids"]) for j in range(5))
+    batch = ForgetRetainCollator()([data[0], data[2]])
+    assert batch["forget"]["input_ids"].shape == (2, LENGTH) and batch["retain"]["labels"].shape == (2, LENGTH)
+    with pytest.raises(ValueError, match="anchor"):
+        ForgetRetainDataset(forget, retain, anchor="both")
+
+
+def test_bad_method_and_unpaired_batches(tmp_path):
+    with pytest.raises(ValueError, match="unknown method 'sugery'"):
+        UnlearnTrainer(model=tiny_llama(), args=arguments(tmp_path), train_dataset=Pairs(4), method="sugery")
+    trainer = UnlearnTrainer(
+        model=tiny_llama(), args=arguments(tmp_path), train_dataset=Tokens(8, 1), method="surgery",
+        data_collator=transformers.default_data_collator,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="ForgetRetainDataset"):
+        trainer.train()
