@@ -203,7 +203,9 @@ def test_full_model_bf16_with_fp32_norms(tmp_path):
 
 def test_gradient_checkpointing(tmp_path):
     plain = trainable(train(tmp_path, "surgery", model=tiny_llama(lora=False)).model)
-    checkpointed = trainable(train(tmp_path, "surgery", model=tiny_llama(lora=False), gradient_checkpointing=True).model)
+    model = tiny_llama(lora=False)
+    checkpointed = trainable(train(tmp_path, "surgery", model=model, gradient_checkpointing=True).model)
+    assert model.is_gradient_checkpointing
     for name in plain:
         torch.testing.assert_close(plain[name], checkpointed[name], rtol=1e-5, atol=1e-6, msg=name)
 
