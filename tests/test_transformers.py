@@ -246,3 +246,41 @@ def test_bad_method_and_unpaired_batches(tmp_path):
     )  # fmt: skip
     with pytest.raises(ValueError, match="ForgetRetainDataset"):
         trainer.train()
+
+
+def ddp_worker(rank: int, world: int, out_dir: str, port: int) -> None:
+    import os
+
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    import pathlib
+
+    trainer = train(pathlib.Path(out_dir), "surgery", model=tiny_llama(), dataset=Pairs(16))
+    if rank == 0:
+        wrapper = type(trainer.model_wrapped).__name__
+        torch.save({"params": trainer_params(trainer), "wrapper": wrapper}, f"{out_dir}/ddp.pt")
+    torch.distributed.barrier()
+    os._exit(0)  # skip gloo's teardown, whose threads can abort at exit
+
+
+def trainer_params(trainer) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+def test_ddp_through_accelerate_matches_one_process(tmp_path):
+    """2 CPU processes (gloo), 2 samples each per micro-batch, against one process with 4."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(ddp_worker, args=(2, str(tmp_path), port), nprocs=2, join=True)
+    ddp = torch.load(tmp_path / "ddp.pt")
+    assert ddp["wrapper"] == "DistributedDataParallel"
+    one = train(tmp_path, "surgery", model=tiny_llama(), dataset=Pairs(16), per_device_train_batch_size=4)
+    one = trainer_params(one)
+    for name, value in one.items():
+        torch.testing.assert_close(ddp["params"][name], value, rtol=1e-5, atol=1e-6, msg=name)
