@@ -284,3 +284,53 @@ def test_ddp_through_accelerate_matches_one_process(tmp_path):
     one = trainer_params(one)
     for name, value in one.items():
         torch.testing.assert_close(ddp["params"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+
+
+# --- NPO / SimNPO forget losses ---------------------------------------------------------------------
+
+
+def openunlearning_batch_nll(model, inputs):
+    """OpenUnlearning's ``compute_batch_nll``: per-sequence summed NLL of the shifted labels."""
+    logits = model(**inputs).logits[..., :-1, :].contiguous()
+    labels = inputs["labels"][..., 1:].contiguous()
+    return torch.nn.CrossEntropyLoss(ignore_index=-100, reduction="none")(logits.transpose(-1, -2), labels).sum(-1)
+
+
+def test_npo_and_simnpo_are_the_negated_openunlearning_losses():
+    from fastunlearn.methods import NPOLoss, SimNPOLoss, with_reference_nll
+
+    reference_model, model = tiny_llama(lora=False), tiny_llama(seed=1, lora=False)
+    data = Tokens(6, 4)  # the labels of odd rows mask their first three tokens
+    items = [dict(data[i], labels=torch.where(torch.arange(LENGTH) < 3 * (i % 2), -100, data.ids[i])) for i in range(6)]
+    with_reference = with_reference_nll(reference_model, items, batch_size=4)
+    batch = torch.utils.data.default_collate([with_reference[i] for i in range(6)])
+    inputs = {k: v for k, v in batch.items() if k != "reference_nll"}
+
+    with torch.no_grad():
+        nll_ref = openunlearning_batch_nll(reference_model, inputs)
+    torch.testing.assert_close(batch["reference_nll"], nll_ref)
+    beta = 0.3
+    npo = 2 / beta * torch.nn.functional.logsigmoid(-beta * (openunlearning_batch_nll(model, inputs) - nll_ref)).mean()
+    torch.testing.assert_close(NPOLoss(beta)(model, batch), npo)  # -(OpenUnlearning's -2/beta logsigmoid(...))
+
+    delta, mask = 0.5, inputs["labels"] != -100
+    per_token = openunlearning_batch_nll(model, inputs) / mask.sum(-1) - delta
+    simnpo = torch.nn.functional.logsigmoid(beta * per_token).mean() * 2 / beta
+    torch.testing.assert_close(SimNPOLoss(beta, delta)(model, batch), simnpo)
+    with pytest.raises(ValueError, match="with_reference_nll"):
+        NPOLoss()(model, inputs)
+
+
+def test_surgery_with_npo_through_the_trainer(tmp_path):
+    from fastunlearn.methods import NPOLoss, with_reference_nll
+
+    model, pairs = tiny_llama(), Pairs(8)
+    pairs.forget = with_reference_nll(model, pairs.forget)
+    loss = NPOLoss(0.1)
+    trainer = train(tmp_path, "surgery", model=model, dataset=pairs, method_args={"forget_loss_fn": loss}, max_steps=4)
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    # At the first step the model is the reference: every log-ratio is 0, the loss (2/beta) log(1/2).
+    assert logs[0]["forget_loss"] == pytest.approx(20 * math.log(0.5), rel=1e-5)
+    forget = torch.utils.data.default_collate([pairs.forget[i] for i in range(len(pairs))])
+    with torch.no_grad():
+        assert float(loss(model, forget)) > 20 * math.log(0.5)  # ascending it descended NPO's loss

@@ -38,6 +38,7 @@ from fastunlearn.methods.baselines import (
 from fastunlearn.methods.decouple_retain import DecoupleRetain
 from fastunlearn.methods.gradient_surgery import GradientSurgery
 from fastunlearn.methods.gru import FastGRU
+from fastunlearn.methods.losses import NPOLoss, SimNPOLoss, with_reference_nll
 from fastunlearn.methods.nabla_tau import NablaTau, alpha_schedule, nabla_tau_epochs
 
 __all__ = [
@@ -51,9 +52,11 @@ __all__ = [
     "History",
     "LossFn",
     "MicroBatches",
+    "NPOLoss",
     "NablaTau",
     "PCGradUnlearn",
     "RandomLabel",
+    "SimNPOLoss",
     "StepStats",
     "UnlearningMethod",
     "alpha_schedule",
@@ -62,4 +65,5 @@ __all__ = [
     "retrain",
     "split_batch",
     "train",
+    "with_reference_nll",
 ]
