@@ -38,7 +38,7 @@ from fastunlearn.methods.baselines import (
 from fastunlearn.methods.decouple_retain import DecoupleRetain
 from fastunlearn.methods.gradient_surgery import GradientSurgery
 from fastunlearn.methods.gru import FastGRU
-from fastunlearn.methods.losses import NPOLoss, SimNPOLoss, with_reference_nll
+from fastunlearn.methods.losses import NPOLoss, SimNPOLoss, causal_lm_loss, with_reference_nll
 from fastunlearn.methods.nabla_tau import NablaTau, alpha_schedule, nabla_tau_epochs
 
 __all__ = [
@@ -60,6 +60,7 @@ __all__ = [
     "StepStats",
     "UnlearningMethod",
     "alpha_schedule",
+    "causal_lm_loss",
     "cross_entropy",
     "nabla_tau_epochs",
     "retrain",

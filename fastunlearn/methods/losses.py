@@ -32,10 +32,28 @@ from fastunlearn.methods._base import evaluating, model_outputs
 REFERENCE_KEY = "reference_nll"
 
 
+#: The keys of a batch the losses here hand to the model; others (a dataset's ``index``, the
+#: reference NLL) stay out of its keyword arguments.
+MODEL_KEYS = ("input_ids", "attention_mask", "labels")
+
+
+def _model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: batch[key] for key in MODEL_KEYS if key in batch}
+
+
+def causal_lm_loss(model: nn.Module, batch: Mapping[str, Any]) -> Tensor:
+    """``model(input_ids, attention_mask, labels).loss``: the mean token NLL, ignoring any other
+    key of the batch (OpenUnlearning's datasets add an ``index``)."""
+    loss = model_outputs(model, _model_inputs(batch), "loss")
+    if loss is None:
+        raise ValueError("the model returned no loss; the batch needs 'labels'")
+    return loss
+
+
 def sequence_nll(model: nn.Module, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
     """Per-sample summed next-token NLL of ``labels`` under ``model(**batch)`` (logits in fp32), and
-    the number of tokens each sum counts."""
-    logits = model_outputs(model, batch, "logits")
+    the number of tokens each sum counts (keys other than :data:`MODEL_KEYS` are left out)."""
+    logits = model_outputs(model, _model_inputs(batch), "logits")
     if logits is None:
         raise ValueError("the model returned no logits; NPO/SimNPO need a causal LM output")
     labels = batch["labels"][..., 1:]
@@ -43,10 +61,6 @@ def sequence_nll(model: nn.Module, batch: Mapping[str, Tensor]) -> tuple[Tensor,
         logits[..., :-1, :].float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
     )
     return per_token.sum(-1), (labels != -100).sum(-1)
-
-
-def _model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in batch.items() if key != REFERENCE_KEY}
 
 
 class NPOLoss:
@@ -71,7 +85,7 @@ class NPOLoss:
                 f"NPOLoss needs the reference model's NLL in each batch under {REFERENCE_KEY!r}: "
                 "build the forget dataset with with_reference_nll(model, dataset) before unlearning"
             )
-        nll, _ = sequence_nll(model, _model_inputs(batch))
+        nll, _ = sequence_nll(model, batch)
         return self.from_nll(nll, batch[REFERENCE_KEY])
 
 
@@ -89,7 +103,6 @@ class SimNPOLoss:
         self.beta, self.delta = float(beta), float(delta)
 
     def __call__(self, model: nn.Module, batch: Mapping[str, Any]) -> Tensor:
-        batch = _model_inputs(batch)
         nll, _ = sequence_nll(model, batch)
         length = (batch["labels"] != -100).sum(-1).clamp_min(1)
         return F.logsigmoid(self.beta * (nll / length - self.delta)).mean() * (2.0 / self.beta)
