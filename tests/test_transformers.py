@@ -201,6 +201,24 @@ def test_full_model_bf16_with_fp32_norms(tmp_path):
     assert any(not torch.equal(before[n], after[n]) for n in before)
 
 
+def test_bf16_base_with_fp32_lora_and_a_bf16_head(tmp_path):
+    """peft keeps adapters in fp32 on a bf16 base; modules_to_save copies the bf16 head: one gradient
+    of fp32 and bf16 shards."""
+    torch.manual_seed(0)
+    base = tiny_llama(lora=False).to(torch.bfloat16)
+    config = peft.LoraConfig(
+        r=8, target_modules=["q_proj", "v_proj"], modules_to_save=["lm_head"], lora_dropout=0.0, init_lora_weights=False
+    )
+    model = peft.get_peft_model(base, config)
+    before = trainable(model)
+    assert {p.dtype for p in before.values()} == {torch.float32, torch.bfloat16}
+    trainer = train(tmp_path, "gru", model=model, bf16=True)
+    after = trainable(model)
+    assert all(not torch.equal(before[n], after[n]) for n in before if "lm_head" in n)
+    assert any(not torch.equal(before[n], after[n]) for n in before if "lora_" in n)
+    assert trainer.unlearning.skipped_steps == 0
+
+
 def test_gradient_checkpointing(tmp_path):
     plain = trainable(train(tmp_path, "surgery", model=tiny_llama(lora=False)).model)
     model = tiny_llama(lora=False)
