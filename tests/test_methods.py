@@ -578,6 +578,22 @@ def test_grad_scaler_steps_as_unscaled_and_skips_non_finite_steps():
     assert scaled.skipped_steps == 1 and scaler.get_scale() == 2.0**12
 
 
+@pytest.mark.parametrize("noise", [0.0, 0.5])
+def test_decouple_retain_with_a_grad_scaler_steps_as_without(noise):
+    forget = batches(52, 3, dtype=torch.float32)
+    models = [tiny_model(dtype=torch.float32) for _ in range(2)]
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    for model, grad_scaler in zip(models, [None, scaler]):
+        method = methods.DecoupleRetain(
+            model, threshold=1e9, clip_norm=0.05, noise_multiplier=noise, lr=0.5, grad_scaler=grad_scaler,
+            generator=torch.Generator().manual_seed(3), max_grad_norm=1e-9,  # phase 2 only
+        )  # fmt: skip
+        stats = [method.step(batch) for batch in forget]
+        assert float(stats[0]["grad_norm"]) < 10 and float(stats[0]["clip_scale"]) < 1  # unscaled, clipping
+    torch.testing.assert_close(flat_params(models[1]), flat_params(models[0]), rtol=1e-5, atol=1e-6)
+    assert not torch.equal(flat_params(models[0]), flat_params(tiny_model(dtype=torch.float32)))
+
+
 def test_skip_nonfinite_without_a_scaler_keeps_adamw_state():
     model = tiny_model(dtype=torch.float32)
     method = methods.GradientDifference(

@@ -244,15 +244,43 @@ def test_torch_optimizer_gets_the_update_through_grad(tmp_path):
 
 def test_forget_retain_dataset_and_collator():
     forget, retain = Tokens(3, 1), Tokens(5, 2)
-    data = ForgetRetainDataset(forget, retain, seed=0)
+    data = ForgetRetainDataset(forget, retain)
     assert len(data) == 3 and len(ForgetRetainDataset(forget, retain, anchor="retain")) == 5
     item = data[1]
     assert torch.equal(item["forget"]["input_ids"], forget[1]["input_ids"])
     assert any(torch.equal(item["retain"]["input_ids"], retain[j]["input_ids"]) for j in range(5))
     batch = ForgetRetainCollator()([data[0], data[2]])
     assert batch["forget"]["input_ids"].shape == (2, LENGTH) and batch["retain"]["labels"].shape == (2, LENGTH)
+    torch.manual_seed(0)
+    first = [int(torch.argmax((data[0]["retain"]["input_ids"] == retain.ids).all(1).int())) for _ in range(20)]
+    assert len(set(first)) > 1  # the retain side is drawn anew each time
+    unpaired = ForgetRetainCollator()([forget[0], forget[1]])  # an evaluation dataset
+    assert unpaired["input_ids"].shape == (2, LENGTH)
     with pytest.raises(ValueError, match="anchor"):
         ForgetRetainDataset(forget, retain, anchor="both")
+
+
+def test_phase_stats_are_averaged_over_the_steps_that_gave_them(tmp_path):
+    method_args = {"threshold": 1e9, "max_steps": 1, "lr": 1e-2}
+    trainer = train(tmp_path, "decouple_retain", method_args=method_args, max_steps=3, logging_steps=3)
+    (log,) = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert log["phase"] == pytest.approx(5 / 3)  # one phase-1 step, two phase-2 steps
+    assert "method_grad_norm" in log and "output_distance" in log  # phase 1's own, not over 3 steps
+    assert log["grad_norm"] == pytest.approx(float(trainer.unlearning.update_norm))
+
+
+def test_evaluation_takes_an_ordinary_dataset(tmp_path):
+    trainer = UnlearnTrainer(
+        model=tiny_llama(), args=arguments(tmp_path), train_dataset=Pairs(8), eval_dataset=Tokens(4, 5),
+        method="surgery",
+    )  # fmt: skip
+    assert math.isfinite(trainer.evaluate()["eval_loss"])
+
+
+def test_resuming_is_refused(tmp_path):
+    trainer = UnlearnTrainer(model=tiny_llama(), args=arguments(tmp_path), train_dataset=Pairs(8), method="gru")
+    with pytest.raises(ValueError, match="resuming an unlearning run is not supported"):
+        trainer.train(resume_from_checkpoint=True)
 
 
 def test_bad_method_and_unpaired_batches(tmp_path):
@@ -328,8 +356,11 @@ def test_npo_and_simnpo_are_the_negated_openunlearning_losses():
         nll_ref = openunlearning_batch_nll(reference_model, inputs)
     torch.testing.assert_close(batch["reference_nll"], nll_ref)
     beta = 0.3
-    npo = 2 / beta * torch.nn.functional.logsigmoid(-beta * (openunlearning_batch_nll(model, inputs) - nll_ref)).mean()
-    torch.testing.assert_close(NPOLoss(beta)(model, batch), npo)  # -(OpenUnlearning's -2/beta logsigmoid(...))
+    # OpenUnlearning's compute_dpo_loss(model, ref_model, win_inputs=None, lose_inputs=inputs, beta), as written.
+    win_log_ratio = 0.0
+    lose_log_ratio = -(openunlearning_batch_nll(model, inputs) - nll_ref)
+    npo = -2 / beta * torch.nn.functional.logsigmoid(beta * (win_log_ratio - lose_log_ratio)).mean()
+    torch.testing.assert_close(NPOLoss(beta)(model, batch), -npo)
 
     delta, mask = 0.5, inputs["labels"] != -100
     per_token = openunlearning_batch_nll(model, inputs) / mask.sum(-1) - delta
@@ -341,6 +372,7 @@ def test_npo_and_simnpo_are_the_negated_openunlearning_losses():
 
 def test_surgery_with_npo_through_the_trainer(tmp_path):
     from fastunlearn.methods import NPOLoss, with_reference_nll
+    from fastunlearn.methods.losses import sequence_nll
 
     model, pairs = tiny_llama(), Pairs(8)
     pairs.forget = with_reference_nll(model, pairs.forget)
@@ -352,3 +384,48 @@ def test_surgery_with_npo_through_the_trainer(tmp_path):
     forget = torch.utils.data.default_collate([pairs.forget[i] for i in range(len(pairs))])
     with torch.no_grad():
         assert float(loss(model, forget)) > 20 * math.log(0.5)  # ascending it descended NPO's loss
+        nll, _ = sequence_nll(model, forget)
+    assert float(nll.mean()) > float(forget["reference_nll"].mean())  # the forget set became less likely
+
+
+def fsdp2_worker(rank: int, world: int, out_dir: str, port: int) -> None:
+    import os
+
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    import pathlib
+
+    from torch.distributed.tensor import DTensor
+    from transformers.distributed import DistributedConfig
+
+    config = DistributedConfig(fsdp_size=world)
+    model = transformers.LlamaForCausalLM.from_pretrained(f"{out_dir}/model", distributed_config=config)
+    trainer = train(pathlib.Path(out_dir), "surgery", model=model, dataset=Pairs(16))
+    params = {n: p.full_tensor() for n, p in trainer.model.named_parameters()}  # every rank joins the gathers
+    if rank == 0:
+        sharded = all(isinstance(p, DTensor) for p in trainer.unlearning.params)
+        torch.save({"params": params, "sharded": sharded}, f"{out_dir}/fsdp2.pt")
+    torch.distributed.barrier()
+    os._exit(0)  # skip gloo's teardown, whose threads can abort at exit
+
+
+def test_fsdp2_sharded_model_matches_one_process(tmp_path):
+    """A model sharded with FSDP2 at load time (transformers' DistributedConfig; accelerate's own FSDP
+    plugin needs a GPU-family device) over 2 CPU processes, against one process."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    pytest.importorskip("transformers.distributed")
+    tiny_llama(lora=False).save_pretrained(tmp_path / "model")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(fsdp2_worker, args=(2, str(tmp_path), port), nprocs=2, join=True)
+    fsdp2 = torch.load(tmp_path / "fsdp2.pt")
+    assert fsdp2["sharded"]  # the method's vectors were DTensor shards
+    model = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "model")
+    one = trainer_params(train(tmp_path, "surgery", model=model, dataset=Pairs(16), per_device_train_batch_size=4))
+    for name, value in one.items():
+        torch.testing.assert_close(fsdp2["params"][name], value, rtol=1e-5, atol=1e-6, msg=name)

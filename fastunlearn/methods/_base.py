@@ -279,14 +279,19 @@ class UnlearningMethod(abc.ABC):
             losses.append(loss.detach())
         return (losses[0] if len(losses) == 1 else torch.stack(losses).sum()), vector
 
-    def apply(self, weights: Tensor, vectors: Sequence[Sequence[Tensor]], gram: Tensor | None = None) -> None:
+    def apply(
+        self, weights: Tensor, vectors: Sequence[Sequence[Tensor]], gram: Tensor | None = None, *, clip: bool = True
+    ) -> None:
         """One optimizer step along the descent direction ``sum_k weights[k] * vectors[k]``, clipped
-        to ``max_grad_norm`` if set (``gram``: the vectors' Gram matrix, if the step has it)."""
-        if self.scaling.checks or self.max_grad_norm is not None:
+        to ``max_grad_norm`` if set and ``clip`` (``gram``: the vectors' Gram matrix, if the step
+        has it). Every vector is at the step's loss scale (see ``grad_scaler``)."""
+        clip = clip and self.max_grad_norm is not None
+        if self.scaling.checks or clip:
             gram = gram if gram is not None else self.gram(vectors)
         if self.scaling.checks and self.scaling.skip(weights, gram):
+            self.update_norm = torch.full((), float("nan"), dtype=gram.dtype, device=gram.device)
             return
-        if self.max_grad_norm is not None:
+        if clip:
             weights = self.clipped(weights, vectors, gram)
         with self.phase("optimizer"):
             self._apply(self.scaling.unscale(weights), vectors)

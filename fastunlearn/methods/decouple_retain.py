@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fastunlearn import ops, optim
+from fastunlearn import optim
 from fastunlearn.distributed import is_dtensor
 from fastunlearn.methods._base import (
     History,
@@ -58,7 +58,8 @@ class DecoupleRetain(UnlearningMethod):
     The distance test caches the original outputs on the forget inputs once (:meth:`cache_reference`)
     and measures ``mean_x |h_theta0(x) - h_theta(x)|_2`` (per sample, outputs flattened). ``corrupt``
     maps a forget batch to its corrupted version before both are evaluated. Phase 2 uses
-    ``retain_optimizer`` (default SGD, momentum 0.9, lr ``retain_lr``).
+    ``retain_optimizer`` (default SGD, momentum 0.9, lr ``retain_lr``); ``max_grad_norm`` clips
+    phase 2 only, phase 1 being bounded by ``clip_norm``.
 
     >>> import torch, fastunlearn as fu
     >>> _ = torch.manual_seed(0)
@@ -144,15 +145,18 @@ class DecoupleRetain(UnlearningMethod):
     def step(self, forget_batch: Any, retain_batch: Any = None) -> StepStats:
         """One phase-1 step (``retain_batch`` is ignored): clipped, optionally noisy, ascent."""
         forget_loss, g_f = self.gradient("forget", self.forget_loss_fn, forget_batch)
-        with self.phase("vector_algebra"):
-            norm = ops.sq_norm(g_f, backend=self.backend).double().sqrt()
+        gram = self.gram([g_f])  # of the unscaled gradient, under a grad_scaler too
+        norm = gram[0, 0].clamp_min(0.0).sqrt()
         scale = (self.clip_norm / (norm + 1e-6)).clamp(max=1.0)
+        # Phase 1 is bounded by clip_norm (the paper's C); max_grad_norm applies to phase 2.
         if self.noise_multiplier > 0:
-            noise = [self._noise_like(g) for g in g_f]
+            # The noise joins the gradient at the step's loss scale, so that one unscale fits both.
+            loss_scale = self.scaling.current(torch.ones((), device=g_f[0].device))
+            noise = [self._noise_like(g).mul_(loss_scale.to(g.dtype)) for g in g_f]
             sigma = torch.full_like(scale, self.noise_multiplier * self.clip_norm)
-            self.apply(torch.stack([-scale, sigma]), [g_f, noise])
+            self.apply(torch.stack([-scale, sigma]), [g_f, noise], clip=False)
         else:
-            self.apply(-scale.reshape(1), [g_f])
+            self.apply(-scale.reshape(1), [g_f], gram, clip=False)
         self.steps_taken += 1
         return {"forget_loss": forget_loss, "grad_norm": norm, "clip_scale": scale, "clipped_norm": scale * norm}
 

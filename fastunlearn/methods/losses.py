@@ -66,9 +66,11 @@ def sequence_nll(model: nn.Module, batch: Mapping[str, Tensor]) -> tuple[Tensor,
 class NPOLoss:
     """Negative Preference Optimization (Zhang, Lin, Bai, Mei, arXiv 2404.05868, 2024), negated::
 
-        (2 / beta) * mean_i log sigmoid(-beta * (nll_i - reference_nll_i))
+        (2 / beta) * mean_i log sigmoid(beta * (nll_i - reference_nll_i))
 
-    (NPO's loss is its negative; OpenUnlearning's ``compute_dpo_loss`` with only losing samples).
+    NPO's loss is ``-(2/beta) log sigmoid(-beta log(p_theta / p_ref))`` with ``log(p_theta / p_ref)
+    = reference_nll - nll`` (OpenUnlearning's ``compute_dpo_loss`` with losing samples only):
+    ascending this raises the forget NLL, fast while it is near the reference, then saturating.
     Batches carry ``reference_nll`` (see :func:`with_reference_nll`)."""
 
     def __init__(self, beta: float = 0.1) -> None:
@@ -77,7 +79,7 @@ class NPOLoss:
         self.beta = float(beta)
 
     def from_nll(self, nll: Tensor, reference: Tensor) -> Tensor:
-        return F.logsigmoid(-self.beta * (nll - reference.to(nll.dtype))).mean() * (2.0 / self.beta)
+        return F.logsigmoid(self.beta * (nll - reference.to(nll.dtype))).mean() * (2.0 / self.beta)
 
     def __call__(self, model: nn.Module, batch: Mapping[str, Any]) -> Tensor:
         if REFERENCE_KEY not in batch:

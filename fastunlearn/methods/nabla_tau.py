@@ -28,14 +28,15 @@ def nabla_tau_epochs(retain_batches: int, forget_batches: int) -> int:
 
 
 def alpha_schedule(alpha0: float, epoch: int, epochs: int) -> float:
-    """α for ``epoch`` (0-based): decayed linearly from ``alpha0`` towards 0 over ``epochs``.
+    """α for ``epoch`` (0-based): decayed linearly from ``alpha0`` towards 0 over ``epochs`` (0 past
+    them).
 
     Inferred: the paper states a linear decay to 0 over the run; the per-epoch granularity is ours.
 
-    >>> [alpha_schedule(0.5, e, 4) for e in range(4)]
-    [0.5, 0.375, 0.25, 0.125]
+    >>> [alpha_schedule(0.5, e, 4) for e in range(5)]
+    [0.5, 0.375, 0.25, 0.125, 0.0]
     """
-    return alpha0 * (1.0 - epoch / epochs)
+    return alpha0 * max(0.0, 1.0 - epoch / epochs)
 
 
 class NablaTau(UnlearningMethod):
