@@ -24,6 +24,7 @@ from fastunlearn.ops import (
     sq_norm,
 )
 from fastunlearn.pcgrad import PCGrad  # noqa: E402
+from fastunlearn.token_stats import TokenStats, token_stats, token_stats_from_logits
 from fastunlearn.weighting import Projection, SpanComplement, Weighting  # noqa: E402  (PCGrad's: fu.weighting.PCGrad)
 
 __version__ = "0.1.0"
@@ -47,6 +48,7 @@ __all__ = [
     "Projection",
     "ProjectionStats",
     "SpanComplement",
+    "TokenStats",
     "Weighting",
     "aggregate_",
     "backends",
@@ -62,5 +64,7 @@ __all__ = [
     "project_",
     "project_normal_",
     "sq_norm",
+    "token_stats",
+    "token_stats_from_logits",
     "weighting",
 ]

@@ -1,0 +1,126 @@
+"""token_stats against a float64 computation on the materialised logits."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import fastunlearn as fu
+
+
+def reference(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> dict[str, torch.Tensor]:
+    """Straight from the definitions, on the full [N, V] float64 log-softmax."""
+    logp = logits.double().log_softmax(-1)
+    p = logp.exp()
+    mean = (torch.where(p > 0, p * logp, 0.0)).sum(-1)
+    var = torch.where(p > 0, p * (logp - mean[..., None]) ** 2, 0.0).sum(-1)
+    valid = targets != ignore_index
+    picked = logp.gather(-1, targets.clamp_min(0)[..., None])[..., 0]
+    zero = torch.zeros_like(mean)
+    return {
+        "target_logprob": torch.where(valid, picked, zero),
+        "logsumexp": torch.where(valid, logits.double().logsumexp(-1), zero),
+        "mean_logprob": torch.where(valid, mean, zero),
+        "var_logprob": torch.where(valid, var, zero),
+        "entropy": torch.where(valid, -mean, zero),
+        "correct": valid & (logits.argmax(-1) == targets),
+    }
+
+
+def assert_matches(stats: fu.TokenStats, expected: dict[str, torch.Tensor], atol: float) -> None:
+    for name, value in expected.items():
+        got = getattr(stats, name)
+        assert got.shape == value.shape, name
+        if name == "correct":
+            assert torch.equal(got, value)
+        else:
+            torch.testing.assert_close(got.double(), value, rtol=0, atol=atol, msg=name)
+
+
+@pytest.mark.parametrize("chunk_size,rows_per_block", [(1, 1), (7, 5), (97, 64), (1000, 3), (5000, 1000)])
+def test_hidden_path_matches_the_materialised_float64_softmax(chunk_size, rows_per_block):
+    gen = torch.Generator().manual_seed(0)
+    hidden, weight = torch.randn(3, 11, 16, generator=gen, dtype=torch.float64), torch.randn(1000, 16, generator=gen)
+    bias = torch.randn(1000, generator=gen)
+    targets = torch.randint(0, 1000, (3, 11), generator=gen)
+    targets[0, :4] = -100
+    logits = hidden @ weight.double().T + bias.double()
+    stats = fu.token_stats(
+        hidden.float(), weight, targets, bias=bias, chunk_size=chunk_size, rows_per_block=rows_per_block
+    )
+    # fp32 logits from a length-16 dot product; the sums themselves accumulate in fp64
+    assert_matches(stats, reference(logits, targets), atol=2e-5)
+
+
+def test_logits_path_with_masked_vocabulary_and_ties():
+    logits = torch.tensor(
+        [
+            [1.0, 3.0, 3.0, -math.inf, 0.5],  # a tie for the max: the first index is the argmax
+            [-math.inf, -math.inf, 2.0, 2.0, 2.0],  # masked tokens: probability 0
+            [0.0, 0.0, 0.0, 0.0, 0.0],
+        ]
+    )
+    targets = torch.tensor([1, 3, 4])
+    for chunk_size in (1, 2, 5):
+        stats = fu.token_stats_from_logits(logits, targets, chunk_size=chunk_size)
+        assert torch.equal(stats.correct, torch.tensor([True, False, False]))
+        assert_matches(stats, reference(logits, targets), atol=1e-6)
+    assert float(stats.var_logprob[2]) == 0.0 and math.isclose(float(stats.entropy[2]), math.log(5), rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs_form_fp32_logits(dtype):
+    gen = torch.Generator().manual_seed(1)
+    hidden, weight = torch.randn(20, 32, generator=gen).to(dtype), torch.randn(300, 32, generator=gen).to(dtype)
+    targets = torch.randint(0, 300, (20,), generator=gen)
+    stats = fu.token_stats(hidden, weight, targets, chunk_size=64)
+    logits = hidden.double() @ weight.double().T  # the inputs' values, exactly
+    assert stats.target_logprob.dtype == torch.float32
+    assert_matches(stats, reference(logits, targets), atol=5e-5)
+
+
+def test_large_logits_and_spread_keep_the_variance():
+    """Logits near 1e4 with a spread of a few units: the moments are taken relative to the running
+    maximum, so nothing cancels at the logits' magnitude."""
+    gen = torch.Generator().manual_seed(2)
+    logits = (1e4 + 3 * torch.randn(4, 5000, generator=gen, dtype=torch.float64)).float()
+    targets = torch.randint(0, 5000, (4,), generator=gen)
+    stats = fu.token_stats_from_logits(logits, targets, chunk_size=333)
+    expected = reference(logits.double(), targets)
+    torch.testing.assert_close(stats.var_logprob.double(), expected["var_logprob"], rtol=1e-5, atol=0)
+    torch.testing.assert_close(stats.mean_logprob.double(), expected["mean_logprob"], rtol=1e-6, atol=0)
+
+
+def test_bad_arguments():
+    hidden, weight, targets = torch.zeros(2, 4), torch.zeros(10, 4), torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match="need \\[..., H\\] and \\[V, H\\]"):
+        fu.token_stats(hidden, torch.zeros(10, 5), targets)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        fu.token_stats(hidden, weight, targets, bias=torch.zeros(9))
+    with pytest.raises(ValueError, match="targets"):
+        fu.token_stats(hidden, weight, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(TypeError, match="token ids"):
+        fu.token_stats(hidden, weight, torch.zeros(2))
+    with pytest.raises(ValueError, match="chunk_size"):
+        fu.token_stats(hidden, weight, targets, chunk_size=0)
+
+
+@pytest.mark.slow
+def test_tokens_times_vocabulary_past_2_to_the_31():
+    """33 tokens x 2^26 vocabulary = 2.2e9 logits, never materialised: the logits of token i are
+    c_i * v / V (one hidden unit, c_i = i / 4), so every statistic has a closed form to check."""
+    vocab, tokens = 2**26, 33
+    weight = (torch.arange(vocab, dtype=torch.float64) / vocab).float()[:, None]
+    hidden = torch.arange(tokens, dtype=torch.float32)[:, None] / 4
+    index = torch.arange(tokens)
+    first_max = int(weight.argmax())  # fp32 rounds the last few v / V to one value: the first is the argmax
+    targets = torch.where(index % 2 == 0, first_max, index)
+    stats = fu.token_stats(hidden, weight, targets, chunk_size=2**16, rows_per_block=tokens)
+    # sum_v exp(c v / V) = (e^c - 1) / (e^(c/V) - 1), V at c = 0
+    c = hidden[:, 0].double()
+    partition = torch.where(c > 0, torch.expm1(c) / torch.expm1(c / vocab).clamp_min(1e-300), float(vocab))
+    expected = c * weight[targets, 0].double() - partition.log()
+    torch.testing.assert_close(stats.target_logprob.double(), expected, rtol=0, atol=1e-4)
+    assert torch.equal(stats.correct, (index % 2 == 0) & (index > 0))  # token 0: every logit 0, argmax 0
