@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -122,10 +123,8 @@ def main() -> None:
     ]
     for name, median in medians.items():
         lines.append(f"| {name} | {median * 1e3:.2f} | {median / medians['fastunlearn']:.2f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    with open(args.out, "w") as handle:
-        handle.write(text)
+    print("\n".join(lines))
+    Path(args.out).write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

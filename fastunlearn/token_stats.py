@@ -13,9 +13,9 @@ maximum moves. Per token that gives
 * ``correct``: whether the (first) argmax is the target.
 
 Memory beyond the inputs is ``O(rows_per_block x chunk_size)`` for the logits of one block and
-``O(tokens)`` for the results. Logits are formed in fp32 (bf16/fp16 inputs included) and the sums
-accumulate in fp64. A logit of -inf (a masked token) counts as probability 0. Indices are int64
-throughout, so ``tokens x vocabulary`` may pass 2^31.
+``O(tokens)`` for the results. Logits are formed in fp32 (bf16/fp16 inputs included), summed in
+fp32 within a chunk and in fp64 across chunks. A logit of -inf (a masked token) counts as
+probability 0. Indices are int64 throughout, so ``tokens x vocabulary`` may pass 2^31.
 
 >>> import torch, fastunlearn as fu
 >>> logits = torch.tensor([[0.0, 0.0, 0.0, 0.0]])  # a uniform distribution over 4 tokens
@@ -89,7 +89,9 @@ def token_stats_from_logits(
     """The same statistics from logits ``[..., V]`` already computed (read a chunk at a time, in fp32)."""
     rows = logits.reshape(-1, logits.shape[-1])
     return _stats(
-        lambda block, start, stop: rows[block, start:stop].float(), rows.shape[0], logits.shape[-1], targets,
+        # a copy: the pass works in place on the chunk
+        lambda block, start, stop: rows[block, start:stop].to(torch.float32, copy=True), rows.shape[0],
+        logits.shape[-1], targets,
         logits.shape[:-1], ignore_index, chunk_size, rows_per_block,
     )  # fmt: skip
 
@@ -145,13 +147,14 @@ def _block_stats(logits, block, vocab, target, valid, chunk_size, out, correct) 
             picked = torch.where(in_chunk, chunk_picked, picked)
         # Rows whose logits so far are all -inf (masked) shift by 0: their sums stay 0.
         shift = torch.where(torch.isneginf(m_new), 0.0, m_new)
-        y = z - shift.float()[:, None]  # <= 0
+        # y = z - shift <= 0, in z's buffer; a -inf logit (a masked token) becomes -1e30, whose
+        # e^y is 0 and adds nothing (not 0 * inf = NaN) to the sums.
+        y = z.sub_(shift.float()[:, None]).clamp_(min=-1e30)
         e = torch.exp(y)
-        y = torch.where(e > 0, y, 0.0)  # a -inf logit (a masked token) adds nothing, not 0 * inf = NaN
-        ey = e * y
-        chunk_s = e.sum(1, dtype=torch.float64)
-        chunk_a = ey.sum(1, dtype=torch.float64)
-        chunk_b = (ey * y).sum(1, dtype=torch.float64)
+        # Within a chunk the sums are fp32 (terms in [0, 1] times |y|); across chunks fp64.
+        chunk_s = e.sum(1).double()
+        chunk_a = e.mul_(y).sum(1).double()
+        chunk_b = e.mul_(y).sum(1).double()
         if m is None:
             s, a, b = chunk_s, chunk_a, chunk_b
         else:

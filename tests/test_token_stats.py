@@ -63,8 +63,10 @@ def test_logits_path_with_masked_vocabulary_and_ties():
         ]
     )
     targets = torch.tensor([1, 3, 4])
+    original = logits.clone()
     for chunk_size in (1, 2, 5):
         stats = fu.token_stats_from_logits(logits, targets, chunk_size=chunk_size)
+        assert torch.equal(logits, original)  # the caller's logits are read, never written
         assert torch.equal(stats.correct, torch.tensor([True, False, False]))
         assert_matches(stats, reference(logits, targets), atol=1e-6)
     assert float(stats.var_logprob[2]) == 0.0 and math.isclose(float(stats.entropy[2]), math.log(5), rel_tol=1e-6)

@@ -1,0 +1,126 @@
+"""Min-K%++ statistics of an LM head: fastunlearn.token_stats against the materialised path and a
+chunked pure-torch path, time and peak memory.
+
+* ``materialised``: what membership-inference code does today -- the full ``[B, T, V]`` logits,
+  their ``log_softmax``, ``p = exp``, then ``E_p[log p]``, ``Var_p[log p]`` and the target's log p;
+* ``per_sequence``: the same, one sequence at a time (``[T, V]`` at once), a common way to fit memory;
+* ``token_stats``: :func:`fastunlearn.token_stats` from the hidden states and the head's weight.
+
+Each runs in its own process on the same inputs (hidden ``[B, T, H]`` fp32, head ``[V, H]``), so
+its peak resident memory above the inputs is its own (Linux: ``/proc/self/status`` VmHWM, reset
+through ``/proc/self/clear_refs``). Times are medians of ``--repeats`` calls after one warm-up; the
+script checks the three agree.
+
+    python benchmarks/token_stats.py [--batch 4] [--tokens 512] [--hidden 1024] [--vocab 32000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import fastunlearn as fu
+
+METHODS = ("materialised", "per_sequence", "token_stats")
+
+
+def inputs(args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(args.batch, args.tokens, args.hidden, generator=gen)
+    weight = torch.randn(args.vocab, args.hidden, generator=gen) / args.hidden**0.5
+    targets = torch.randint(0, args.vocab, (args.batch, args.tokens), generator=gen)
+    return hidden, weight, targets
+
+
+def materialised(hidden, weight, targets):
+    logp = (hidden @ weight.T).log_softmax(-1)
+    p = logp.exp()
+    mean = (p * logp).sum(-1)
+    var = (p * logp.square()).sum(-1) - mean.square()
+    return logp.gather(-1, targets[..., None])[..., 0], mean, var
+
+
+def per_sequence(hidden, weight, targets):
+    rows = [materialised(hidden[b], weight, targets[b]) for b in range(hidden.shape[0])]
+    return tuple(torch.stack(column) for column in zip(*rows))
+
+
+def fused(hidden, weight, targets):
+    stats = fu.token_stats(hidden, weight, targets)
+    return stats.target_logprob, stats.mean_logprob, stats.var_logprob
+
+
+def rss(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def run_one(args) -> None:
+    hidden, weight, targets = inputs(args)
+    fn = {"materialised": materialised, "per_sequence": per_sequence, "token_stats": fused}[args.run]
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # the peak resident size restarts from the current one
+    before = rss("VmRSS")
+    times, result = [], None
+    for _ in range(args.repeats + 1):
+        start = time.perf_counter()
+        result = fn(hidden, weight, targets)
+        times.append(time.perf_counter() - start)
+        del result
+    peak = rss("VmHWM") - before
+    result = [t.tolist() for t in fn(hidden[:1, :8], weight, targets[:1, :8])]
+    print(json.dumps({"seconds": statistics.median(times[1:]), "peak_bytes": peak, "sample": result}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--tokens", type=int, default=512)
+    parser.add_argument("--hidden", type=int, default=1024)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--run", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default="benchmarks/results/token-stats-cpu.md")
+    args = parser.parse_args()
+    if args.run:
+        run_one(args)
+        return
+    results = {}
+    for name in METHODS:
+        command = [sys.executable, __file__, "--run", name] + [
+            f"--{key}={getattr(args, key)}" for key in ("batch", "tokens", "hidden", "vocab", "repeats")
+        ]
+        results[name] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+    reference = torch.tensor(results["materialised"]["sample"])
+    for name in METHODS[1:]:  # the same statistics, to fp32 rounding
+        torch.testing.assert_close(torch.tensor(results[name]["sample"]), reference, rtol=1e-4, atol=1e-4)
+    logits_bytes = args.batch * args.tokens * args.vocab * 4
+    lines = [
+        f"Min-K%++ statistics, B={args.batch} x T={args.tokens} tokens, H={args.hidden}, V={args.vocab} "
+        f"(fp32 logits {logits_bytes / 2**20:.0f} MiB), {torch.get_num_threads()} threads, CPU ISA level "
+        f"{fu.cpu_isa()} (`python benchmarks/token_stats.py --batch {args.batch} --tokens {args.tokens} "
+        f"--hidden {args.hidden} --vocab {args.vocab}`)",
+        "",
+        "| path | seconds | peak memory above the inputs (MiB) | time ratio to token_stats |",
+        "|---|---|---|---|",
+    ]
+    for name in METHODS:
+        seconds, peak = results[name]["seconds"], results[name]["peak_bytes"]
+        ratio = seconds / results["token_stats"]["seconds"]
+        lines.append(f"| {name} | {seconds:.3f} | {peak / 2**20:.0f} | {ratio:.2f} |")
+    print("\n".join(lines))
+    Path(args.out).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
