@@ -3,10 +3,11 @@
 Both take the same forget and retain gradients of a model (the forward/backward passes, which both
 pay alike, are left out) and end with the parameters updated by SGD:
 
-* ``openunlearning``: GRU's algebra as OpenUnlearning's trainer runs it -- both gradients
-  concatenated and copied to the host, the retain average updated there, the dot products summed
-  per parameter with one ``.item()`` each, the projection on the flat vector, the result sliced back
-  into ``.grad`` and ``torch.optim.SGD.step()``;
+* ``openunlearning``: GRU's algebra as OpenUnlearning's trainer runs it
+  (:func:`fastunlearn.flatten_reference.gru_direction`: both gradients concatenated and copied to
+  the host, the retain average updated there, the dot products summed per parameter with one
+  ``.item()`` each, the projection on the flat vector), the result sliced back into ``.grad`` and
+  ``torch.optim.SGD.step()``;
 * ``fastunlearn``: :class:`fastunlearn.methods.FastGRU`'s algebra -- ``combine_`` for the average,
   one Gram pass, the fused SGD step along the combination; nothing leaves the device.
 
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 
 import fastunlearn as fu
+from fastunlearn import flatten_reference
 from fastunlearn.weighting import Projection
 
 GAMMA = 0.8
@@ -45,24 +47,11 @@ class OpenUnlearningGRU:
         self.params, self.previous = params, 0.0
         self.optimizer = torch.optim.SGD(params, lr=1e-4)
 
-    def total_dot(self, a, b):
-        total, index = 0.0, 0
-        for p in self.params:
-            total += (a[index : index + p.numel()] * b[index : index + p.numel()]).sum().item()
-            index += p.numel()
-        return total
-
     def step(self, g_f, g_r):
-        objective = torch.cat([-g.flatten() for g in g_f]).to("cpu")
-        retain = torch.cat([g.flatten() for g in g_r]).to("cpu")
-        average = GAMMA * retain + (1 - GAMMA) * self.previous
-        self.previous = average
-        dot = self.total_dot(objective, average)
-        if dot < 0:
-            objective = objective - dot / self.total_dot(average, average) * average
+        direction, self.previous = flatten_reference.gru_direction(g_f, g_r, self.previous, GAMMA)
         index = 0
         for p in self.params:
-            p.grad = objective[index : index + p.numel()].view_as(p).to(p.device)
+            p.grad = direction[index : index + p.numel()].view_as(p).to(p.device)
             index += p.numel()
         self.optimizer.step()
 

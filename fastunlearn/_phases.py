@@ -24,6 +24,8 @@ class PhaseTimer:
         self.seconds: dict[str, float] = defaultdict(float)
         self.counts: dict[str, int] = defaultdict(int)
         self._depth = 0
+        #: The phase being timed (None between phases).
+        self.current: str | None = None
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -35,9 +37,11 @@ class PhaseTimer:
         if self.sync is not None:
             self.sync()
         start = time.perf_counter()
+        self.current = name
         try:
             yield
         finally:
+            self.current = None
             if self.sync is not None:
                 self.sync()
             self.seconds[name] += time.perf_counter() - start

@@ -93,16 +93,18 @@ def _add_profile_parser(commands) -> argparse.ArgumentParser:
     profile = _add_command(commands, "profile", "time and memory per phase of unlearning steps on a model")
     profile.add_argument(
         "--model", default="transformer",
-        help="'transformer' (built in) or package.module:factory returning a fastunlearn.profile.ProfileTarget",
+        help="'transformer' or 'hf:llama' (built in; random init) or package.module:factory returning a "
+        "fastunlearn.profile.ProfileTarget",
     )  # fmt: skip
     profile.add_argument(
-        "--size", default="10m", type=str.lower, choices=list(SIZES), help="built-in transformer size (10M = 10m)"
+        "--size", default="10m", type=str.lower, choices=list(SIZES), help="built-in model size (10M = 10m)"
     )
+    profile.add_argument("--lora", type=int, metavar="R", help="hf:llama only: train rank-R LoRA adapters")
     profile.add_argument("--method", default="surgery", choices=METHODS, help="unlearning method to step")
     profile.add_argument("--steps", type=int, default=5, help="profiled steps (each timed per phase)")
     profile.add_argument("--warmup", type=int, default=1, help="untimed steps before them")
     profile.add_argument(
-        "--compare", action="store_true", help="also run the reference ops (cat + .item()); method surgery only"
+        "--compare", action="store_true", help="also run the reference ops (cat + .item()); surgery and gru"
     )
     profile.add_argument("--batch", type=int, default=2, help="sequences per forget and per retain batch")
     profile.add_argument("--seq-len", type=int, default=64, help=f"tokens per sequence (at most {CONTEXT})")

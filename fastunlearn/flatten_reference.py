@@ -67,3 +67,27 @@ def projected(g: Vector, r: Vector, eps: float = 0.0) -> Tensor:
     flat_g, flat_r = flatten(g), flatten(r)
     _, coef = _read_coefficient(flat_g, flat_r, eps)
     return flat_g - coef * flat_r
+
+
+def _shard_dot(a: Tensor, b: Tensor, sizes: Sequence[int]) -> float:
+    """Sum over the shards' slices of the flat vectors of their dot products, one ``.item()`` each."""
+    total, offset = 0.0, 0
+    for size in sizes:
+        total += (a[offset : offset + size] * b[offset : offset + size]).sum().item()
+        offset += size
+    return total
+
+
+def gru_direction(g_f: Vector, g_r: Vector, previous: Tensor | float, gamma: float) -> tuple[Tensor, Tensor]:
+    """OpenUnlearning's GRU step (``trainer/unlearn/gru.py``) as it is written: both gradients
+    concatenated and moved to the host, the retain average ``gamma * g_r + (1 - gamma) * previous``
+    there, dot products summed per parameter with one ``.item()`` each, and the forget objective's
+    gradient (gradient ascent: ``-g_f``) projected off the average where they conflict. Returns the
+    flat descent direction (on the host) and the new average (``previous`` starts at 0.0)."""
+    objective = torch.cat([-g.reshape(-1) for g in g_f]).to("cpu")
+    average = gamma * torch.cat([g.reshape(-1) for g in g_r]).to("cpu") + (1 - gamma) * previous
+    sizes = [g.numel() for g in g_f]
+    dot = _shard_dot(objective, average, sizes)
+    if dot < 0:
+        objective = objective - dot / _shard_dot(average, average, sizes) * average
+    return objective, average

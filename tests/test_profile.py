@@ -50,7 +50,8 @@ def test_host_reads_speedups_and_overhead_are_reported(report):
     assert report.fused.peak_rss_mb > 0
 
 
-def test_reference_ops_compute_the_same_update_as_the_fused_method():
+@pytest.mark.parametrize("name", sorted(fp.REFERENCES))
+def test_reference_ops_compute_the_same_update_as_the_fused_method(name):
     target = fp.transformer_target("tiny")
     initial = {k: v.clone() for k, v in target.model.state_dict().items()}
     gen = torch.Generator().manual_seed(0)
@@ -58,7 +59,7 @@ def test_reference_ops_compute_the_same_update_as_the_fused_method():
     results = []
     for reference in (False, True):
         target.model.load_state_dict(initial)
-        method = make_method("surgery", target.model, target, 1e-2, 0.9, reference)
+        method = make_method(name, target.model, target, 1e-2, 0.9, reference)
         for forget_batch, retain_batch in batches:
             method.step(forget_batch, retain_batch)
         results.append(torch.cat([p.detach().reshape(-1) for p in target.model.parameters()]))
@@ -98,7 +99,7 @@ def test_cli_writes_json_and_a_trace(tmp_path, capsys):
 def test_bad_arguments():
     with pytest.raises(ValueError, match="size"):
         fp.profile_unlearning(size="5t", progress=False)
-    with pytest.raises(ValueError, match="surgery"):
+    with pytest.raises(ValueError, match="surgery, gru"):
         fp.profile_unlearning(size="tiny", method="pcgrad", compare=True, steps=1, progress=False)
     with pytest.raises(SystemExit):
         cli_main(["profile", "--model", "no_colon_here", "--steps", "1"])
@@ -113,7 +114,8 @@ def test_bad_arguments():
         (["--device", "no_such_device"], "device 'no_such_device' cannot be used here"),
         (["--model", "fastunlearn.profile:nope"], "has no attribute 'nope'"),
         (["--model", "no_such_module_here:f"], "cannot import 'no_such_module_here'"),
-        (["--method", "pcgrad", "--compare"], "'surgery' only, not 'pcgrad'"),
+        (["--method", "pcgrad", "--compare"], "surgery, gru only, not 'pcgrad'"),
+        (["--lora", "4"], "lora applies to model 'hf:llama' only"),
         (["--json", "no/such/dir/report.json"], "its directory does not exist"),
     ],
 )
@@ -136,9 +138,50 @@ def test_module_entry_point_and_version():
 
 
 def test_count_host_reads_counts_and_restores():
-    with fp.count_host_reads() as counter:
+    from fastunlearn._phases import PhaseTimer
+
+    timer = PhaseTimer()
+    with fp.count_host_reads(timer) as counter:
         torch.ones(1).item()
-        bool(torch.ones(1))
-    assert counter[0] == 2
+        with timer.phase("forward_forget"):
+            bool(torch.ones(1))
+    assert counter == {None: 1, "forward_forget": 1}
     assert torch.Tensor.item.__name__ == "item"
     assert isinstance(methods.GradientSurgery, type)
+
+
+@pytest.mark.parametrize("method", fp.METHODS)
+def test_every_method_on_a_hugging_face_llama_with_lora(method):
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    compare = method in fp.REFERENCES
+    report = fp.profile_unlearning(
+        "hf:llama", size="tiny", method=method, steps=1, warmup=1, compare=compare, lora=4, progress=False
+    )
+    model = fp.llama_target("tiny", lora=4).model
+    assert report.parameters == sum(p.numel() for p in model.parameters() if p.requires_grad) < 20_000
+    assert report.fused.host_reads_per_step == 0  # the model's own reads are counted apart
+    assert report.config["lora"] == 4
+    assert ("vector_algebra" in report.fused.phases) == (method != "gradient_ascent")  # ascent: no algebra
+    if compare:
+        assert report.reference.host_reads_per_step > 0 and report.speedups["step"] > 0
+
+
+def test_model_host_reads_are_attributed_to_the_model():
+    """A model whose forward reads a value back (as Hugging Face mask code can): its reads are the
+    model's, and the method's count stays 0."""
+    target = fp.transformer_target("tiny")
+
+    class Reading(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, tokens):
+            bool(tokens.max() >= 0)
+            return self.inner(tokens)
+
+    target.model = Reading(target.model)
+    method = make_method("surgery", target.model, target, 1e-3, 0.0, False)
+    _, _, reads, _ = measure._run_steps(method, target, 2, 0, 0, "fused", False)
+    assert reads == [0, 4]  # two forward passes per step, two steps

@@ -3,6 +3,7 @@ tensor values counted, bytes and bandwidth set against a proxy measured in the s
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import platform
 import resource
@@ -16,25 +17,28 @@ import torch
 import fastunlearn as fu
 from fastunlearn._phases import PhaseTimer
 from fastunlearn._timing import median_seconds
-from fastunlearn.profile.targets import METHODS, load_target, make_method
+from fastunlearn.profile.targets import BUILT_IN, METHODS, REFERENCES, load_target, make_method
 
 PHASES = ("forward_forget", "backward_forget", "forward_retain", "backward_retain", "vector_algebra", "optimizer")
 
 _HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__")
+#: Phases that run the model's code (its host reads are the model's, not the method's).
+_MODEL_PHASES = ("forward_", "backward_")
 
 
 @contextlib.contextmanager
-def count_host_reads() -> Iterator[list[int]]:
-    """Counts calls that read a tensor's values back to the host (``.item()``, ``bool(t)``, ...).
+def count_host_reads(timer: PhaseTimer | None = None) -> Iterator[collections.Counter]:
+    """Counts calls that read a tensor's values back to the host (``.item()``, ``bool(t)``, ...),
+    per phase of ``timer`` running at the time (``None``: outside any phase, or no timer).
 
     On CUDA each is a device synchronisation; on CPU it is the same pattern, counted.
     """
-    counter = [0]
+    counter: collections.Counter = collections.Counter()
     originals = {name: getattr(torch.Tensor, name) for name in _HOST_READS}
 
     def counting(original):
         def wrapper(*args, **kwargs):
-            counter[0] += 1
+            counter[timer.current if timer is not None else None] += 1
             return original(*args, **kwargs)
 
         return wrapper
@@ -67,7 +71,8 @@ class RunStats:
     step_max_ms: float
     phases: dict[str, PhaseStats]
     other_ms: float  #: median step time not inside any phase (scalar stats, Python glue)
-    host_reads_per_step: float
+    host_reads_per_step: float  #: in the method's own work: vector algebra, optimizer, between phases
+    model_host_reads_per_step: float  #: in the forward and backward passes: the model's own code
     peak_rss_mb: float
     peak_device_mb: float | None
 
@@ -123,29 +128,32 @@ def _phase_bytes(method_name: str, numel: int, element: int) -> dict[str, int]:
     """Minimum bytes per phase. Fused surgery: the Gram reads g_f and g_r; the fused SGD step reads
     g_f, g_r, param, momentum and writes param, momentum. The reference moves more (cat copies)
     but is held to the same minimum, so "x roofline" compares like with like."""
-    if method_name != "surgery":
-        return {}
-    return {"vector_algebra": 2 * numel * element, "optimizer": 6 * numel * element}
+    if method_name == "surgery":
+        return {"vector_algebra": 2 * numel * element, "optimizer": 6 * numel * element}
+    if method_name == "gru":  # the average: reads g_r and itself, writes itself; then the Gram of g_f and it
+        return {"vector_algebra": 5 * numel * element, "optimizer": 6 * numel * element}
+    return {}
 
 
 def _run_steps(method, target, steps, warmup, seed, label, progress, interleave_plain=False):
     """Runs warmup + steps instrumented steps (phase timer, host-read counter). With
     ``interleave_plain`` an uninstrumented step follows each instrumented one, on the same state and
     batches, so the profiler's own overhead is measured under the same conditions.
-    Returns (instrumented step seconds, per-step phase seconds, host reads, plain step seconds)."""
+    Returns (instrumented step seconds, per-step phase seconds, host reads [the method's, the
+    model's], plain step seconds)."""
     generator = torch.Generator().manual_seed(seed)
     batches = [(target.make_batch(generator), target.make_batch(generator)) for _ in range(steps + warmup)]
     device = next(target.model.parameters()).device
     sync = _sync_for(device) or (lambda: None)
     timer = PhaseTimer(sync=_sync_for(device))
-    step_times, phase_times, plain_times, reads = [], [], [], 0
+    step_times, phase_times, plain_times, reads = [], [], [], [0, 0]  # the method's, the model's
     total = (steps + warmup) * (2 if interleave_plain else 1)
     with _progress(label, total, progress) as advance:
         for i, (forget_batch, retain_batch) in enumerate(batches):
             method.timer = timer
             before = timer.snapshot()
             sync()
-            with count_host_reads() as counter:
+            with count_host_reads(timer) as counter:
                 start = time.perf_counter()
                 method.step(forget_batch, retain_batch)
                 sync()
@@ -155,7 +163,9 @@ def _run_steps(method, target, steps, warmup, seed, label, progress, interleave_
             if i >= warmup:
                 step_times.append(elapsed)
                 phase_times.append({k: after[k] - before.get(k, 0.0) for k in after})
-                reads += counter[0]
+                model = sum(n for phase, n in counter.items() if phase and phase.startswith(_MODEL_PHASES))
+                reads[0] += sum(counter.values()) - model
+                reads[1] += model
             if interleave_plain:
                 method.timer = None
                 sync()
@@ -202,7 +212,8 @@ def _summarise(step_times, phase_times, reads, phase_bytes, proxy_gbs, device) -
         step_max_ms=1e3 * max(step_times),
         phases=phases,
         other_ms=1e3 * other,
-        host_reads_per_step=reads / len(step_times),
+        host_reads_per_step=reads[0] / len(step_times),
+        model_host_reads_per_step=reads[1] / len(step_times),
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         peak_device_mb=peak_device,
     )
@@ -212,8 +223,8 @@ def _check_options(method: str, compare: bool, steps: int, warmup: int, device: 
     """Everything that can be checked before a model is built, so a bad option fails at once."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    if compare and method != "surgery":
-        raise ValueError(f"compare=True has a reference implementation for method 'surgery' only, not {method!r}")
+    if compare and method not in REFERENCES:
+        raise ValueError(f"compare=True has reference implementations for {', '.join(REFERENCES)} only, not {method!r}")
     if steps < 1 or warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
     try:
@@ -240,17 +251,23 @@ def profile_unlearning(
     seed: int = 0,
     trace: str | None = None,
     progress: bool = True,
+    lora: int | None = None,
 ) -> ProfileReport:
     """Profiles ``steps`` unlearning steps (after ``warmup``) and returns a :class:`ProfileReport`.
 
-    ``model`` is ``"transformer"`` (sized by ``size``: tiny, 10m, 100m, 300m, 1b) or an import path
+    ``model`` is ``"transformer"`` (sized by ``size``: tiny, 10m, 100m, 300m, 1b), ``"hf:llama"``
+    (a Hugging Face Llama: tiny, 10m, 100m, 1b; ``lora`` = adapter rank) or an import path
     ``"package.module:factory"`` returning a :class:`ProfileTarget`. Every run starts from the
     same initial weights and sees the same batches. Each profiled fused step is followed by the same
     step without instrumentation; ``profile_overhead`` compares their medians. ``trace`` writes a
     torch.profiler Chrome trace of the fused steps to that path.
     """
     dev = _check_options(method, compare, steps, warmup, device)
-    kwargs = {"size": size, "batch": batch, "seq_len": seq_len, "device": dev} if model == "transformer" else {}
+    if lora is not None and model != "hf:llama":
+        raise ValueError("lora applies to model 'hf:llama' only")
+    kwargs = {"size": size, "batch": batch, "seq_len": seq_len, "device": dev} if model in BUILT_IN else {}
+    if lora is not None:
+        kwargs["lora"] = lora
     torch.manual_seed(seed)
     target = load_target(model, **kwargs)
     initial = {k: v.detach().clone() for k, v in target.model.state_dict().items()}
@@ -279,6 +296,7 @@ def profile_unlearning(
             seq_len=seq_len,
             device=device,
             seed=seed,
+            lora=lora,
         ),  # fmt: skip
         environment=_environment(dev),
         parameters=numel,

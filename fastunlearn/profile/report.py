@@ -42,7 +42,10 @@ def print_report(report: ProfileReport, console=None) -> None:
         memory = f"peak RSS {run.peak_rss_mb:.0f} MB" + (
             f", peak device memory {run.peak_device_mb:.0f} MB" if run.peak_device_mb is not None else ""
         )
-        console.print(f"host reads of tensor values per step: {run.host_reads_per_step:g}; {memory}")
+        console.print(
+            f"host reads of tensor values per step: {run.host_reads_per_step:g} by the method, "
+            f"{run.model_host_reads_per_step:g} in the model's forward/backward; {memory}"
+        )
     for name, value in report.speedups.items():
         console.print(f"speedup of fastunlearn over the reference ops, {name}: {value:.2f}x")
     console.print(
@@ -58,6 +61,7 @@ def main(args) -> None:
     report = profile_unlearning(
         args.model, size=args.size, method=args.method, steps=args.steps, warmup=args.warmup, compare=args.compare,
         batch=args.batch, seq_len=args.seq_len, device=args.device, seed=args.seed, trace=args.trace,
+        lora=args.lora,
     )  # fmt: skip
     print_report(report)
     if args.json:

@@ -97,13 +97,60 @@ def transformer_target(size: str = "10m", *, batch: int = 2, seq_len: int = 64, 
     return ProfileTarget(model, next_token_loss, make_batch)
 
 
+#: name -> (hidden, layers, heads, key/value heads, MLP width, vocabulary) of a Llama (RMSNorm,
+#: rotary positions, SwiGLU MLP, grouped-query attention, untied head); "1b" is TinyLlama's shape.
+LLAMA_SIZES = {
+    "tiny": (64, 2, 4, 2, 176, 512),
+    "10m": (256, 6, 8, 4, 704, 8192),
+    "100m": (768, 10, 12, 4, 2048, 32000),
+    "1b": (2048, 22, 32, 4, 5632, 32000),
+}
+
+
+def llama_target(
+    size: str = "10m", *, batch: int = 2, seq_len: int = 64, device="cpu", dtype=None, lora: int | None = None
+) -> ProfileTarget:
+    """A Hugging Face ``LlamaForCausalLM`` of ``size`` (random init, no download) on random tokens,
+    with rank-``lora`` adapters on the attention projections (``peft``) if given; batches are dicts
+    and the loss is the model's own (:func:`fastunlearn.methods.causal_lm_loss`)."""
+    import transformers
+
+    if size not in LLAMA_SIZES:
+        raise ValueError(f"unknown size {size!r} for hf:llama; expected one of {', '.join(LLAMA_SIZES)}")
+    if batch < 1 or seq_len < 1:
+        raise ValueError(f"batch and seq_len must be >= 1, got {batch} and {seq_len}")
+    hidden, layers, heads, kv_heads, mlp, vocab = LLAMA_SIZES[size]
+    config = transformers.LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=max(2048, seq_len),
+    )  # fmt: skip
+    model = transformers.LlamaForCausalLM(config).to(device=device, dtype=dtype)
+    if lora is not None:
+        import peft
+
+        if lora < 1:
+            raise ValueError(f"lora must be a rank >= 1, got {lora}")
+        modules = ["q_proj", "k_proj", "v_proj", "o_proj"]
+        model = peft.get_peft_model(model, peft.LoraConfig(r=lora, target_modules=modules, lora_dropout=0.0))
+
+    def make_batch(generator: torch.Generator) -> dict[str, Tensor]:
+        ids = torch.randint(0, vocab, (batch, seq_len), generator=generator).to(device)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+
+    return ProfileTarget(model, methods.causal_lm_loss, make_batch)
+
+
+BUILT_IN = {"transformer": transformer_target, "hf:llama": llama_target}
+
+
 def load_target(spec: str, **kwargs) -> ProfileTarget:
-    """``"transformer"`` or ``"package.module:factory"``; the factory returns a :class:`ProfileTarget`."""
-    if spec == "transformer":
-        return transformer_target(**kwargs)
+    """A built-in target (``"transformer"``, ``"hf:llama"``) or ``"package.module:factory"``; the
+    factory returns a :class:`ProfileTarget`."""
+    if spec in BUILT_IN:
+        return BUILT_IN[spec](**kwargs)
     module_name, _, attr = spec.partition(":")
     if not attr:
-        raise ValueError(f"model {spec!r}: expected 'transformer' or 'package.module:factory'")
+        raise ValueError(f"model {spec!r}: expected 'transformer', 'hf:llama' or 'package.module:factory'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -147,21 +194,61 @@ class ReferenceSurgery(methods.UnlearningMethod):
         return {"forget_loss": forget_loss, "retain_loss": retain_loss}
 
 
-#: Methods the profiler runs; ``compare`` has a reference implementation for the first only.
-METHODS = ("surgery", "gradient_difference", "pcgrad", "gradient_ascent")
+class ReferenceGRU(methods.UnlearningMethod):
+    """OpenUnlearning's GRU algebra (:func:`fastunlearn.flatten_reference.gru_direction`: flatten,
+    copy to the host, per-parameter ``.item()`` dots), its result unflattened into ``.grad``, then
+    ``torch.optim.SGD``. Same captures and phases as :class:`fastunlearn.methods.FastGRU`."""
+
+    def __init__(self, model: nn.Module, *, lr: float, momentum: float, loss_fn: methods.LossFn) -> None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        super().__init__(model, optimizer=torch.optim.SGD(params, lr=lr, momentum=momentum), loss_fn=loss_fn)
+        self.previous: Tensor | float = 0.0
+
+    def step(self, forget_batch: Any, retain_batch: Any) -> methods.StepStats:
+        forget_loss, g_f = self.gradient("forget", self.forget_loss_fn, forget_batch)
+        retain_loss, g_r = self.gradient("retain", self.loss_fn, retain_batch)
+        with self.phase("vector_algebra"):
+            direction, self.previous = flatten_reference.gru_direction(g_f, g_r, self.previous, GRU_GAMMA)
+            for p, d in zip(self.params, torch.split(direction, [p.numel() for p in self.params])):
+                p.grad = d.view_as(p).to(p.device)
+        with self.phase("optimizer"):
+            self.optimizer.step()
+        for p in self.params:
+            p.grad = None
+        return {"forget_loss": forget_loss, "retain_loss": retain_loss}
+
+
+GRU_GAMMA = 0.8
+
+#: Methods the profiler runs.
+METHODS = (
+    "surgery", "gru", "gradient_difference", "pcgrad", "gradient_ascent", "nabla_tau", "decouple_retain",
+)  # fmt: skip
+#: The methods ``compare`` has a reference implementation of (the flatten + ``.item()`` code).
+REFERENCES = {"surgery": ReferenceSurgery, "gru": ReferenceGRU}
 
 
 def make_method(name: str, model: nn.Module, target: ProfileTarget, lr: float, momentum: float, reference: bool):
     """The method ``name`` (one of :data:`METHODS`) on ``model`` with fused SGD, or with
-    ``reference`` the reference ops (surgery only)."""
+    ``reference`` its reference implementation (:data:`REFERENCES`)."""
     if reference:
-        return ReferenceSurgery(model, lr=lr, momentum=momentum, loss_fn=target.loss_fn)
+        return REFERENCES[name](model, lr=lr, momentum=momentum, loss_fn=target.loss_fn)
     params = [p for p in model.parameters() if p.requires_grad]
     sgd = fu.optim.SGD(params, lr=lr, momentum=momentum)
+    common = {"optimizer": sgd, "loss_fn": target.loss_fn}
     builders = {
-        "surgery": lambda: methods.GradientSurgery(model, optimizer=sgd, loss_fn=target.loss_fn),
-        "gradient_difference": lambda: methods.GradientDifference(model, optimizer=sgd, loss_fn=target.loss_fn),
-        "pcgrad": lambda: methods.PCGradUnlearn(model, optimizer=sgd, loss_fn=target.loss_fn, retain_tasks=2),
-        "gradient_ascent": lambda: methods.GradientAscent(model, optimizer=sgd, loss_fn=target.loss_fn),
+        "surgery": lambda: methods.GradientSurgery(model, **common),
+        "gru": lambda: methods.FastGRU(model, gamma=GRU_GAMMA, **common),
+        "gradient_difference": lambda: methods.GradientDifference(model, **common),
+        "pcgrad": lambda: methods.PCGradUnlearn(model, retain_tasks=2, **common),
+        "gradient_ascent": lambda: methods.GradientAscent(model, **common),
+        # tau from one batch; then every step is the two-gradient update of the paper
+        "nabla_tau": lambda: methods.NablaTau(
+            model, [target.make_batch(torch.Generator().manual_seed(1))], alpha0=0.5, **common
+        ),
+        # phase 1 throughout (no threshold is reached): clipped ascent with its own plain SGD
+        "decouple_retain": lambda: methods.DecoupleRetain(
+            model, threshold=float("inf"), max_steps=2**62, lr=lr, loss_fn=target.loss_fn
+        ),
     }
     return builders[name]()
