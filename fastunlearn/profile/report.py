@@ -7,6 +7,7 @@ import json
 import os
 
 from fastunlearn.profile.measure import ProfileReport, profile_unlearning
+from fastunlearn.profile.targets import BUILT_IN
 
 
 def print_report(report: ProfileReport, console=None) -> None:
@@ -19,9 +20,12 @@ def print_report(report: ProfileReport, console=None) -> None:
     if report.reference is not None:
         runs.append(("reference ops (cat + .item())", report.reference))
     c = report.config
+    model = f"{c['model']} {c['size']}" if c["model"] in BUILT_IN else c["model"]
+    if c.get("lora"):
+        model += f" + LoRA r={c['lora']}"
     console.print(
-        f"{c['method']} on {c['model']} {c['size'] if c['model'] == 'transformer' else ''} "
-        f"({report.parameters / 1e6:.1f}M parameters), {c['steps']} steps, device {c['device']}; "
+        f"{c['method']} on {model} ({report.parameters / 1e6:.1f}M trained parameters), {c['steps']} steps, "
+        f"device {c['device']}; "
         f"bandwidth proxy {report.bandwidth_proxy_gbs:.1f} GB/s"
     )
     for title, run in runs:
