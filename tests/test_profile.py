@@ -87,6 +87,31 @@ def test_a_user_module_by_import_path(tmp_path, monkeypatch):
     sys.modules.pop("my_unlearning_target", None)
 
 
+SIZED_FACTORY = (
+    "import torch\n"
+    "from fastunlearn.profile import ProfileTarget\n"
+    "from fastunlearn.methods import cross_entropy\n"
+    "def build(size, batch, lora=None):\n"
+    "    width = {'tiny': 4, '10m': 8}[size] * (lora or 1)\n"
+    "    model = torch.nn.Linear(width, 3)\n"
+    "    def make(g):\n"
+    "        return torch.randn(batch, width, generator=g), torch.randint(0, 3, (batch,), generator=g)\n"
+    "    return ProfileTarget(model, cross_entropy, make)\n"
+)
+
+
+def test_a_factory_from_a_file_or_the_current_directory_gets_the_cli_options(tmp_path, monkeypatch, capsys):
+    (tmp_path / "sized_target.py").write_text(SIZED_FACTORY)
+    out = tmp_path / "report.json"
+    cli_main(["profile", "--model", f"{tmp_path / 'sized_target.py'}:build", "--size", "tiny", "--steps", "1",
+              "--batch", "3", "--lora", "2", "--json", str(out)])  # fmt: skip
+    assert json.loads(out.read_text())["parameters"] == 8 * 3 + 3  # width 4 * lora 2
+    monkeypatch.chdir(tmp_path)  # a module of the current directory, as `python -m` finds it
+    report = fp.profile_unlearning("sized_target:build", size="10m", steps=1, warmup=0, progress=False)
+    assert report.parameters == 8 * 3 + 3
+    sys.modules.pop("sized_target", None)
+
+
 def test_cli_writes_json_and_a_trace(tmp_path, capsys):
     out, trace = tmp_path / "report.json", tmp_path / "trace.json"
     cli_main(["profile", "--size", "TINY", "--steps", "2", "--warmup", "0", "--json", str(out), "--trace", str(trace)])
@@ -115,7 +140,8 @@ def test_bad_arguments():
         (["--model", "fastunlearn.profile:nope"], "has no attribute 'nope'"),
         (["--model", "no_such_module_here:f"], "cannot import 'no_such_module_here'"),
         (["--method", "pcgrad", "--compare"], "surgery, gru only, not 'pcgrad'"),
-        (["--lora", "4"], "lora applies to model 'hf:llama' only"),
+        (["--lora", "4"], "lora applies to model 'hf:llama' (or a factory taking it)"),
+        (["--model", "no/such/file.py:build"], "no file 'no/such/file.py'"),
         (["--json", "no/such/dir/report.json"], "its directory does not exist"),
     ],
 )

@@ -17,7 +17,7 @@ import torch
 import fastunlearn as fu
 from fastunlearn._phases import PhaseTimer
 from fastunlearn._timing import median_seconds
-from fastunlearn.profile.targets import BUILT_IN, METHODS, REFERENCES, load_target, make_method
+from fastunlearn.profile.targets import METHODS, REFERENCES, load_target, make_method
 
 PHASES = ("forward_forget", "backward_forget", "forward_retain", "backward_retain", "vector_algebra", "optimizer")
 
@@ -256,16 +256,17 @@ def profile_unlearning(
     """Profiles ``steps`` unlearning steps (after ``warmup``) and returns a :class:`ProfileReport`.
 
     ``model`` is ``"transformer"`` (sized by ``size``: tiny, 10m, 100m, 300m, 1b), ``"hf:llama"``
-    (a Hugging Face Llama: tiny, 10m, 100m, 1b; ``lora`` = adapter rank) or an import path
-    ``"package.module:factory"`` returning a :class:`ProfileTarget`. Every run starts from the
+    (a Hugging Face Llama: tiny, 10m, 100m, 1b; ``lora`` = adapter rank) or a factory returning a
+    :class:`ProfileTarget`, ``"package.module:factory"`` or ``"file.py:factory"``, which gets the
+    options among ``size``, ``batch``, ``seq_len``, ``device``, ``lora`` that it names. Every run starts from the
     same initial weights and sees the same batches. Each profiled fused step is followed by the same
     step without instrumentation; ``profile_overhead`` compares their medians. ``trace`` writes a
     torch.profiler Chrome trace of the fused steps to that path.
     """
     dev = _check_options(method, compare, steps, warmup, device)
-    if lora is not None and model != "hf:llama":
-        raise ValueError("lora applies to model 'hf:llama' only")
-    kwargs = {"size": size, "batch": batch, "seq_len": seq_len, "device": dev} if model in BUILT_IN else {}
+    if lora is not None and model == "transformer":
+        raise ValueError("lora applies to model 'hf:llama' (or a factory taking it), not the built-in transformer")
+    kwargs = {"size": size, "batch": batch, "seq_len": seq_len, "device": dev}
     if lora is not None:
         kwargs["lora"] = lora
     torch.manual_seed(seed)

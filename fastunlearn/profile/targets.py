@@ -4,6 +4,10 @@ and the unlearning methods it runs on them (fused, or the reference ops for ``co
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import inspect
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -143,24 +147,51 @@ def llama_target(
 BUILT_IN = {"transformer": transformer_target, "hf:llama": llama_target}
 
 
-def load_target(spec: str, **kwargs) -> ProfileTarget:
-    """A built-in target (``"transformer"``, ``"hf:llama"``) or ``"package.module:factory"``; the
-    factory returns a :class:`ProfileTarget`."""
+def load_target(spec: str, **options) -> ProfileTarget:
+    """A built-in target (``"transformer"``, ``"hf:llama"``) or a user's factory returning a
+    :class:`ProfileTarget`: ``"package.module:factory"`` (the current directory is searched too, as
+    ``python -m`` would) or ``"path/to/file.py:factory"``. ``options`` are the profiler's (``size``,
+    ``batch``, ``seq_len``, ``device``, ``lora``); a factory gets those its signature names."""
     if spec in BUILT_IN:
-        return BUILT_IN[spec](**kwargs)
-    module_name, _, attr = spec.partition(":")
-    if not attr:
-        raise ValueError(f"model {spec!r}: expected 'transformer', 'hf:llama' or 'package.module:factory'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"model {spec!r}: cannot import {module_name!r} ({exc})") from exc
+        return BUILT_IN[spec](**options)
+    source, _, attr = spec.rpartition(":")
+    if not source or not attr:
+        raise ValueError(
+            f"model {spec!r}: expected 'transformer', 'hf:llama', 'package.module:factory' or 'file.py:factory'"
+        )
+    module = _import_file(spec, source) if source.endswith(".py") else _import_module(spec, source)
     if not hasattr(module, attr):
-        raise ValueError(f"model {spec!r}: module {module_name!r} has no attribute {attr!r}")
-    target = getattr(module, attr)()
+        raise ValueError(f"model {spec!r}: module {source!r} has no attribute {attr!r}")
+    factory = getattr(module, attr)
+    parameters = inspect.signature(factory).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    target = factory(**{k: v for k, v in options.items() if takes_any or k in parameters})
     if not isinstance(target, ProfileTarget):
         raise TypeError(f"{spec} must return a fastunlearn.profile.ProfileTarget, got {type(target).__name__}")
     return target
+
+
+def _import_module(spec: str, name: str):
+    # The console script does not put the current directory on sys.path as `python -m` does.
+    added = os.getcwd() not in sys.path
+    if added:
+        sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise ValueError(f"model {spec!r}: cannot import {name!r} ({exc})") from exc
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+
+
+def _import_file(spec: str, path: str):
+    if not os.path.isfile(path):
+        raise ValueError(f"model {spec!r}: no file {path!r}")
+    module_spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
 
 
 # --------------------------------------------------------------------------------------------
