@@ -94,7 +94,7 @@ def test_cli_rejects_bad_arguments(capsys, tmp_path):
     a_file.write_text("")
     for argv, message in (
         (["demo", "--forget", "class:12"], "class:N"),
-        (["demo", "--methods", "Magic"], "choose from 'GradientSurgery'"),
+        (["demo", "--methods", "Magic"], "unknown method(s) ['Magic']; expected some of ['GradientSurgery'"),
         (["demo", "--out", str(a_file)], "exists and is not a directory"),
     ):
         with pytest.raises(SystemExit):

@@ -23,6 +23,7 @@ from fastunlearn._timing import median_seconds
 from fastunlearn.demo import report
 from fastunlearn.demo.data import DigitSplits, digit_splits, parse_forget
 from fastunlearn.demo.models import VAE, Classifier, vae_loss
+from fastunlearn.demo.options import check_selection
 from fastunlearn.demo.recipes import NEEDS_LABELS, RECIPES, Task
 
 PRESETS = {
@@ -47,11 +48,7 @@ class DemoConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; expected one of {sorted(PRESETS)}")
-        unknown = [m for m in self.methods if m not in RECIPES]
-        if unknown:
-            raise ValueError(f"unknown method(s) {unknown}; expected some of {list(RECIPES)}")
+        check_selection(self.preset, PRESETS, self.methods, RECIPES)
         self.forgets = self.forgets or PRESETS[self.preset]["forgets"]
         for spec in self.forgets:
             parse_forget(spec)

@@ -1,0 +1,68 @@
+"""fastunlearn demo --task lm --quick: every method through the Trainer, against retraining."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+pytest.importorskip("transformers")
+pytest.importorskip("matplotlib")
+
+from fastunlearn.cli import main as cli_main  # noqa: E402
+from fastunlearn.demo import lm  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo-lm")
+    cli_main(["demo", "--task", "lm", "--quick", "--out", str(out)])
+    assert (out / "report.md").read_text().startswith("# fastunlearn demo")
+    assert (out / "accuracy.png").stat().st_size > 0
+    return json.loads((out / "results.json").read_text())
+
+
+def test_the_facts_are_deterministic_and_split_by_person():
+    a, b = lm.make_facts(40, 10, seed=0), lm.make_facts(40, 10, seed=0)
+    assert a.texts == b.texts and len(a.forget) == 4 * 4 and len(a.retain) == 36 * 4 and len(a.held_out) == 10 * 4
+    names = [p["name"] for p in lm.people(40, random.Random(0))]  # make_facts draws these first
+    for index, name in enumerate(names):
+        side = "forget" if index < 4 else "retain"
+        assert sum(name in t for t in a.texts[side]) == 4 and not any(name in t for t in a.texts["held_out"])
+    assert lm.make_facts(40, 10, seed=1).texts != a.texts
+    item = a.forget[0]
+    counted = item["labels"] != -100
+    assert int(counted.sum()) == 1 and bool((item["input_ids"][counted] > 2).all())  # the answer word only
+
+
+def test_original_memorises_and_retraining_does_not_know_the_forget_set(results):
+    rows = results["table"]
+    assert rows["original"]["forget_accuracy"] >= 0.95 and rows["original"]["retain_accuracy"] >= 0.95
+    assert rows["retrain"]["forget_accuracy"] <= 0.3 and rows["retrain"]["retain_accuracy"] >= 0.95
+    assert rows["original"]["mia_auc"] > rows["retrain"]["mia_auc"] + 0.2  # the forget facts were members
+
+
+def test_every_method_unlearns_and_the_papers_methods_keep_the_retain_set(results):
+    """The bars this test holds (looser than the demo's own, which the README reports as met or
+    missed): every method lowers forget accuracy; the papers' methods take it below 0.6 while retain
+    accuracy stays at 0.9 or above."""
+    rows = results["table"]
+    assert set(rows) == {"original", "retrain", *lm.RECIPES}
+    for name in lm.RECIPES:
+        assert rows[name]["forget_accuracy"] < rows["original"]["forget_accuracy"] - 0.2, name
+    for name in lm.SEED_METHODS:
+        assert rows[name]["forget_accuracy"] <= 0.6 and rows[name]["retain_accuracy"] >= 0.9, name
+        bars = rows[name]["bars"]
+        gap = abs(rows[name]["forget_accuracy"] - rows["retrain"]["forget_accuracy"])
+        drop = rows["original"]["retain_accuracy"] - rows[name]["retain_accuracy"]
+        assert bars["ok"] == (gap <= 0.10 and drop <= 0.05)
+
+
+def test_bad_options(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["demo", "--task", "lm", "--methods", "surgery", "no_such_method"])
+    assert "unknown method(s) ['no_such_method']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli_main(["demo", "--task", "lm", "--forget", "class:3"])
+    assert "--forget applies to the digits task" in capsys.readouterr().err
