@@ -87,8 +87,9 @@ def _run_demo(args, demo: argparse.ArgumentParser) -> None:
         from fastunlearn.demo.lm import RECIPES as LM_RECIPES
         from fastunlearn.demo.lm import LMDemoConfig, run_lm_demo
 
-        if args.forget:
-            demo.error("--forget applies to the digits task; the lm task forgets 10% of the people")
+        if args.forget or args.seed != 0:
+            demo.error("--forget and --seed apply to the digits task; the lm task forgets 10% of the people, "
+                       "seeds 0 (--quick) or 0, 1, 2")  # fmt: skip
         try:
             lm_config = LMDemoConfig(preset=preset, out=out, methods=args.methods or list(LM_RECIPES))
         except ValueError as exc:

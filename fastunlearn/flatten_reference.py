@@ -79,11 +79,13 @@ def _shard_dot(a: Tensor, b: Tensor, sizes: Sequence[int]) -> float:
 
 
 def gru_direction(g_f: Vector, g_r: Vector, previous: Tensor | float, gamma: float) -> tuple[Tensor, Tensor]:
-    """OpenUnlearning's GRU step (``trainer/unlearn/gru.py``) as it is written: both gradients
-    concatenated and moved to the host, the retain average ``gamma * g_r + (1 - gamma) * previous``
-    there, dot products summed per parameter with one ``.item()`` each, and the forget objective's
-    gradient (gradient ascent: ``-g_f``) projected off the average where they conflict. Returns the
-    flat descent direction (on the host) and the new average (``previous`` starts at 0.0)."""
+    """OpenUnlearning's GRU step (``trainer/unlearn/gru.py``): both gradients concatenated and
+    moved to the host, the retain average ``gamma * g_r + (1 - gamma) * previous`` there, dot
+    products summed per parameter with one ``.item()`` each, and the forget objective's gradient
+    (gradient ascent: ``-g_f``) projected off the average where they conflict. Returns the flat
+    descent direction (on the host) and the new average (``previous`` starts at 0.0). One
+    difference: OpenUnlearning copies the two flat vectors back to the GPU for each dot product;
+    here they are taken on the host (the same on a CPU; on a GPU this costs less than theirs)."""
     objective = torch.cat([-g.reshape(-1) for g in g_f]).to("cpu")
     average = gamma * torch.cat([g.reshape(-1) for g in g_r]).to("cpu") + (1 - gamma) * previous
     sizes = [g.numel() for g in g_f]

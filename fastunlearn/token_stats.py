@@ -50,6 +50,7 @@ class TokenStats(NamedTuple):
     correct: Tensor
 
 
+@torch.no_grad()
 def token_stats(
     hidden: Tensor,
     weight: Tensor,
@@ -63,7 +64,9 @@ def token_stats(
     """Statistics of ``softmax(hidden @ weight.T + bias)`` per token, for an LM head ``weight``
     ``[V, H]`` and ``hidden`` ``[..., H]`` with ``targets`` ``[...]`` (already aligned: the target
     of each row is the token that row predicts -- for a causal LM, ``hidden[:, :-1]`` with
-    ``labels[:, 1:]``). The ``[..., V]`` logits are formed ``rows_per_block x chunk_size`` at a time."""
+    ``labels[:, 1:]``). The ``[..., V]`` logits are formed ``rows_per_block x chunk_size`` at a time.
+    The statistics are measurements, not losses: no autograd graph is built (a graph would keep
+    every chunk alive)."""
     if hidden.shape[-1] != weight.shape[-1] or weight.dim() != 2:
         raise ValueError(f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)}: need [..., H] and [V, H]")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
@@ -78,6 +81,7 @@ def token_stats(
                   rows_per_block)  # fmt: skip
 
 
+@torch.no_grad()
 def token_stats_from_logits(
     logits: Tensor,
     targets: Tensor,
@@ -114,6 +118,9 @@ def _stats(
         raise ValueError("chunk_size, rows_per_block and the vocabulary size must be >= 1")
     flat = targets.reshape(-1).long()
     valid = flat != ignore_index
+    # One host read per call: a target outside the vocabulary would otherwise read as probability 0.
+    if bool((valid & ((flat < 0) | (flat >= vocab))).any()):
+        raise ValueError(f"targets must be in [0, {vocab}) or ignore_index ({ignore_index})")
     out = torch.zeros(5, num_rows, dtype=torch.float64, device=flat.device)
     correct = torch.zeros(num_rows, dtype=torch.bool, device=flat.device)
     for first in range(0, num_rows, rows_per_block):
@@ -125,7 +132,7 @@ def _stats(
 
 def _block_stats(logits, block, vocab, target, valid, chunk_size, out, correct) -> None:
     """One block of rows: an online pass over the vocabulary chunks; writes ``out`` [5, rows]."""
-    m = s = a = b = best = best_index = picked = None
+    m = s = a = b = best_index = picked = None
     safe_target = torch.where(valid, target, torch.zeros_like(target))
     for start in range(0, vocab, chunk_size):
         stop = min(start + chunk_size, vocab)
@@ -137,12 +144,11 @@ def _block_stats(logits, block, vocab, target, valid, chunk_size, out, correct) 
         chunk_picked = z.gather(1, local[:, None])[:, 0].double()
         if m is None:
             m_new = chunk_max
-            best, best_index = chunk_max, chunk_arg + start
+            best_index = chunk_arg + start
             picked = torch.where(in_chunk, chunk_picked, torch.zeros_like(chunk_picked))
         else:
             m_new = torch.maximum(m, chunk_max)
-            better = chunk_max > best  # strictly: the first maximum wins, as argmax's
-            best = torch.where(better, chunk_max, best)
+            better = chunk_max > m  # strictly: the first maximum wins, as argmax's
             best_index = torch.where(better, chunk_arg + start, best_index)
             picked = torch.where(in_chunk, chunk_picked, picked)
         # Rows whose logits so far are all -inf (masked) shift by 0: their sums stay 0.

@@ -26,10 +26,12 @@ def results(tmp_path_factory):
 def test_the_facts_are_deterministic_and_split_by_person():
     a, b = lm.make_facts(40, 10, seed=0), lm.make_facts(40, 10, seed=0)
     assert a.texts == b.texts and len(a.forget) == 4 * 4 and len(a.retain) == 36 * 4 and len(a.held_out) == 10 * 4
+    assert not set(a.texts["validation"]) & set(a.texts["held_out"])
     names = [p["name"] for p in lm.people(40, random.Random(0))]  # make_facts draws these first
     for index, name in enumerate(names):
         side = "forget" if index < 4 else "retain"
-        assert sum(name in t for t in a.texts[side]) == 4 and not any(name in t for t in a.texts["held_out"])
+        assert sum(name in t for t in a.texts[side]) == 4
+        assert not any(name in t for t in a.texts["held_out"] + a.texts["validation"])
     assert lm.make_facts(40, 10, seed=1).texts != a.texts
     item = a.forget[0]
     counted = item["labels"] != -100
@@ -53,10 +55,15 @@ def test_every_method_unlearns_and_the_papers_methods_keep_the_retain_set(result
         assert rows[name]["forget_accuracy"] < rows["original"]["forget_accuracy"] - 0.2, name
     for name in lm.SEED_METHODS:
         assert rows[name]["forget_accuracy"] <= 0.6 and rows[name]["retain_accuracy"] >= 0.9, name
-        bars = rows[name]["bars"]
-        gap = abs(rows[name]["forget_accuracy"] - rows["retrain"]["forget_accuracy"])
-        drop = rows["original"]["retain_accuracy"] - rows[name]["retain_accuracy"]
-        assert bars["ok"] == (gap <= 0.10 and drop <= 0.05)
+        assert set(rows[name]["bars"]) == {"forget_gap", "retain_drop", "ok"}
+
+
+def test_the_bars():
+    original, retrained = {"retain_accuracy": 1.0}, {"forget_accuracy": 0.1}
+    assert lm.meets_bars({"forget_accuracy": 0.2, "retain_accuracy": 0.95}, retrained, original)["ok"]
+    assert not lm.meets_bars({"forget_accuracy": 0.22, "retain_accuracy": 1.0}, retrained, original)["ok"]
+    assert not lm.meets_bars({"forget_accuracy": 0.1, "retain_accuracy": 0.94}, retrained, original)["ok"]
+    assert lm.meets_bars({"forget_accuracy": 0.0, "retain_accuracy": 1.0}, retrained, original)["ok"]
 
 
 def test_bad_options(capsys):
@@ -65,4 +72,4 @@ def test_bad_options(capsys):
     assert "unknown method(s) ['no_such_method']" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli_main(["demo", "--task", "lm", "--forget", "class:3"])
-    assert "--forget applies to the digits task" in capsys.readouterr().err
+    assert "--forget and --seed apply to the digits task" in capsys.readouterr().err

@@ -164,9 +164,7 @@ def test_module_entry_point_and_version():
 
 
 def test_count_host_reads_counts_and_restores():
-    from fastunlearn._phases import PhaseTimer
-
-    timer = PhaseTimer()
+    timer = fp.PhaseTimer()
     with fp.count_host_reads(timer) as counter:
         torch.ones(1).item()
         with timer.phase("forward_forget"):
@@ -193,21 +191,36 @@ def test_every_method_on_a_hugging_face_llama_with_lora(method):
         assert report.reference.host_reads_per_step > 0 and report.speedups["step"] > 0
 
 
-def test_model_host_reads_are_attributed_to_the_model():
-    """A model whose forward reads a value back (as Hugging Face mask code can): its reads are the
-    model's, and the method's count stays 0."""
-    target = fp.transformer_target("tiny")
+READING_FACTORY = (
+    "from dataclasses import dataclass\n"  # a dataclass in a module loaded from its file
+    "import torch\n"
+    "from fastunlearn.profile import ProfileTarget, transformer_target\n"
+    "@dataclass\n"
+    "class Options:\n"
+    "    size: str\n"
+    "class Reading(torch.nn.Module):\n"
+    "    def __init__(self, inner):\n"
+    "        super().__init__()\n"
+    "        self.inner = inner\n"
+    "    def forward(self, tokens):\n"
+    "        bool(tokens.max() >= 0)  # the model's own host read, as Hugging Face mask code does\n"
+    "        return self.inner(tokens)\n"
+    "def build(size):\n"
+    "    target = transformer_target(Options(size).size)\n"
+    "    target.model = Reading(target.model)\n"
+    "    return target\n"
+)
 
-    class Reading(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
 
-        def forward(self, tokens):
-            bool(tokens.max() >= 0)
-            return self.inner(tokens)
-
-    target.model = Reading(target.model)
-    method = make_method("surgery", target.model, target, 1e-3, 0.0, False)
-    _, _, reads, _ = measure._run_steps(method, target, 2, 0, 0, "fused", False)
-    assert reads == [0, 4]  # two forward passes per step, two steps
+@pytest.mark.parametrize("method", ["surgery", "nabla_tau"])
+def test_model_host_reads_are_attributed_to_the_model(tmp_path, method):
+    """Reads inside the model's forward passes (∇τ's validation pass included) are the model's;
+    the method's own count stays 0."""
+    factory = tmp_path / "reading_target.py"
+    factory.write_text(READING_FACTORY)
+    report = fp.profile_unlearning(f"{factory}:build", size="tiny", method=method, steps=2, warmup=0, progress=False)
+    assert report.fused.host_reads_per_step == 0
+    assert report.fused.model_host_reads_per_step >= 2  # two forward passes per step
+    with pytest.raises(ValueError, match="takes no 'lora' argument"):
+        fp.profile_unlearning(f"{factory}:build", size="tiny", steps=1, lora=2, progress=False)
+    sys.modules.pop("reading_target", None)

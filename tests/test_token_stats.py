@@ -107,6 +107,15 @@ def test_bad_arguments():
         fu.token_stats(hidden, weight, torch.zeros(2))
     with pytest.raises(ValueError, match="chunk_size"):
         fu.token_stats(hidden, weight, targets, chunk_size=0)
+    for bad in (10, -1):  # past the vocabulary, or negative and not ignore_index
+        with pytest.raises(ValueError, match="targets must be in \\[0, 10\\)"):
+            fu.token_stats(hidden, weight, torch.tensor([0, bad]))
+
+
+def test_no_graph_is_built():
+    hidden = torch.randn(3, 4, requires_grad=True)
+    stats = fu.token_stats(hidden, torch.randn(9, 4), torch.tensor([1, 2, -100]))
+    assert all(not value.requires_grad for value in stats)
 
 
 @pytest.mark.slow

@@ -11,9 +11,10 @@ retrained without them (the gold standard):
 * Min-K%++ membership AUC of forget against held-out QA pairs, and MUSE's privacy leakage against
   the retrained model's AUC (:mod:`fastunlearn.eval.lm`).
 
-The bars (checked and recorded): each of the papers' methods (surgery, nabla_tau, decouple_retain)
-brings forget accuracy within 10 points of the retrained model's while retain accuracy stays
-within 5 points of the original's. Needs the ``hf`` and ``demo`` extras.
+The bars, checked and reported as met or missed for each of the papers' methods (surgery,
+nabla_tau, decouple_retain): forget accuracy within 10 points of the retrained model's, retain
+accuracy within 5 points of the original's. ∇τ's τ comes from a separate set of unseen people
+(not the held-out people of the membership test). Needs the ``hf`` and ``demo`` extras.
 """
 
 from __future__ import annotations
@@ -105,26 +106,33 @@ class Vocabulary:
 
 @dataclass
 class Facts:
-    """The QA pairs of the forget, retain and held-out people, encoded."""
+    """The QA pairs of the forget, retain, held-out (membership test) and validation (∇τ's τ)
+    people, encoded."""
 
     vocabulary: Vocabulary
     forget: list[dict]
     retain: list[dict]
     held_out: list[dict]
+    validation: list[dict]
     texts: dict[str, list[str]] = field(default_factory=dict)
 
 
 def make_facts(num_people: int, held_out: int, seed: int, forget_fraction: float = 0.1) -> Facts:
     rng = random.Random(seed)
     trained = people(num_people, rng)
-    unseen = people(held_out, rng, {p["name"] for p in trained})
+    taken = {p["name"] for p in trained}
+    unseen = people(held_out, rng, taken)
+    validation = people(held_out, rng, taken)
     forget_count = max(1, round(forget_fraction * num_people))
-    split = {"forget": trained[:forget_count], "retain": trained[forget_count:], "held_out": unseen}
+    split = {
+        "forget": trained[:forget_count], "retain": trained[forget_count:], "held_out": unseen,
+        "validation": validation,
+    }  # fmt: skip
     pairs = {key: [qa for person in group for qa in qa_pairs(person)] for key, group in split.items()}
     vocabulary = Vocabulary([w for group in pairs.values() for q, a in group for w in q + a])
     encoded = {key: [vocabulary.encode(q, a) for q, a in group] for key, group in pairs.items()}
     texts = {key: [" ".join(q + a) for q, a in group] for key, group in pairs.items()}
-    return Facts(vocabulary, encoded["forget"], encoded["retain"], encoded["held_out"], texts)
+    return Facts(vocabulary, encoded["forget"], encoded["retain"], encoded["held_out"], encoded["validation"], texts)
 
 
 def tiny_llama(vocab_size: int, seed: int) -> torch.nn.Module:
@@ -162,7 +170,9 @@ class Recipe:
 
 RECIPES: dict[str, Recipe] = {
     "surgery": Recipe("surgery", 1e-3, 40, lambda f: {"retain_weight": 3.0, "retain_directions": 4}),
-    "nabla_tau": Recipe("nabla_tau", 1e-3, 40, lambda f: {"alpha0": 0.7, "val_loader": [default_collate(f.held_out)]}),
+    "nabla_tau": Recipe(
+        "nabla_tau", 1e-3, 40, lambda f: {"alpha0": 0.7, "val_loader": [default_collate(f.validation)]}
+    ),
     "decouple_retain": Recipe("decouple_retain", 2e-3, 80, lambda f: {"threshold": 60.0, "max_steps": 20, "lr": 10.0}),
     "gru": Recipe("gru", 3e-4, 40),
     "grad_ascent": Recipe("grad_ascent", 3e-4, 40),
@@ -278,8 +288,9 @@ def markdown(table: dict, config: LMDemoConfig, seconds: float) -> str:
     lines = [
         f"# fastunlearn demo: unlearning fictitious people from a tiny Llama ({config.preset}, seeds {seeds})",
         "",
-        "Means over seeds. Accuracy: teacher-forced exact match of the answer; MIA AUC: Min-K%++ (k = 0.5), "
-        "forget vs held-out people; privleak: against the retrained model's AUC. Bars (papers' methods): "
+        "Means over seeds. Accuracy: teacher-forced exact match of the answer; MIA AUC: Min-K%++ z-score of "
+        "the answer token, forget vs held-out people; privleak: against the retrained model's AUC. "
+        "Bars (papers' methods): "
         "forget accuracy within 10 points of retrain's, retain accuracy within 5 points of the original's.",
         "",
         "| model | forget acc | retain acc | held-out acc | forget prob | MIA AUC | privleak % | s | bars |",

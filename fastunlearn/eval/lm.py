@@ -47,13 +47,14 @@ def causal_lm_stats(model: nn.Module, batch: Mapping[str, Tensor], **kwargs: Any
     """Token statistics of a Hugging Face causal LM on ``batch`` (``input_ids``, ``attention_mask``,
     ``labels`` with -100 on tokens that do not count): the decoder's last hidden states against the
     LM head's weight, never the ``[B, T, V]`` logits. Returns the stats of positions ``1..T-1``
-    (each predicted from the one before) and their mask ``[B, T-1]``."""
+    (each predicted from the one before) and their mask ``[B, T-1]``. The head must be a plain
+    linear layer (no logit soft-capping or scaling, no adapter on it)."""
     inputs = {key: batch[key] for key in ("input_ids", "attention_mask") if key in batch}
-    hidden = model.get_decoder()(**inputs).last_hidden_state
+    hidden = model.get_decoder()(**inputs, use_cache=False).last_hidden_state
     head = model.get_output_embeddings()
     labels = batch["labels"][:, 1:]
     stats = token_stats(hidden[:, :-1], head.weight, labels, bias=getattr(head, "bias", None), **kwargs)
-    return stats, labels != -100
+    return stats, labels != kwargs.get("ignore_index", -100)
 
 
 def _lowest_k_mean(values: Tensor, mask: Tensor, k: float) -> Tensor:
@@ -77,7 +78,7 @@ def membership_scores(
     mask = mask.bool()
     logp = stats.target_logprob.double()
     counts = mask.sum(1)
-    nll = -torch.where(mask, logp, 0.0).sum(1) / counts.clamp_min(1)
+    nll = -torch.where(mask, logp, 0.0).sum(1) / counts  # _lowest_k_mean refuses rows without a token
     normalised = (logp - stats.mean_logprob.double()) / stats.var_logprob.double().clamp_min(1e-12).sqrt()
     scores = {
         "loss": -nll,
@@ -109,6 +110,8 @@ def tpr_at_fpr(members: Tensor, nonmembers: Tensor, fpr: float) -> float:
     if not 0.0 <= fpr <= 1.0:
         raise ValueError(f"fpr must be in [0, 1], got {fpr}")
     x, y = members.double().flatten(), nonmembers.double().flatten()
+    if not len(x) or not len(y):
+        raise ValueError("need at least one member and one non-member score")
     thresholds = torch.cat([torch.tensor([torch.inf], dtype=torch.float64), torch.cat([x, y]).unique()])
     tpr = (x[None, :] >= thresholds[:, None]).double().mean(1)
     false = (y[None, :] >= thresholds[:, None]).double().mean(1)

@@ -134,7 +134,8 @@ class NablaTau(UnlearningMethod):
     @torch.no_grad()
     def refresh_tau(self) -> Tensor:
         """τ = the mean per-sample loss over the validation loader (eval mode), kept on the device."""
-        with evaluating(self.model):
+        # Timed (and its host reads counted) as a forward pass of the model, which it is.
+        with evaluating(self.model), self.phase("forward_retain"):
             total, count = self._validation_loss()
         if total is None:
             raise ValueError("the validation loader yielded no batches")

@@ -21,6 +21,7 @@ command with its JSON output).
 (0.0, 2.0)
 """
 
+from fastunlearn._phases import PhaseTimer
 from fastunlearn.profile.measure import (
     PHASES,
     PhaseStats,
@@ -58,6 +59,7 @@ __all__ = [
     "Block",
     "DecoderLM",
     "PhaseStats",
+    "PhaseTimer",
     "ProfileReport",
     "ProfileTarget",
     "REFERENCES",

@@ -165,6 +165,8 @@ def load_target(spec: str, **options) -> ProfileTarget:
     factory = getattr(module, attr)
     parameters = inspect.signature(factory).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    if options.get("lora") is not None and not (takes_any or "lora" in parameters):
+        raise ValueError(f"model {spec!r}: lora was given but the factory takes no 'lora' argument")
     target = factory(**{k: v for k, v in options.items() if takes_any or k in parameters})
     if not isinstance(target, ProfileTarget):
         raise TypeError(f"{spec} must return a fastunlearn.profile.ProfileTarget, got {type(target).__name__}")
@@ -190,7 +192,13 @@ def _import_file(spec: str, path: str):
         raise ValueError(f"model {spec!r}: no file {path!r}")
     module_spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    # Registered before it runs, as an import would (dataclasses and pickling look it up there).
+    sys.modules[module_spec.name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(module_spec.name, None)
+        raise ValueError(f"model {spec!r}: running {path!r} failed ({type(exc).__name__}: {exc})") from exc
     return module
 
 
@@ -225,6 +233,10 @@ class ReferenceSurgery(methods.UnlearningMethod):
         return {"forget_loss": forget_loss, "retain_loss": retain_loss}
 
 
+#: The retain average's weight (OpenUnlearning's default gamma_gru) for both GRU implementations.
+GRU_GAMMA = 0.8
+
+
 class ReferenceGRU(methods.UnlearningMethod):
     """OpenUnlearning's GRU algebra (:func:`fastunlearn.flatten_reference.gru_direction`: flatten,
     copy to the host, per-parameter ``.item()`` dots), its result unflattened into ``.grad``, then
@@ -248,8 +260,6 @@ class ReferenceGRU(methods.UnlearningMethod):
             p.grad = None
         return {"forget_loss": forget_loss, "retain_loss": retain_loss}
 
-
-GRU_GAMMA = 0.8
 
 #: Methods the profiler runs.
 METHODS = (
