@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 import fastunlearn as fu
+from fastunlearn.eval import lm
 
 METHODS = ("materialised", "per_sequence", "token_stats")
 
@@ -40,11 +41,7 @@ def inputs(args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def materialised(hidden, weight, targets):
-    logp = (hidden @ weight.T).log_softmax(-1)
-    p = logp.exp()
-    mean = (p * logp).sum(-1)
-    var = (p * logp.square()).sum(-1) - mean.square()
-    return logp.gather(-1, targets[..., None])[..., 0], mean, var
+    return lm.materialised_stats(hidden @ weight.T, targets)
 
 
 def per_sequence(hidden, weight, targets):

@@ -118,6 +118,10 @@ def _add_profile_parser(commands) -> argparse.ArgumentParser:
         "--size", default="10m", type=str.lower, choices=list(SIZES), help="built-in model size (10M = 10m)"
     )
     profile.add_argument("--lora", type=int, metavar="R", help="hf:llama only: train rank-R LoRA adapters")
+    profile.add_argument(
+        "--eval", action="store_true",
+        help="also time Min-K%%++ statistics of a forget batch: materialised log_softmax vs fastunlearn.token_stats",
+    )  # fmt: skip
     profile.add_argument("--method", default="surgery", choices=METHODS, help="unlearning method to step")
     profile.add_argument("--steps", type=int, default=5, help="profiled steps (each timed per phase)")
     profile.add_argument("--warmup", type=int, default=1, help="untimed steps before them")

@@ -60,7 +60,7 @@ def test_every_method_unlearns_and_the_papers_methods_keep_the_retain_set(result
 
 def test_the_bars():
     original, retrained = {"retain_accuracy": 1.0}, {"forget_accuracy": 0.1}
-    assert lm.meets_bars({"forget_accuracy": 0.2, "retain_accuracy": 0.95}, retrained, original)["ok"]
+    assert lm.meets_bars({"forget_accuracy": 0.19, "retain_accuracy": 0.96}, retrained, original)["ok"]
     assert not lm.meets_bars({"forget_accuracy": 0.22, "retain_accuracy": 1.0}, retrained, original)["ok"]
     assert not lm.meets_bars({"forget_accuracy": 0.1, "retain_accuracy": 0.94}, retrained, original)["ok"]
     assert lm.meets_bars({"forget_accuracy": 0.0, "retain_accuracy": 1.0}, retrained, original)["ok"]

@@ -224,3 +224,26 @@ def test_model_host_reads_are_attributed_to_the_model(tmp_path, method):
     with pytest.raises(ValueError, match="takes no 'lora' argument"):
         fp.profile_unlearning(f"{factory}:build", size="tiny", steps=1, lora=2, progress=False)
     sys.modules.pop("reading_target", None)
+
+
+@pytest.mark.parametrize("model", ["transformer", "hf:llama"])
+def test_eval_times_both_ways_of_the_membership_statistics(model, capsys):
+    if model == "hf:llama":
+        pytest.importorskip("transformers")
+    cli_main(["profile", "--model", model, "--size", "tiny", "--steps", "1", "--warmup", "0", "--eval"])
+    out = capsys.readouterr().out
+    assert "Min-K%++ statistics of one forget batch" in out and "never formed" in " ".join(out.split())
+    target = fp.load_target(model, size="tiny", batch=2, seq_len=16)
+    hidden, weight, targets = target.lm_head(target.model, target.make_batch(torch.Generator().manual_seed(0)))
+    with torch.no_grad():  # the two ways agree: the comparison is of like with like
+        expected = fu.eval.lm.materialised_stats(hidden @ weight.T, targets)
+        stats = fu.token_stats(hidden, weight, targets)
+    for got, want in zip((stats.target_logprob, stats.mean_logprob, stats.var_logprob), expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_eval_needs_a_language_model(tmp_path):
+    (tmp_path / "plain_target.py").write_text(SIZED_FACTORY)
+    with pytest.raises(ValueError, match="no lm_head"):
+        fp.profile_unlearning(f"{tmp_path / 'plain_target.py'}:build", steps=1, eval_stats=True, progress=False)
+    sys.modules.pop("plain_target", None)

@@ -36,6 +36,7 @@ __all__ = [
     "answer_metrics",
     "auc",
     "causal_lm_stats",
+    "materialised_stats",
     "membership_scores",
     "privleak",
     "tpr_at_fpr",
@@ -55,6 +56,15 @@ def causal_lm_stats(model: nn.Module, batch: Mapping[str, Tensor], **kwargs: Any
     labels = batch["labels"][:, 1:]
     stats = token_stats(hidden[:, :-1], head.weight, labels, bias=getattr(head, "bias", None), **kwargs)
     return stats, labels != kwargs.get("ignore_index", -100)
+
+
+def materialised_stats(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """What membership-inference code does today, for comparison: the full ``log_softmax`` of
+    ``[..., V]`` logits, then the target's log p, ``E_p[log p]`` and ``Var_p[log p]``."""
+    logp = logits.float().log_softmax(-1)
+    p = logp.exp()
+    mean = (p * logp).sum(-1)
+    return logp.gather(-1, targets[..., None])[..., 0], mean, (p * logp.square()).sum(-1) - mean.square()
 
 
 def _lowest_k_mean(values: Tensor, mask: Tensor, k: float) -> Tensor:

@@ -17,6 +17,7 @@ import torch
 import fastunlearn as fu
 from fastunlearn._phases import PhaseTimer
 from fastunlearn._timing import median_seconds
+from fastunlearn.eval import lm as lm_eval
 from fastunlearn.profile.targets import METHODS, REFERENCES, load_target, make_method
 
 PHASES = ("forward_forget", "backward_forget", "forward_retain", "backward_retain", "vector_algebra", "optimizer")
@@ -88,6 +89,8 @@ class ProfileReport:
     unprofiled_step_median_ms: float | None = None
     profile_overhead: float | None = None  #: profiled / unprofiled median step time - 1
     speedups: dict[str, float] = field(default_factory=dict)
+    #: ``eval_stats``: Min-K%++ statistics of one forget batch, materialised log_softmax vs token_stats
+    lm_eval: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -252,6 +255,7 @@ def profile_unlearning(
     trace: str | None = None,
     progress: bool = True,
     lora: int | None = None,
+    eval_stats: bool = False,
 ) -> ProfileReport:
     """Profiles ``steps`` unlearning steps (after ``warmup``) and returns a :class:`ProfileReport`.
 
@@ -261,7 +265,9 @@ def profile_unlearning(
     options among ``size``, ``batch``, ``seq_len``, ``device``, ``lora`` that it names. Every run starts from the
     same initial weights and sees the same batches. Each profiled fused step is followed by the same
     step without instrumentation; ``profile_overhead`` compares their medians. ``trace`` writes a
-    torch.profiler Chrome trace of the fused steps to that path.
+    torch.profiler Chrome trace of the fused steps to that path. ``eval_stats`` also times the
+    Min-K%++ statistics of one forget batch both ways: the materialised ``log_softmax`` of the logits, as
+    membership-inference code computes them, and :func:`fastunlearn.token_stats`.
     """
     dev = _check_options(method, compare, steps, warmup, device)
     if lora is not None and model == "transformer":
@@ -271,6 +277,8 @@ def profile_unlearning(
         kwargs["lora"] = lora
     torch.manual_seed(seed)
     target = load_target(model, **kwargs)
+    if eval_stats and target.lm_head is None:
+        raise ValueError(f"eval_stats needs a language model whose head the profiler reads; {model!r} has no lm_head")
     initial = {k: v.detach().clone() for k, v in target.model.state_dict().items()}
     params = [p for p in target.model.parameters() if p.requires_grad]
     numel = sum(p.numel() for p in params)
@@ -298,6 +306,7 @@ def profile_unlearning(
             device=device,
             seed=seed,
             lora=lora,
+            eval_stats=eval_stats,
         ),  # fmt: skip
         environment=_environment(dev),
         parameters=numel,
@@ -311,7 +320,38 @@ def profile_unlearning(
         times, phases, reads, _ = _run_steps(reference, target, steps, warmup, seed, "reference", progress)
         report.reference = _summarise(times, phases, reads, phase_bytes, proxy, dev)
         report.speedups = _speedups(report.fused, report.reference)
+    if eval_stats:
+        target.model.load_state_dict(initial)
+        report.lm_eval = _lm_eval(target, seed, dev)
     return report
+
+
+@torch.no_grad()
+def _lm_eval(target, seed: int, device: torch.device, repeats: int = 3) -> dict:
+    """Both ways of the Min-K%++ statistics on one forget batch's hidden states (computed once)."""
+    hidden, weight, targets = target.lm_head(target.model, target.make_batch(torch.Generator().manual_seed(seed)))
+    sync = _sync_for(device) or (lambda: None)
+    paths = {
+        "materialised": lambda: lm_eval.materialised_stats(hidden @ weight.T, targets),
+        "token_stats": lambda: fu.token_stats(hidden, weight, targets),
+    }
+    out: dict = {"tokens": targets.numel(), "vocab": weight.shape[0]}
+    out["logits_mib"] = targets.numel() * weight.shape[0] * 4 / 2**20
+    for name, fn in paths.items():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        times = []
+        for _ in range(repeats + 1):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - start)
+        out[f"{name}_ms"] = 1e3 * statistics.median(times[1:])
+        if device.type == "cuda":
+            out[f"{name}_peak_device_mib"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    return out
 
 
 def _trace(path: str | None, device: torch.device):

@@ -56,6 +56,19 @@ def print_report(report: ProfileReport, console=None) -> None:
         f"profiler overhead: profiled step {report.fused.step_median_ms:.2f} ms vs unprofiled "
         f"{report.unprofiled_step_median_ms:.2f} ms ({report.profile_overhead:+.1%})"
     )
+    if report.lm_eval is not None:
+        e = report.lm_eval
+        memory = "".join(
+            f", peak device memory {e[f'{name}_peak_device_mib']:.0f} MiB ({name})"
+            for name in ("materialised", "token_stats")
+            if f"{name}_peak_device_mib" in e
+        )
+        console.print(
+            f"Min-K%++ statistics of one forget batch ({e['tokens']} tokens, vocabulary {e['vocab']}): "
+            f"materialised log_softmax {e['materialised_ms']:.2f} ms, token_stats {e['token_stats_ms']:.2f} ms "
+            f"({e['materialised_ms'] / e['token_stats_ms']:.2f}x; fp32 logits of {e['logits_mib']:.0f} MiB never "
+            f"formed){memory}"
+        )
 
 
 def main(args) -> None:
@@ -65,7 +78,7 @@ def main(args) -> None:
     report = profile_unlearning(
         args.model, size=args.size, method=args.method, steps=args.steps, warmup=args.warmup, compare=args.compare,
         batch=args.batch, seq_len=args.seq_len, device=args.device, seed=args.seed, trace=args.trace,
-        lora=args.lora,
+        lora=args.lora, eval_stats=args.eval,
     )  # fmt: skip
     print_report(report)
     if args.json:

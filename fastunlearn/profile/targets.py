@@ -82,6 +82,9 @@ class ProfileTarget:
     model: nn.Module
     loss_fn: methods.LossFn
     make_batch: Callable[[torch.Generator], Any]
+    #: For ``eval_stats``: a batch's last hidden states, the LM head's weight and the next-token targets
+    #: (None: the model is no language model the profiler knows how to read).
+    lm_head: Callable[[nn.Module, Any], tuple[Tensor, Tensor, Tensor]] | None = None
 
 
 def transformer_target(size: str = "10m", *, batch: int = 2, seq_len: int = 64, device="cpu", dtype=None):
@@ -98,7 +101,14 @@ def transformer_target(size: str = "10m", *, batch: int = 2, seq_len: int = 64, 
     def make_batch(generator: torch.Generator) -> Tensor:
         return torch.randint(0, vocab, (batch, seq_len + 1), generator=generator).to(device)
 
-    return ProfileTarget(model, next_token_loss, make_batch)
+    def lm_head(model: DecoderLM, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        inputs = tokens[:, :-1]
+        x = model.embed(inputs) + model.position(torch.arange(inputs.shape[1], device=inputs.device))
+        for block in model.blocks:
+            x = block(x)
+        return model.norm(x), model.head.weight, tokens[:, 1:]
+
+    return ProfileTarget(model, next_token_loss, make_batch, lm_head)
 
 
 #: name -> (hidden, layers, heads, key/value heads, MLP width, vocabulary) of a Llama (RMSNorm,
@@ -141,7 +151,11 @@ def llama_target(
         ids = torch.randint(0, vocab, (batch, seq_len), generator=generator).to(device)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
 
-    return ProfileTarget(model, methods.causal_lm_loss, make_batch)
+    def lm_head(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        hidden = model.get_decoder()(input_ids=batch["input_ids"], use_cache=False).last_hidden_state
+        return hidden[:, :-1], model.get_output_embeddings().weight, batch["labels"][:, 1:]
+
+    return ProfileTarget(model, methods.causal_lm_loss, make_batch, lm_head)
 
 
 BUILT_IN = {"transformer": transformer_target, "hf:llama": llama_target}
