@@ -178,6 +178,7 @@ def test_a_non_finite_loss_leaves_the_weights_untouched(tmp_path, method):
     assert all("exp_avg" not in state for state in trainer.unlearning.optimizer.state.values())
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert [entry["skipped_steps"] for entry in logs] == [1, 2]
+    assert trainer.lr_scheduler.last_epoch == 0  # a skipped step holds the schedule, as GradScaler's do
 
 
 def test_stats_are_logged_at_logging_steps_only(tmp_path):
