@@ -24,10 +24,10 @@ def report():
 def test_every_phase_is_timed_and_they_cover_the_step(report):
     for run in (report.fused, report.reference):
         assert list(run.phases) == list(fp.PHASES)
-        covered = sum(p.median_ms for p in run.phases.values())
-        # medians of parts need not add up exactly; what is outside every phase must stay small
+        # What is outside every phase is taken per step (step minus its phases), so it stays small
+        # however noisy the machine; the medians of the phases need not add up to the step's median
+        # (they may come from different steps), so their sum is not compared with it.
         assert 0 <= run.other_ms < 0.25 * run.step_median_ms
-        assert covered == pytest.approx(run.step_median_ms - run.other_ms, rel=0.25)
         for stats in run.phases.values():
             assert stats.min_ms <= stats.median_ms <= stats.max_ms
 
