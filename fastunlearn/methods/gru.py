@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from fastunlearn import _validate, ops
-from fastunlearn.methods._base import LossFn, StepStats, UnlearningMethod, pair_stats
+from fastunlearn.methods._base import StepStats, UnlearningMethod, pair_stats
 from fastunlearn.weighting import DEFAULT_EPS, Projection
 
 FORGET_OBJECTIVES = ("ascent", "descent")
@@ -50,26 +50,14 @@ class FastGRU(UnlearningMethod):
         gamma: float = 0.8,
         forget_objective: str = "ascent",
         eps: float = DEFAULT_EPS,
-        optimizer: torch.optim.Optimizer | None = None,
-        lr: float = 1e-3,
-        loss_fn: LossFn | None = None,
-        forget_loss_fn: LossFn | None = None,
-        backend: str = "auto",
-        micro_batches: int = 1,
-        max_grad_norm: float | None = None,
-        grad_scaler: torch.amp.GradScaler | None = None,
-        skip_nonfinite: bool = False,
+        **kwargs: Any,
     ) -> None:
+        """``kwargs``: the options every method takes (:class:`UnlearningMethod`)."""
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"gamma must be in [0, 1], got {gamma}")
         if forget_objective not in FORGET_OBJECTIVES:
             raise ValueError(f"unknown forget_objective {forget_objective!r}; expected one of {FORGET_OBJECTIVES}")
-        kwargs = {} if loss_fn is None else {"loss_fn": loss_fn}
-        super().__init__(
-            model, optimizer=optimizer, lr=lr, forget_loss_fn=forget_loss_fn,
-            backend=backend, micro_batches=micro_batches, max_grad_norm=max_grad_norm,
-            grad_scaler=grad_scaler, skip_nonfinite=skip_nonfinite, **kwargs,
-        )  # fmt: skip
+        super().__init__(model, **kwargs)
         self.gamma = float(gamma)
         self.sign = -1.0 if forget_objective == "ascent" else 1.0
         self.eps = _validate.check_eps(eps)
