@@ -17,6 +17,9 @@ allowed to reach the network. Stages, each in its own process with its own time 
                code and a device-to-device copy of one vector timed in the same run; one JSON line
                per case, so a stage cut short keeps what it measured
   profile      fastunlearn profile --compare: a Gradient Surgery step on the largest built-in model
+  test_token_stats  tests/test_token_stats.py on CUDA tensors (torch and Triton backends)
+  token_stats  benchmarks/token_stats.py --device cuda: Min-K%++ statistics at a 128k vocabulary,
+               token_stats (Triton) against the materialised log_softmax path, time and peak memory
   test_triton  tests/test_triton.py on CUDA tensors (last: it repeats part of test_gpu.py)
 
 Measured per case: device time (median of synchronised calls), host time per call (median of
@@ -147,6 +150,8 @@ def main() -> None:
         command = [py, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", f"tests/{name}.py"]
         if args.dry_run and name == "test_triton":
             command += ["-k", "gram and not long"]  # the interpreter is slow: a sample checks the stage
+        if args.dry_run and name == "test_token_stats":
+            command += ["-k", "masked_vocabulary"]
         stages.run(name, 120, command, env=test_env)
 
     tests("test_gpu")
@@ -161,10 +166,17 @@ def main() -> None:
     profile += ["--json", str(args.out / "profile.json")]
     profile += ["--size", "tiny", "--steps", "1"] if args.dry_run else ["--size", "1b", "--steps", "3"]
     stages.run("profile", 90, profile)
+    tests("test_token_stats")
+    sizes = ["1", "16", "32", "1000"] if args.dry_run else ["4", "1024", "2048", "128256"]
+    token_stats = [py, "benchmarks/token_stats.py", "--device", device, "--out", str(args.out / "token-stats.md")]
+    token_stats += [f"--{key}={value}" for key, value in zip(("batch", "tokens", "hidden", "vocab"), sizes)]
+    stages.run("token_stats", 90, token_stats, env=measure_env)
     tests("test_triton")  # last: the Triton kernels on CUDA tensors are also in test_gpu.py
 
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()] if jsonl.exists() else []
-    report = dict(started=started, environment=env, stages=stages.records, cases=rows)
+    token_stats_table = args.out / "token-stats.md"
+    report = dict(started=started, environment=env, stages=stages.records, cases=rows,
+                  token_stats=token_stats_table.read_text() if token_stats_table.exists() else None)  # fmt: skip
     (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     (args.out / "report.md").write_text(markdown(report))
     print(f"wrote {args.out / 'report.md'} and report.json", flush=True)
@@ -236,6 +248,8 @@ def markdown(report: dict) -> str:
     if skipped:
         lines += ["", "Skipped cases:", ""]
         lines += [f"- {r['op']} {r['dtype']} {r['numel']:.0e}: {r['skipped']}" for r in skipped]
+    if report.get("token_stats"):
+        lines += ["", "## token_stats", "", report["token_stats"].rstrip()]
     return "\n".join(lines) + "\n"
 
 

@@ -4,14 +4,19 @@ chunked pure-torch path, time and peak memory.
 * ``materialised``: what membership-inference code does today -- the full ``[B, T, V]`` logits,
   their ``log_softmax``, ``p = exp``, then ``E_p[log p]``, ``Var_p[log p]`` and the target's log p;
 * ``per_sequence``: the same, one sequence at a time (``[T, V]`` at once), a common way to fit memory;
-* ``token_stats``: :func:`fastunlearn.token_stats` from the hidden states and the head's weight.
+* ``token_stats_torch``: :func:`fastunlearn.token_stats` on the torch backend, a chunked pure-torch
+  path (the same chunks, each chunk's online softmax as about ten torch ops);
+* ``token_stats``: :func:`fastunlearn.token_stats` on the default backend (C++ on CPU, Triton on
+  CUDA);
+* ``logits_only``: the ``[B, T, V]`` logits and nothing else -- the floor of any path that forms
+  them (not a way to get the statistics).
 
 Each runs in its own process on the same inputs (hidden ``[B, T, H]`` fp32, head ``[V, H]``), so
-its peak resident memory above the inputs is its own (Linux: ``/proc/self/status`` VmHWM, reset
-through ``/proc/self/clear_refs``). Times are medians of ``--repeats`` calls after one warm-up; the
-script checks the three agree.
+its peak memory above the inputs is its own (CPU: ``/proc/self/status`` VmHWM, reset through
+``/proc/self/clear_refs``; CUDA: ``torch.cuda.max_memory_allocated``). Times are medians of
+``--repeats`` calls after one warm-up (synchronised on CUDA); the script checks the paths agree.
 
-    python benchmarks/token_stats.py [--batch 4] [--tokens 512] [--hidden 1024] [--vocab 32000]
+    python benchmarks/token_stats.py [--batch 4] [--tokens 512] [--hidden 1024] [--vocab 32000] [--device cpu]
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import torch
 import fastunlearn as fu
 from fastunlearn.eval import lm
 
-METHODS = ("materialised", "per_sequence", "token_stats")
+METHODS = ("materialised", "per_sequence", "token_stats_torch", "token_stats", "logits_only")
 
 
 def inputs(args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -37,7 +42,7 @@ def inputs(args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     hidden = torch.randn(args.batch, args.tokens, args.hidden, generator=gen)
     weight = torch.randn(args.vocab, args.hidden, generator=gen) / args.hidden**0.5
     targets = torch.randint(0, args.vocab, (args.batch, args.tokens), generator=gen)
-    return hidden, weight, targets
+    return hidden.to(args.device), weight.to(args.device), targets.to(args.device)
 
 
 def materialised(hidden, weight, targets):
@@ -49,9 +54,22 @@ def per_sequence(hidden, weight, targets):
     return tuple(torch.stack(column) for column in zip(*rows))
 
 
-def fused(hidden, weight, targets):
-    stats = fu.token_stats(hidden, weight, targets)
+def fused(hidden, weight, targets, backend=None):
+    stats = fu.token_stats(hidden, weight, targets, backend=backend)
     return stats.target_logprob, stats.mean_logprob, stats.var_logprob
+
+
+def logits_only(hidden, weight, targets):
+    return (hidden @ weight.T,)
+
+
+PATHS = {
+    "materialised": materialised,
+    "per_sequence": per_sequence,
+    "token_stats_torch": lambda *inputs: fused(*inputs, backend="torch"),
+    "token_stats": fused,
+    "logits_only": logits_only,
+}
 
 
 def rss(field: str) -> int:
@@ -64,17 +82,25 @@ def rss(field: str) -> int:
 
 def run_one(args) -> None:
     hidden, weight, targets = inputs(args)
-    fn = {"materialised": materialised, "per_sequence": per_sequence, "token_stats": fused}[args.run]
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # the peak resident size restarts from the current one
-    before = rss("VmRSS")
+    fn = PATHS[args.run]
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+    else:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # the peak resident size restarts from the current one
+        before = rss("VmRSS")
     times, result = [], None
     for _ in range(args.repeats + 1):
         start = time.perf_counter()
         result = fn(hidden, weight, targets)
+        if cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
         del result
-    peak = rss("VmHWM") - before
+    peak = (torch.cuda.max_memory_allocated() if cuda else rss("VmHWM")) - before
     result = [t.tolist() for t in fn(hidden[:1, :8], weight, targets[:1, :8])]
     print(json.dumps({"seconds": statistics.median(times[1:]), "peak_bytes": peak, "sample": result}))
 
@@ -86,6 +112,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--run", choices=METHODS, help=argparse.SUPPRESS)
     parser.add_argument("--out", default="benchmarks/results/token-stats-cpu.md")
     args = parser.parse_args()
@@ -95,18 +122,22 @@ def main() -> None:
     results = {}
     for name in METHODS:
         command = [sys.executable, __file__, "--run", name] + [
-            f"--{key}={getattr(args, key)}" for key in ("batch", "tokens", "hidden", "vocab", "repeats")
+            f"--{key}={getattr(args, key)}" for key in ("batch", "tokens", "hidden", "vocab", "repeats", "device")
         ]
         results[name] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
     reference = torch.tensor(results["materialised"]["sample"])
-    for name in METHODS[1:]:  # the same statistics, to fp32 rounding
+    for name in METHODS[1:-1]:  # the same statistics, to fp32 rounding
         torch.testing.assert_close(torch.tensor(results[name]["sample"]), reference, rtol=1e-4, atol=1e-4)
     logits_bytes = args.batch * args.tokens * args.vocab * 4
+    where = (
+        torch.cuda.get_device_name(args.device)
+        if args.device.startswith("cuda")
+        else f"{torch.get_num_threads()} threads, CPU ISA level {fu.cpu_isa()}"
+    )
     lines = [
         f"Min-K%++ statistics, B={args.batch} x T={args.tokens} tokens, H={args.hidden}, V={args.vocab} "
-        f"(fp32 logits {logits_bytes / 2**20:.0f} MiB), {torch.get_num_threads()} threads, CPU ISA level "
-        f"{fu.cpu_isa()} (`python benchmarks/token_stats.py --batch {args.batch} --tokens {args.tokens} "
-        f"--hidden {args.hidden} --vocab {args.vocab}`)",
+        f"(fp32 logits {logits_bytes / 2**20:.0f} MiB), {where} (`python benchmarks/token_stats.py --batch "
+        f"{args.batch} --tokens {args.tokens} --hidden {args.hidden} --vocab {args.vocab} --device {args.device}`)",
         "",
         "| path | seconds | peak memory above the inputs (MiB) | time ratio to token_stats |",
         "|---|---|---|---|",

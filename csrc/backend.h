@@ -37,6 +37,10 @@ class Backend {
                                               const std::optional<at::Tensor>& /*order*/) const {
     return std::nullopt;
   }
+  // One vocabulary chunk of token_stats' online softmax (fastunlearn/reference.py,
+  // token_stats_update_): `state` [5, N] fp64 and `best` [N] int64 updated in place.
+  virtual void token_stats_update(const at::Tensor& state, const at::Tensor& best, const at::Tensor& logits,
+                                  int64_t start, const at::Tensor& targets) const = 0;
 };
 
 // Plain function pointers of a native backend.
@@ -50,6 +54,9 @@ struct NativeKernels {
   // Optional (nullptr: none): see Backend::aggregate.
   std::optional<at::Tensor> (*aggregate)(at::TensorList, at::TensorList, int64_t, weightings::Kind, double,
                                          const std::optional<at::Tensor>&) = nullptr;
+  // Optional (nullptr: this backend has no token_stats kernel).
+  void (*token_stats_update)(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                             const at::Tensor&) = nullptr;
 };
 
 NativeKernels cpu_kernels();   // csrc/cpu

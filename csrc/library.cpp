@@ -7,6 +7,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 
 #include <sstream>
@@ -258,6 +259,43 @@ void adamw_step_kernel(TensorList params, TensorList exp_avgs, TensorList exp_av
   b.adamw_step(params, exp_avgs, exp_avg_sqs, weights, grads, k, lr, beta1, beta2, eps, weight_decay, step, maximize);
 }
 
+// One vocabulary chunk of token_stats (fastunlearn/token_stats.py makes the state and walks the
+// chunks): checked before the state or its version moves.
+void check_token_stats(const Tensor& state, const Tensor& best, const Tensor& logits, int64_t start,
+                       const Tensor& targets) {
+  const at::ScalarType dtype = logits.scalar_type();
+  TORCH_CHECK_VALUE(logits.dim() == 2, "fastunlearn: token_stats logits must be [rows, chunk], got ", logits.sizes());
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf,
+                   "fastunlearn: token_stats logits must be float64/float32/bfloat16/float16, got ",
+                   python_name(dtype));
+  const int64_t n = logits.size(0);
+  TORCH_CHECK_VALUE(state.dim() == 2 && state.size(0) == 5 && state.size(1) == n &&
+                        state.scalar_type() == at::kDouble && state.is_contiguous(),
+                    "fastunlearn: token_stats state must be a contiguous float64 [5, ", n, "] tensor");
+  TORCH_CHECK_VALUE(best.dim() == 1 && best.size(0) == n && best.scalar_type() == at::kLong && best.is_contiguous(),
+                    "fastunlearn: token_stats best must be a contiguous int64 [", n, "] tensor");
+  TORCH_CHECK_VALUE(targets.dim() == 1 && targets.size(0) == n && targets.scalar_type() == at::kLong,
+                    "fastunlearn: token_stats targets must be an int64 [", n, "] tensor");
+  TORCH_CHECK_VALUE(start >= 0, "fastunlearn: token_stats chunk start must be >= 0, got ", start);
+  for (const Tensor* t : {&state, &best, &targets}) {
+    TORCH_CHECK_VALUE(t->device() == logits.device(), "fastunlearn: token_stats tensors must be on ",
+                      logits.device(), ", got one on ", t->device());
+  }
+}
+
+void token_stats_update_kernel(const Tensor& state, const Tensor& best, const Tensor& logits, int64_t start,
+                               const Tensor& targets, c10::string_view backend) {
+  check_token_stats(state, best, logits, start, targets);
+  for (const Tensor* read : {&logits, &targets}) {
+    at::assert_no_overlap(state, *read);
+    at::assert_no_overlap(best, *read);
+  }
+  at::assert_no_overlap(state, best);
+  const Backend& b = backend_for(backend, logits.device());
+  bump_versions({state, best});
+  b.token_stats_update(state, best, logits, start, targets);
+}
+
 // ---- Meta kernels: the same structural checks, shapes and dtypes only --------------------------------
 
 Tensor gram_meta(TensorList shards, int64_t k, std::optional<at::ScalarType> dtype, c10::string_view) {
@@ -306,6 +344,11 @@ std::tuple<Tensor, Tensor> aggregate_meta(TensorList out, TensorList shards, int
   engine::check_arity(engine::parse(weighting), k);
   const Update u = check_update(out, "out", Records(shards), k, vectors_name);
   return {scalars_meta(u, k * k).view({k, k}), scalars_meta(u, k)};
+}
+
+void token_stats_update_meta(const Tensor& state, const Tensor& best, const Tensor& logits, int64_t start,
+                             const Tensor& targets, c10::string_view) {
+  check_token_stats(state, best, logits, start, targets);
 }
 
 void sgd_step_meta(TensorList, TensorList, const Tensor&, TensorList, int64_t, double, double, double, bool, double,
@@ -397,6 +440,7 @@ constexpr char kPCGrad[] = "fastunlearn::pcgrad_";
 constexpr char kAggregate[] = "fastunlearn::aggregate_";
 constexpr char kSgdStep[] = "fastunlearn::sgd_step_";
 constexpr char kAdamwStep[] = "fastunlearn::adamw_step_";
+constexpr char kTokenStatsUpdate[] = "fastunlearn::token_stats_update_";
 
 // Whether any tensor of the list requires grad: one read of each, prefetched ahead (a long list of
 // separately allocated gradients would otherwise pay a cache miss per tensor, one after another).
@@ -501,6 +545,9 @@ TORCH_LIBRARY(fastunlearn, m) {
       "adamw_step_(Tensor(a!)[] params, Tensor(b!)[] exp_avgs, Tensor(c!)[] exp_avg_sqs, Tensor weights, "
       "Tensor[] grads, int num_vectors, float lr, float beta1, float beta2, float eps, float weight_decay, "
       "int step, bool maximize, str backend=\"auto\") -> ()");
+  m.def(
+      "token_stats_update_(Tensor(a!) state, Tensor(b!) best, Tensor logits, int start, Tensor targets, "
+      "str backend=\"auto\") -> ()");
 }
 
 #define FASTUNLEARN_IMPLS(m, suffix)                                \
@@ -512,7 +559,8 @@ TORCH_LIBRARY(fastunlearn, m) {
   m.impl("pcgrad_", &fastunlearn::pcgrad_##suffix);                 \
   m.impl("aggregate_", &fastunlearn::aggregate_##suffix);           \
   m.impl("sgd_step_", &fastunlearn::sgd_step_##suffix);             \
-  m.impl("adamw_step_", &fastunlearn::adamw_step_##suffix);
+  m.impl("adamw_step_", &fastunlearn::adamw_step_##suffix);         \
+  m.impl("token_stats_update_", &fastunlearn::token_stats_update_##suffix);
 
 // Sparse and nested tensors reach the dense kernels too, whose checks name them.
 TORCH_LIBRARY_IMPL(fastunlearn, CPU, m) { FASTUNLEARN_IMPLS(m, kernel) }
@@ -540,4 +588,5 @@ TORCH_LIBRARY_IMPL(fastunlearn, Autograd, m) {
   FASTUNLEARN_THROUGH(m, "aggregate_", kAggregate, aggregate_kernel);
   FASTUNLEARN_THROUGH(m, "sgd_step_", kSgdStep, sgd_step_kernel);
   FASTUNLEARN_THROUGH(m, "adamw_step_", kAdamwStep, adamw_step_kernel);
+  FASTUNLEARN_THROUGH(m, "token_stats_update_", kTokenStatsUpdate, token_stats_update_kernel);
 }

@@ -64,9 +64,9 @@ PyObject* py_bool(bool v) { return PyBool_FromLong(v); }
 
 class PythonBackend final : public Backend {
  public:
-  PythonBackend(PyObject* gram, PyObject* combine, PyObject* sgd, PyObject* adamw)
-      : gram_(gram), combine_(combine), sgd_(sgd), adamw_(adamw) {
-    for (PyObject* fn : {gram, combine, sgd, adamw}) Py_INCREF(fn);
+  PythonBackend(PyObject* gram, PyObject* combine, PyObject* sgd, PyObject* adamw, PyObject* token_stats)
+      : gram_(gram), combine_(combine), sgd_(sgd), adamw_(adamw), token_stats_(token_stats) {
+    for (PyObject* fn : {gram, combine, sgd, adamw, token_stats}) Py_INCREF(fn);
   }
 
   at::Tensor gram(at::TensorList shards, int64_t k, const Records* /*records*/) const override {
@@ -94,9 +94,15 @@ class PythonBackend final : public Backend {
                   py_float(lr), py_float(beta1), py_float(beta2), py_float(eps), py_float(weight_decay), py_int(step),
                   py_bool(maximize)});
   }
+  void token_stats_update(const at::Tensor& state, const at::Tensor& best, const at::Tensor& logits, int64_t start,
+                          const at::Tensor& targets) const override {
+    pybind11::gil_scoped_acquire gil;
+    call(token_stats_, {THPVariable_Wrap(state), THPVariable_Wrap(best), THPVariable_Wrap(logits), py_int(start),
+                        THPVariable_Wrap(targets)});
+  }
 
  private:
-  PyObject *gram_, *combine_, *sgd_, *adamw_;
+  PyObject *gram_, *combine_, *sgd_, *adamw_, *token_stats_;
 };
 
 class NativeBackend final : public Backend {
@@ -124,6 +130,12 @@ class NativeBackend final : public Backend {
   std::optional<at::Tensor> aggregate(at::TensorList out, at::TensorList shards, int64_t k, weightings::Kind kind,
                                       double eps, const std::optional<at::Tensor>& order) const override {
     return k_.aggregate != nullptr ? k_.aggregate(out, shards, k, kind, eps, order) : std::nullopt;
+  }
+  void token_stats_update(const at::Tensor& state, const at::Tensor& best, const at::Tensor& logits, int64_t start,
+                          const at::Tensor& targets) const override {
+    TORCH_CHECK_VALUE(k_.token_stats_update != nullptr, "backend 'cuda' has no token_stats kernel; on CUDA tensors "
+                      "token_stats runs on backend 'triton' or 'torch'");
+    k_.token_stats_update(state, best, logits, start, targets);
   }
 
  private:
@@ -175,11 +187,11 @@ at::Tensor python_weights(const std::string& weighting, const at::Tensor& gram, 
 PyObject* register_backend(PyObject* /*self*/, PyObject* args) {
   HANDLE_TH_ERRORS
   const char* name = nullptr;
-  PyObject *gram = nullptr, *combine = nullptr, *sgd = nullptr, *adamw = nullptr;
-  if (!PyArg_ParseTuple(args, "sOOOO", &name, &gram, &combine, &sgd, &adamw)) return nullptr;
+  PyObject *gram = nullptr, *combine = nullptr, *sgd = nullptr, *adamw = nullptr, *token_stats = nullptr;
+  if (!PyArg_ParseTuple(args, "sOOOOO", &name, &gram, &combine, &sgd, &adamw, &token_stats)) return nullptr;
   Registry& r = registry();
   std::lock_guard<std::mutex> guard(r.lock);
-  r.backends[name] = std::make_unique<PythonBackend>(gram, combine, sgd, adamw);
+  r.backends[name] = std::make_unique<PythonBackend>(gram, combine, sgd, adamw, token_stats);
   Py_RETURN_NONE;
   END_HANDLE_TH_ERRORS
 }

@@ -38,6 +38,7 @@ class Backend:
     combine_: Callable | None
     sgd_step_: Callable | None
     adamw_step_: Callable | None
+    token_stats_update_: Callable | None
     devices: tuple[str, ...]
     unavailable_reason: str | None = None
     #: Why the backend cannot take tensors on a device it otherwise runs on (None: it can).
@@ -67,6 +68,12 @@ def _triton_adamw_step_(*args):
     from fastunlearn.kernels import fused_step
 
     fused_step.adamw_step_(*args)
+
+
+def _triton_token_stats_update_(*args):
+    from fastunlearn.kernels import token_stats
+
+    token_stats.token_stats_update_(*args)
 
 
 def _triton_unavailable() -> str | None:
@@ -99,20 +106,27 @@ def _cuda_unavailable() -> str | None:
 
 _BACKENDS: dict[str, Backend] = {
     "torch": Backend(
-        "torch", reference.gram, reference.combine_, reference.sgd_step_, reference.adamw_step_, devices=("*",)
+        "torch",
+        reference.gram,
+        reference.combine_,
+        reference.sgd_step_,
+        reference.adamw_step_,
+        reference.token_stats_update_,
+        devices=("*",),
     ),
-    "cpp": Backend("cpp", None, None, None, None, devices=("cpu",), unavailable_reason=_CPP_ERROR),
+    "cpp": Backend("cpp", None, None, None, None, None, devices=("cpu",), unavailable_reason=_CPP_ERROR),
     "triton": Backend(
         "triton",
         _triton_gram,
         _triton_combine_,
         _triton_sgd_step_,
         _triton_adamw_step_,
+        _triton_token_stats_update_,
         devices=("cuda", "cpu"),
         unavailable_reason=_triton_unavailable(),
         device_error=_triton_device_error,
     ),
-    "cuda": Backend("cuda", None, None, None, None, devices=("cuda",), unavailable_reason=_cuda_unavailable()),
+    "cuda": Backend("cuda", None, None, None, None, None, devices=("cuda",), unavailable_reason=_cuda_unavailable()),
 }
 
 # Preference order of ``auto`` per device type.
@@ -203,6 +217,14 @@ def resolve(requested: str | None, device: torch.device) -> str:
     return name
 
 
+def resolve_token_stats(requested: str | None, device: torch.device) -> str:
+    """The backend of :func:`fastunlearn.token_stats` on ``device``: as :func:`resolve`, except
+    that the ``cuda`` backend has no token_stats kernel, so where ``auto`` would pick it (Triton
+    missing) the torch reference runs. Naming ``cuda`` explicitly is the op's error."""
+    name = resolve(requested, device)
+    return "torch" if name == "cuda" and (requested or "auto") == "auto" else name
+
+
 def _auto(device: torch.device) -> str:
     for candidate in _AUTO_ORDER.get(device.type, ("torch",)):
         backend = _BACKENDS[candidate]
@@ -215,7 +237,7 @@ def _register() -> None:
     """Hands the Python-written backends, the ``auto`` resolver and the weightings to the extension."""
     for name in ("torch", "triton"):
         b = _BACKENDS[name]
-        _C.register_backend(name, b.gram, b.combine_, b.sgd_step_, b.adamw_step_)
+        _C.register_backend(name, b.gram, b.combine_, b.sgd_step_, b.adamw_step_, b.token_stats_update_)
     _C.set_hooks(lambda device: resolve("auto", torch.device(device)), weighting.native_weights)
 
 

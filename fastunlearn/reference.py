@@ -129,3 +129,43 @@ def adamw_step_(
         exp_avgs[i].copy_(m)
         exp_avg_sqs[i].copy_(v)
         p.copy_(p.to(comp) * (1 - lr * weight_decay) - (lr / bias_correction1) * (m / denom))
+
+
+def token_stats_update_(state: Tensor, best: Tensor, logits: Tensor, start: int, targets: Tensor) -> None:
+    """One vocabulary chunk of :func:`fastunlearn.token_stats`' online softmax over N rows.
+
+    ``logits`` ``[N, C]`` are the columns ``start .. start + C - 1`` of each row, read in fp32.
+    ``state`` ``[5, N]`` (fp64) holds per row the running maximum ``m`` and, relative to it,
+    ``s = sum e^(z-m)``, ``a = sum e^(z-m) (z-m)``, ``b = sum e^(z-m) (z-m)^2``, then the target's
+    logit (kept where the target, from ``targets`` ``[N]``, is outside the chunk); ``best`` ``[N]``
+    (int64) the first argmax so far. A row starts from ``m = -inf``, everything else 0. Within a
+    chunk the sums are fp32 (terms in [0, 1] times ``|z - m|``); across chunks fp64.
+    """
+    m, s, a, b, picked = state
+    width = logits.shape[1]
+    z = logits.float()
+    chunk_max, chunk_arg = z.max(dim=1)
+    chunk_max = chunk_max.double()
+    in_chunk = (targets >= start) & (targets < start + width)
+    local = (targets - start).clamp(0, width - 1)
+    chunk_picked = z.gather(1, local[:, None])[:, 0].double()
+    m_new = torch.maximum(m, chunk_max)
+    better = chunk_max > m  # strictly: the first maximum wins, as argmax's
+    best.copy_(torch.where(better, chunk_arg + start, best))
+    picked.copy_(torch.where(in_chunk, chunk_picked, picked))
+    # Rows whose logits so far are all -inf (masked) shift by 0: their sums stay 0.
+    shift = torch.where(torch.isneginf(m_new), 0.0, m_new)
+    # A -inf logit becomes -1e30, whose e^y is 0 and adds nothing (not 0 * inf = NaN).
+    y = (z - shift.float()[:, None]).clamp_(min=-1e30)
+    e = torch.exp(y)
+    chunk_s = e.sum(1).double()
+    chunk_a = e.mul_(y).sum(1).double()
+    chunk_b = e.mul_(y).sum(1).double()
+    # Old sums are relative to m; relative to m_new each (z - m) gains delta = m - m_new <= 0 (0 where
+    # nothing was summed yet, m possibly -inf).
+    delta = torch.where(s > 0, m - shift, 0.0)
+    scale = torch.exp(delta)
+    state[3] = scale * (b + 2 * delta * a + delta * delta * s) + chunk_b
+    state[2] = scale * (a + delta * s) + chunk_a
+    state[1] = scale * s + chunk_s
+    state[0] = m_new

@@ -17,6 +17,12 @@ Memory beyond the inputs is ``O(rows_per_block x chunk_size)`` for the logits of
 fp32 within a chunk and in fp64 across chunks. A logit of -inf (a masked token) counts as
 probability 0. Indices are int64 throughout, so ``tokens x vocabulary`` may pass 2^31.
 
+Each chunk of a block of rows is one call of ``torch.ops.fastunlearn.token_stats_update_``, on the
+backend chosen as for every op (``backend=``, ``FASTUNLEARN_BACKEND``; ``auto``: the C++ kernel on
+CPU, Triton on CUDA); ``fastunlearn.reference.token_stats_update_`` is its specification. The
+C++ kernel reads a row of the chunk twice while it is in cache (the maximum, then the sums); the
+torch reference makes about ten passes over the block.
+
 >>> import torch, fastunlearn as fu
 >>> logits = torch.tensor([[0.0, 0.0, 0.0, 0.0]])  # a uniform distribution over 4 tokens
 >>> stats = fu.token_stats_from_logits(logits, torch.tensor([2]))
@@ -26,11 +32,14 @@ probability 0. Indices are int64 throughout, so ``tokens x vocabulary`` may pass
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from fastunlearn import _backend
 
 DEFAULT_CHUNK = 8192
 DEFAULT_ROWS = 1024
@@ -60,6 +69,7 @@ def token_stats(
     ignore_index: int = -100,
     chunk_size: int = DEFAULT_CHUNK,
     rows_per_block: int = DEFAULT_ROWS,
+    backend: str | None = None,
 ) -> TokenStats:
     """Statistics of ``softmax(hidden @ weight.T + bias)`` per token, for an LM head ``weight``
     ``[V, H]`` and ``hidden`` ``[..., H]`` with ``targets`` ``[...]`` (already aligned: the target
@@ -78,7 +88,7 @@ def token_stats(
         return z if bias is None else z + bias[start:stop].float()
 
     return _stats(logits, rows.shape[0], weight.shape[0], targets, hidden.shape[:-1], ignore_index, chunk_size,
-                  rows_per_block)  # fmt: skip
+                  rows_per_block, backend)  # fmt: skip
 
 
 @torch.no_grad()
@@ -89,14 +99,13 @@ def token_stats_from_logits(
     ignore_index: int = -100,
     chunk_size: int = DEFAULT_CHUNK,
     rows_per_block: int = DEFAULT_ROWS,
+    backend: str | None = None,
 ) -> TokenStats:
     """The same statistics from logits ``[..., V]`` already computed (read a chunk at a time, in fp32)."""
     rows = logits.reshape(-1, logits.shape[-1])
     return _stats(
-        # a copy: the pass works in place on the chunk
-        lambda block, start, stop: rows[block, start:stop].to(torch.float32, copy=True), rows.shape[0],
-        logits.shape[-1], targets,
-        logits.shape[:-1], ignore_index, chunk_size, rows_per_block,
+        lambda block, start, stop: rows[block, start:stop], rows.shape[0], logits.shape[-1], targets,
+        logits.shape[:-1], ignore_index, chunk_size, rows_per_block, backend,
     )  # fmt: skip
 
 
@@ -109,6 +118,7 @@ def _stats(
     ignore_index: int,
     chunk_size: int,
     rows_per_block: int,
+    backend: str | None,
 ) -> TokenStats:
     if tuple(targets.shape) != tuple(shape):
         raise ValueError(f"targets {tuple(targets.shape)} must match the rows {tuple(shape)}")
@@ -116,64 +126,35 @@ def _stats(
         raise TypeError(f"targets must be int32/int64 token ids, got {targets.dtype}")
     if chunk_size < 1 or rows_per_block < 1 or vocab < 1:
         raise ValueError("chunk_size, rows_per_block and the vocabulary size must be >= 1")
+    device = targets.device
+    name = _backend.resolve_token_stats(backend, device)
+    _backend.require_native()
     flat = targets.reshape(-1).long()
     valid = flat != ignore_index
     # One host read per call: a target outside the vocabulary would otherwise read as probability 0.
     if bool((valid & ((flat < 0) | (flat >= vocab))).any()):
         raise ValueError(f"targets must be in [0, {vocab}) or ignore_index ({ignore_index})")
-    out = torch.zeros(5, num_rows, dtype=torch.float64, device=flat.device)
-    correct = torch.zeros(num_rows, dtype=torch.bool, device=flat.device)
+    # -1 is in no chunk: an ignored token picks no logit.
+    picked_target = torch.where(valid, flat, -1)
+    out = torch.zeros(5, num_rows, dtype=torch.float64, device=device)
+    correct = torch.zeros(num_rows, dtype=torch.bool, device=device)
+    update = torch.ops.fastunlearn.token_stats_update_
     for first in range(0, num_rows, rows_per_block):
         block = slice(first, min(first + rows_per_block, num_rows))
-        _block_stats(logits, block, vocab, flat[block], valid[block], chunk_size, out[:, block], correct[block])
+        rows = block.stop - block.start
+        state = torch.zeros(5, rows, dtype=torch.float64, device=device)
+        state[0] = -math.inf
+        best = torch.zeros(rows, dtype=torch.int64, device=device)
+        for start in range(0, vocab, chunk_size):
+            update(state, best, logits(block, start, min(start + chunk_size, vocab)), start, picked_target[block], name)
+        _finish(state, best, flat[block], valid[block], out[:, block], correct[block])
     stats = [row.float().reshape(shape) for row in out]
     return TokenStats(*stats, correct.reshape(shape))
 
 
-def _block_stats(logits, block, vocab, target, valid, chunk_size, out, correct) -> None:
-    """One block of rows: an online pass over the vocabulary chunks; writes ``out`` [5, rows]."""
-    m = s = a = b = best_index = picked = None
-    safe_target = torch.where(valid, target, torch.zeros_like(target))
-    for start in range(0, vocab, chunk_size):
-        stop = min(start + chunk_size, vocab)
-        z = logits(block, start, stop)  # [rows, chunk] fp32
-        chunk_max, chunk_arg = z.max(dim=1)
-        chunk_max = chunk_max.double()
-        in_chunk = (safe_target >= start) & (safe_target < stop)
-        local = (safe_target - start).clamp(0, stop - start - 1)
-        chunk_picked = z.gather(1, local[:, None])[:, 0].double()
-        if m is None:
-            m_new = chunk_max
-            best_index = chunk_arg + start
-            picked = torch.where(in_chunk, chunk_picked, torch.zeros_like(chunk_picked))
-        else:
-            m_new = torch.maximum(m, chunk_max)
-            better = chunk_max > m  # strictly: the first maximum wins, as argmax's
-            best_index = torch.where(better, chunk_arg + start, best_index)
-            picked = torch.where(in_chunk, chunk_picked, picked)
-        # Rows whose logits so far are all -inf (masked) shift by 0: their sums stay 0.
-        shift = torch.where(torch.isneginf(m_new), 0.0, m_new)
-        # y = z - shift <= 0, in z's buffer; a -inf logit (a masked token) becomes -1e30, whose
-        # e^y is 0 and adds nothing (not 0 * inf = NaN) to the sums.
-        y = z.sub_(shift.float()[:, None]).clamp_(min=-1e30)
-        e = torch.exp(y)
-        # Within a chunk the sums are fp32 (terms in [0, 1] times |y|); across chunks fp64.
-        chunk_s = e.sum(1).double()
-        chunk_a = e.mul_(y).sum(1).double()
-        chunk_b = e.mul_(y).sum(1).double()
-        if m is None:
-            s, a, b = chunk_s, chunk_a, chunk_b
-        else:
-            # Old sums are relative to m; relative to m_new each (z - m) gains delta = m - m_new <= 0
-            # (0 where nothing was summed yet, m possibly -inf).
-            delta = torch.where(s > 0, m - shift, 0.0)
-            scale = torch.exp(delta)
-            s, a, b = (
-                scale * s + chunk_s,
-                scale * (a + delta * s) + chunk_a,
-                scale * (b + 2 * delta * a + delta * delta * s) + chunk_b,
-            )
-        m = m_new
+def _finish(state: Tensor, best: Tensor, target: Tensor, valid: Tensor, out: Tensor, correct: Tensor) -> None:
+    """The statistics of a block of rows from its online-softmax state; writes ``out`` [5, rows]."""
+    m, s, a, b, picked = state
     log_s = torch.log(s)
     mean_shifted = a / s
     lse = m + log_s
@@ -183,4 +164,4 @@ def _block_stats(logits, block, vocab, target, valid, chunk_size, out, correct) 
     out[2] = torch.where(valid, mean_shifted - log_s, zero)
     out[3] = torch.where(valid, (b / s - mean_shifted * mean_shifted).clamp_min(0.0), zero)
     out[4] = torch.where(valid, log_s - mean_shifted, zero)
-    correct.copy_(valid & (best_index == target))
+    correct.copy_(valid & (best == target))

@@ -89,7 +89,21 @@ def cases() -> dict[str, str]:
             for _ in range(2):
                 opt.step_combined(torch.tensor([1.0, -0.5], dtype=torch.float64), [g, r])
             out[f"{opt_name}_step/{name}"] = digest(*params)
+        out[f"token_stats/{name}"] = digest(*token_stats(dtype))
     return out
+
+
+def token_stats(dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """Rows with masked logits, ties and an ignored target, over chunks with tails; enough rows for
+    two threads to split them."""
+    gen = torch.Generator().manual_seed(40)
+    logits = (5 * torch.randn(400, 300, generator=gen)).to(dtype)
+    logits[0, :] = -float("inf")
+    logits[1, 7:] = -float("inf")
+    logits[2, 10] = logits[2, 200] = 40.0
+    targets = torch.randint(0, 300, (400,), generator=gen)
+    targets[3] = -100
+    return tuple(fu.token_stats_from_logits(logits, targets, chunk_size=130, backend="cpp"))
 
 
 def cancellation() -> dict[str, str]:

@@ -27,7 +27,7 @@ def dry_run(tmp_path_factory) -> Path:
 def test_every_stage_runs(dry_run):
     report = json.loads((dry_run / "report.json").read_text())
     stages = {s["stage"]: s["status"] for s in report["stages"]}
-    assert list(stages) == ["build", "test_gpu", "measure", "profile", "test_triton"]
+    assert list(stages) == ["build", "test_gpu", "measure", "profile", "test_token_stats", "token_stats", "test_triton"]
     assert stages["test_gpu"] in ("ok", "no tests ran")  # skipped as a whole without a CUDA device
     assert all(status == "ok" for name, status in stages.items() if name != "test_gpu"), stages
     for name in stages:
@@ -51,5 +51,6 @@ def test_every_op_is_measured_against_its_peers(dry_run):
 def test_the_report_lists_stages_and_cases(dry_run):
     text = (dry_run / "report.md").read_text()
     assert "| stage | status | wall s |" in text
+    assert "| token_stats |" in text and "| materialised |" in text  # the token_stats table
     for op in OPS:
         assert f"| {op} | float32 |" in text

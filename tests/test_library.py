@@ -40,6 +40,12 @@ def test_opcheck_every_op(backend):
     torch.library.opcheck(
         OPS.aggregate_, ([torch.zeros_like(s) for s in g], shards[:6], 2, "always", 0.0, None, backend)
     )
+    state = torch.zeros(5, 4, dtype=torch.float64)
+    state[0] = float("-inf")
+    logits, targets = torch.randn(4, 9), torch.tensor([0, 8, -1, 3])
+    torch.library.opcheck(
+        OPS.token_stats_update_, (state, torch.zeros(4, dtype=torch.long), logits, 2, targets, backend)
+    )
 
 
 def test_every_op_is_registered_per_dispatch_key():
@@ -53,6 +59,7 @@ def test_every_op_is_registered_per_dispatch_key():
         "aggregate_",
         "sgd_step_",
         "adamw_step_",
+        "token_stats_update_",
     ):
         for key in ("CPU", "CUDA", "Meta", "Autograd"):
             assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fastunlearn::{op}", key), (op, key)
@@ -121,7 +128,7 @@ def test_backends_report_and_selection(monkeypatch):
 def test_unavailable_backend_is_an_error(monkeypatch):
     from fastunlearn import _backend
 
-    broken = _backend.Backend("cpp", None, None, None, None, ("cpu",), unavailable_reason="not built")
+    broken = _backend.Backend("cpp", None, None, None, None, None, ("cpu",), unavailable_reason="not built")
     monkeypatch.setitem(_backend._BACKENDS, "cpp", broken)
     with pytest.raises(RuntimeError, match="'cpp' is unavailable: not built"):
         fu.gram([[torch.ones(2)]], backend="cpp")

@@ -106,7 +106,6 @@ def test_fused_optimizers_hold_frozen_parameters_and_skip_them():
         fu.optim.SGD([model[0].weight], lr=0.1).step_combined(torch.ones(1, dtype=torch.float64), [[]])
 
 
-
 def test_stash_captures_each_gradient_and_restores_grad():
     model = tiny_model()
     model[0].bias.requires_grad_(False)  # frozen: never part of a vector

@@ -1,13 +1,30 @@
-"""token_stats against a float64 computation on the materialised logits."""
+"""token_stats on every backend against a float64 computation on the materialised logits."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import pytest
 import torch
 
 import fastunlearn as fu
+from fastunlearn import _backend
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+NO_TRITON = importlib.util.find_spec("triton") is None
+# Without a GPU, Triton runs under its interpreter: one launch per chunk and block of rows costs
+# milliseconds there, so the Triton cases keep to a few launches.
+BACKENDS = [
+    "torch",
+    pytest.param("cpp", marks=pytest.mark.skipif(DEVICE != "cpu", reason="the C++ kernels take CPU tensors")),
+    pytest.param("triton", marks=pytest.mark.skipif(NO_TRITON, reason="Triton is not installed")),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
 
 
 def reference(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> dict[str, torch.Tensor]:
@@ -31,7 +48,7 @@ def reference(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -
 
 def assert_matches(stats: fu.TokenStats, expected: dict[str, torch.Tensor], atol: float) -> None:
     for name, value in expected.items():
-        got = getattr(stats, name)
+        got = getattr(stats, name).cpu()
         assert got.shape == value.shape, name
         if name == "correct":
             assert torch.equal(got, value)
@@ -40,7 +57,9 @@ def assert_matches(stats: fu.TokenStats, expected: dict[str, torch.Tensor], atol
 
 
 @pytest.mark.parametrize("chunk_size,rows_per_block", [(1, 1), (7, 5), (97, 64), (1000, 3), (5000, 1000)])
-def test_hidden_path_matches_the_materialised_float64_softmax(chunk_size, rows_per_block):
+def test_hidden_path_matches_the_materialised_float64_softmax(backend, chunk_size, rows_per_block):
+    if backend == "triton" and DEVICE == "cpu" and chunk_size * rows_per_block < 1000:
+        pytest.skip("hundreds of interpreted launches")
     gen = torch.Generator().manual_seed(0)
     hidden, weight = torch.randn(3, 11, 16, generator=gen, dtype=torch.float64), torch.randn(1000, 16, generator=gen)
     bias = torch.randn(1000, generator=gen)
@@ -48,13 +67,14 @@ def test_hidden_path_matches_the_materialised_float64_softmax(chunk_size, rows_p
     targets[0, :4] = -100
     logits = hidden @ weight.double().T + bias.double()
     stats = fu.token_stats(
-        hidden.float(), weight, targets, bias=bias, chunk_size=chunk_size, rows_per_block=rows_per_block
-    )
+        hidden.float().to(DEVICE), weight.to(DEVICE), targets.to(DEVICE), bias=bias.to(DEVICE),
+        chunk_size=chunk_size, rows_per_block=rows_per_block, backend=backend,
+    )  # fmt: skip
     # fp32 logits from a length-16 dot product; the sums themselves accumulate in fp64
     assert_matches(stats, reference(logits, targets), atol=2e-5)
 
 
-def test_logits_path_with_masked_vocabulary_and_ties():
+def test_logits_path_with_masked_vocabulary_and_ties(backend):
     logits = torch.tensor(
         [
             [1.0, 3.0, 3.0, -math.inf, 0.5],  # a tie for the max: the first index is the argmax
@@ -63,36 +83,53 @@ def test_logits_path_with_masked_vocabulary_and_ties():
         ]
     )
     targets = torch.tensor([1, 3, 4])
+    logits, targets = logits.to(DEVICE), targets.to(DEVICE)
     original = logits.clone()
     for chunk_size in (1, 2, 5):
-        stats = fu.token_stats_from_logits(logits, targets, chunk_size=chunk_size)
+        stats = fu.token_stats_from_logits(logits, targets, chunk_size=chunk_size, backend=backend)
         assert torch.equal(logits, original)  # the caller's logits are read, never written
-        assert torch.equal(stats.correct, torch.tensor([True, False, False]))
+        assert stats.correct.tolist() == [True, False, False]
         assert_matches(stats, reference(logits, targets), atol=1e-6)
     assert float(stats.var_logprob[2]) == 0.0 and math.isclose(float(stats.entropy[2]), math.log(5), rel_tol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_inputs_form_fp32_logits(dtype):
+def test_half_precision_inputs_form_fp32_logits(backend, dtype):
     gen = torch.Generator().manual_seed(1)
     hidden, weight = torch.randn(20, 32, generator=gen).to(dtype), torch.randn(300, 32, generator=gen).to(dtype)
     targets = torch.randint(0, 300, (20,), generator=gen)
-    stats = fu.token_stats(hidden, weight, targets, chunk_size=64)
+    stats = fu.token_stats(hidden.to(DEVICE), weight.to(DEVICE), targets.to(DEVICE), chunk_size=64, backend=backend)
     logits = hidden.double() @ weight.double().T  # the inputs' values, exactly
     assert stats.target_logprob.dtype == torch.float32
     assert_matches(stats, reference(logits, targets), atol=5e-5)
 
 
-def test_large_logits_and_spread_keep_the_variance():
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+def test_logits_of_every_dtype_and_layout_are_read_in_fp32(backend, dtype):
+    """Logits in their own dtype, in a row-major and in a column-major layout, against the float64
+    computation on their fp32 values (what every backend reads)."""
+    gen = torch.Generator().manual_seed(4)
+    logits = (4 * torch.randn(23, 700, generator=gen)).to(dtype)
+    targets = torch.randint(0, 700, (23,), generator=gen)
+    targets[3] = -100
+    expected = reference(logits.float().double(), targets)
+    column_major = logits.t().contiguous().t()
+    for layout in (logits, column_major):
+        stats = fu.token_stats_from_logits(layout.to(DEVICE), targets.to(DEVICE), chunk_size=300, backend=backend)
+        # fp32 sums of up to 700 terms in [0, 1] (times |log p| <= ~40)
+        assert_matches(stats, expected, atol=2e-5)
+
+
+def test_large_logits_and_spread_keep_the_variance(backend):
     """Logits near 1e4 with a spread of a few units: the moments are taken relative to the running
     maximum, so nothing cancels at the logits' magnitude."""
     gen = torch.Generator().manual_seed(2)
     logits = (1e4 + 3 * torch.randn(4, 5000, generator=gen, dtype=torch.float64)).float()
     targets = torch.randint(0, 5000, (4,), generator=gen)
-    stats = fu.token_stats_from_logits(logits, targets, chunk_size=333)
+    stats = fu.token_stats_from_logits(logits.to(DEVICE), targets.to(DEVICE), chunk_size=1250, backend=backend)
     expected = reference(logits.double(), targets)
-    torch.testing.assert_close(stats.var_logprob.double(), expected["var_logprob"], rtol=1e-5, atol=0)
-    torch.testing.assert_close(stats.mean_logprob.double(), expected["mean_logprob"], rtol=1e-6, atol=0)
+    torch.testing.assert_close(stats.var_logprob.cpu().double(), expected["var_logprob"], rtol=1e-5, atol=0)
+    torch.testing.assert_close(stats.mean_logprob.cpu().double(), expected["mean_logprob"], rtol=1e-6, atol=0)
 
 
 def test_bad_arguments():
@@ -110,6 +147,38 @@ def test_bad_arguments():
     for bad in (10, -1):  # past the vocabulary, or negative and not ignore_index
         with pytest.raises(ValueError, match="targets must be in \\[0, 10\\)"):
             fu.token_stats(hidden, weight, torch.tensor([0, bad]))
+
+
+def test_a_rejected_chunk_leaves_the_state_and_its_version(backend):
+    """The op under token_stats checks every argument before the state or its version moves."""
+    state = torch.zeros(5, 3, dtype=torch.float64, device=DEVICE)
+    state[0] = -math.inf
+    best = torch.zeros(3, dtype=torch.long, device=DEVICE)
+    logits, targets = torch.randn(3, 8, device=DEVICE), torch.tensor([1, 2, 3], device=DEVICE)
+    before, versions = (state.clone(), best.clone()), (state._version, best._version)
+    bad = [
+        ((state[:4], best, logits, 0, targets), ValueError, "state must be a contiguous float64 \\[5, 3\\]"),
+        ((state, best.int(), logits, 0, targets), ValueError, "best must be a contiguous int64"),
+        ((state, best, logits, 0, targets.int()), ValueError, "targets must be an int64"),
+        ((state, best, logits.long(), 0, targets), TypeError, "logits must be float64/float32/bfloat16/float16"),
+        ((state, best, logits[0], 0, targets), ValueError, "must be \\[rows, chunk\\]"),
+        ((state, best, logits, -1, targets), ValueError, "start must be >= 0"),
+        ((state, best, state.t()[:, :2], 0, targets), RuntimeError, "refer to a single memory location"),
+    ]
+    for args, error, message in bad:
+        with pytest.raises(error, match=message):
+            torch.ops.fastunlearn.token_stats_update_(*args, backend)
+        assert torch.equal(state, before[0]) and torch.equal(best, before[1])
+        assert (state._version, best._version) == versions
+
+
+def test_auto_never_picks_the_cuda_backend_for_token_stats(monkeypatch):
+    """The CUDA kernels have no token_stats: where auto would choose them (Triton missing), the torch
+    reference runs; naming ``cuda`` is kept for the op to refuse."""
+    monkeypatch.setattr(_backend, "resolve", lambda requested, device: "cuda")
+    assert _backend.resolve_token_stats(None, torch.device("cuda")) == "torch"
+    assert _backend.resolve_token_stats("auto", torch.device("cuda")) == "torch"
+    assert _backend.resolve_token_stats("cuda", torch.device("cuda")) == "cuda"
 
 
 def test_no_graph_is_built():
