@@ -10,6 +10,7 @@
 #include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 
+#include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -277,6 +278,8 @@ void check_token_stats(const Tensor& state, const Tensor& best, const Tensor& lo
   TORCH_CHECK_VALUE(targets.dim() == 1 && targets.size(0) == n && targets.scalar_type() == at::kLong,
                     "fastunlearn: token_stats targets must be an int64 [", n, "] tensor");
   TORCH_CHECK_VALUE(start >= 0, "fastunlearn: token_stats chunk start must be >= 0, got ", start);
+  TORCH_CHECK_VALUE(logits.size(1) <= std::numeric_limits<int32_t>::max(), "fastunlearn: a token_stats chunk spans ",
+                    logits.size(1), " columns; at most 2^31 - 1 (the vocabulary may be longer: pass a chunk_size)");
   for (const Tensor* t : {&state, &best, &targets}) {
     TORCH_CHECK_VALUE(t->device() == logits.device(), "fastunlearn: token_stats tensors must be on ",
                       logits.device(), ", got one on ", t->device());
