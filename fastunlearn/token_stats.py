@@ -76,7 +76,7 @@ def token_stats(
     of each row is the token that row predicts -- for a causal LM, ``hidden[:, :-1]`` with
     ``labels[:, 1:]``). The ``[..., V]`` logits are formed ``rows_per_block x chunk_size`` at a time.
     The statistics are measurements, not losses: no autograd graph is built (a graph would keep
-    every chunk alive)."""
+    every chunk alive). ``backend`` picks the kernel of each chunk, as for every op (None: ``auto``)."""
     if hidden.shape[-1] != weight.shape[-1] or weight.dim() != 2:
         raise ValueError(f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)}: need [..., H] and [V, H]")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
