@@ -23,6 +23,7 @@ $(STAMP): $(SOURCES) | $(BIN)/python
 
 demo: $(STAMP)
 	$(BIN)/fastunlearn demo --out fastunlearn-demo
+	$(BIN)/fastunlearn demo --task i2i --out fastunlearn-demo/i2i
 
 test: $(STAMP)
 	$(BIN)/python -m pytest --doctest-modules fastunlearn tests

@@ -49,22 +49,26 @@ def _add_command(commands, name: str, summary: str) -> argparse.ArgumentParser:
 
 
 def _add_demo_parser(commands) -> argparse.ArgumentParser:
+    from fastunlearn.demo.i2i import RECIPES as I2I_RECIPES
     from fastunlearn.demo.lm import RECIPES as LM_RECIPES
     from fastunlearn.demo.recipes import RECIPES
 
     demo = _add_command(commands, "demo", "unlearning with every method, evaluated against retraining and reported")
     demo.add_argument(
-        "--task", choices=("digits", "lm"), default="digits",
-        help="digits: a classifier and a VAE on bundled digits; lm: fictitious people's facts in a tiny Llama",
+        "--task", choices=("digits", "i2i", "lm"), default="digits",
+        help="digits: a classifier and a VAE on bundled digits; i2i: an inpainting model on the digits; "
+        "lm: fictitious people's facts in a tiny Llama",
     )  # fmt: skip
     demo.add_argument(
         "--quick", action="store_true",
-        help="the short preset (digits: two forget sets instead of four, half the VAE samples; lm: one seed of three)",
+        help="the short preset (digits: two forget sets instead of four, half the VAE samples; i2i: class "
+        "forgetting only; lm: one seed of three)",
     )  # fmt: skip
-    demo.add_argument("--out", help="output directory, created if missing (default: fastunlearn-demo[-lm])")
+    demo.add_argument("--out", help="output directory, created if missing (default: fastunlearn-demo[-i2i|-lm])")
     demo.add_argument(
         "--methods", nargs="+", metavar="NAME",
-        help=f"methods to run (default: all); digits: {', '.join(RECIPES)}; lm: {', '.join(LM_RECIPES)}",
+        help=f"methods to run (default: all); digits: {', '.join(RECIPES)}; i2i: {', '.join(I2I_RECIPES)}; "
+        f"lm: {', '.join(LM_RECIPES)}",
     )  # fmt: skip
     demo.add_argument(
         "--forget", action="append", metavar="SPEC", help="class:N or random:F; repeat for several (default: preset's)"
@@ -79,7 +83,7 @@ def _run_demo(args, demo: argparse.ArgumentParser) -> None:
     from fastunlearn.demo import DemoConfig, run_demo
     from fastunlearn.demo.recipes import RECIPES
 
-    out = Path(args.out or ("fastunlearn-demo-lm" if args.task == "lm" else "fastunlearn-demo"))
+    out = Path(args.out or {"digits": "fastunlearn-demo"}.get(args.task, f"fastunlearn-demo-{args.task}"))
     if out.exists() and not out.is_dir():
         demo.error(f"--out {out} exists and is not a directory")
     preset = "quick" if args.quick else "full"
@@ -95,6 +99,18 @@ def _run_demo(args, demo: argparse.ArgumentParser) -> None:
         except ValueError as exc:
             demo.error(str(exc))
         run_lm_demo(lm_config)
+        return
+    if args.task == "i2i":
+        from fastunlearn.demo.i2i import RECIPES as I2I_RECIPES
+        from fastunlearn.demo.i2i import I2IDemoConfig, run_i2i_demo
+
+        try:
+            i2i_config = I2IDemoConfig(
+                preset=preset, out=out, methods=args.methods or list(I2I_RECIPES), forgets=args.forget, seed=args.seed
+            )
+        except ValueError as exc:
+            demo.error(str(exc))
+        run_i2i_demo(i2i_config)
         return
     try:
         config = DemoConfig(

@@ -316,6 +316,31 @@ def test_decouple_stops_at_threshold_or_at_max_steps():
     assert float(history["output_distance"][-1]) >= 0.05 > float(history["output_distance"][-2])
 
 
+def test_decouple_projected_retention_does_not_descend_the_forget_loss():
+    """retention="projected": the retain gradient loses its component along the forget gradient
+    where the two agree (g_r . g_f > 0), so the step is orthogonal to g_f; where they disagree it
+    is the plain retain step."""
+    for forget_seed in range(40, 60):
+        forget, retain = batches(forget_seed, 1)[0], batches(61, 1)[0]
+        g_f, g_r = grad_of(tiny_model(), forget), grad_of(tiny_model(), retain)
+        if float(g_f @ g_r) > 0:
+            break
+    assert float(g_f @ g_r) > 0  # a forget batch whose gradient agrees with the retain one
+    for retention, expected in (("projected", g_r - (g_r @ g_f) / (g_f @ g_f) * g_f), ("plain", g_r)):
+        model = tiny_model()
+        method = methods.DecoupleRetain(model, threshold=1.0, retention=retention,
+                                        retain_optimizer=fu.optim.SGD(model.parameters(), lr=0.1))  # fmt: skip
+        before = flat_params(model)
+        method.retain_step(retain, forget)
+        step = before - flat_params(model)
+        torch.testing.assert_close(step, 0.1 * expected, rtol=1e-9, atol=1e-12)
+    assert abs(float(step @ g_f)) > 1e-6 and abs(float((0.1 * (g_r - (g_r @ g_f) / (g_f @ g_f) * g_f)) @ g_f)) < 1e-12
+    with pytest.raises(ValueError, match="needs a forget batch"):
+        methods.DecoupleRetain(tiny_model(), threshold=1.0, retention="projected").retain_step(retain)
+    with pytest.raises(ValueError, match="retention must be one of"):
+        methods.DecoupleRetain(tiny_model(), threshold=1.0, retention="distilled")
+
+
 # --- baselines ------------------------------------------------------------------------------------
 
 

@@ -169,7 +169,7 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    "surgery": Recipe("surgery", 1e-3, 40, lambda f: {"retain_weight": 3.0, "retain_directions": 4}),
+    "surgery": Recipe("surgery", 1e-3, 60, lambda f: {"retain_weight": 6.0, "retain_directions": 4}),
     "nabla_tau": Recipe(
         "nabla_tau", 1e-3, 40, lambda f: {"alpha0": 0.7, "val_loader": [default_collate(f.validation)]}
     ),

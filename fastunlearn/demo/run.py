@@ -23,7 +23,7 @@ from fastunlearn._timing import median_seconds
 from fastunlearn.demo import report
 from fastunlearn.demo.data import DigitSplits, digit_splits, parse_forget
 from fastunlearn.demo.models import VAE, Classifier, vae_loss
-from fastunlearn.demo.options import check_selection
+from fastunlearn.demo.options import forget_sets
 from fastunlearn.demo.recipes import NEEDS_LABELS, RECIPES, Task
 
 PRESETS = {
@@ -48,10 +48,7 @@ class DemoConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        check_selection(self.preset, PRESETS, self.methods, RECIPES)
-        self.forgets = self.forgets or PRESETS[self.preset]["forgets"]
-        for spec in self.forgets:
-            parse_forget(spec)
+        self.forgets = forget_sets(self.preset, PRESETS, self.methods, RECIPES, self.forgets)
 
     @property
     def settings(self) -> dict:

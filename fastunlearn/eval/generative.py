@@ -29,7 +29,8 @@ def _gaussian(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_distance(features_a: Tensor | np.ndarray, features_b: Tensor | np.ndarray) -> float:
-    """``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` of two sets of feature rows.
+    """``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))`` of two sets of feature rows; NaN
+    where either holds a non-finite value.
 
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
@@ -41,6 +42,8 @@ def frechet_distance(features_a: Tensor | np.ndarray, features_b: Tensor | np.nd
 
     a = np.asarray(features_a, dtype=np.float64)
     b = np.asarray(features_b, dtype=np.float64)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        return float("nan")  # a model that generates NaN/Inf (diverged): no distance to speak of
     mu_a, cov_a = _gaussian(a)
     mu_b, cov_b = _gaussian(b)
     root = linalg.sqrtm(cov_a @ cov_b).real

@@ -22,6 +22,7 @@ from fastunlearn.methods._base import (
     evaluating,
     model_outputs,
 )
+from fastunlearn.weighting import Projection
 
 OutputFn = Callable[[nn.Module, Any], Tensor]
 
@@ -35,6 +36,10 @@ def model_output(model: nn.Module, batch: Any) -> Tensor:
             raise ValueError("the model returned no logits for a dict batch; pass output_fn=(model, batch) -> tensor")
         return logits
     return model(batch if isinstance(batch, Tensor) else batch[0])
+
+
+#: Phase 2: plain fine-tuning on the retain set, or projected so that it does not relearn the forget set.
+RETENTIONS = ("plain", "projected")
 
 
 class DecoupleRetain(UnlearningMethod):
@@ -61,6 +66,14 @@ class DecoupleRetain(UnlearningMethod):
     ``retain_optimizer`` (default SGD, momentum 0.9, lr ``retain_lr``); ``max_grad_norm`` clips
     phase 2 only, phase 1 being bounded by ``clip_norm``.
 
+    ``retention="projected"`` (an option of fastunlearn's, not the paper's): fine-tuning on the
+    retain set can relearn the forget samples -- phase 1 moved the weights only a little away from
+    a minimum that memorised them. Each phase-2 step then also takes the gradient of the task loss
+    (``loss_fn``) on a forget batch and removes from the retain gradient its component along it
+    where the two agree (``g_r . g_f > 0``: descending the retain loss would descend the forget
+    loss too), the projection of :class:`fastunlearn.Projection` ``("ascent_conflict")``; to first
+    order, retention then never lowers the forget loss.
+
     >>> import torch, fastunlearn as fu
     >>> _ = torch.manual_seed(0)
     >>> model = torch.nn.Linear(4, 3)
@@ -85,6 +98,7 @@ class DecoupleRetain(UnlearningMethod):
         lr: float = 1e-2,
         retain_optimizer: torch.optim.Optimizer | None = None,
         retain_lr: float = 1e-2,
+        retention: str = "plain",
         output_fn: OutputFn = model_output,
         corrupt: Callable[[Any], Any] | None = None,
         generator: torch.Generator | None = None,
@@ -100,6 +114,8 @@ class DecoupleRetain(UnlearningMethod):
             raise ValueError(f"threshold must be > 0, got {threshold}")
         if max_steps < 1 or not clip_norm > 0 or noise_multiplier < 0 or not lr > 0:
             raise ValueError("need max_steps >= 1, clip_norm > 0, noise_multiplier >= 0 and lr > 0")
+        if retention not in RETENTIONS:
+            raise ValueError(f"retention must be one of {RETENTIONS}, got {retention!r}")
         kwargs = {} if loss_fn is None else {"loss_fn": loss_fn}
         if isinstance(retain_optimizer, optim.FusedOptimizer):
             # Both phases step on the same vectors: phase 1's SGD takes the retain optimizer's order.
@@ -113,6 +129,7 @@ class DecoupleRetain(UnlearningMethod):
         self.noise_multiplier, self.lr = float(noise_multiplier), float(lr)
         self.retain_optimizer = retain_optimizer or optim.SGD(self.params, lr=retain_lr, momentum=0.9, backend=backend)
         self.output_fn, self.corrupt, self.generator = output_fn, corrupt, generator
+        self.retention = retention
         self.reference: list[tuple[Any, Tensor]] | None = None
         self.steps_taken = 0
         self.reached_threshold = False
@@ -173,7 +190,7 @@ class DecoupleRetain(UnlearningMethod):
         if self.reference is None:
             self.cache_reference(list(forget_batch) if isinstance(forget_batch, MicroBatches) else [forget_batch])
         if self.reached_threshold or self.steps_taken >= self.max_steps:
-            stats = self.retain_step(retain_batch)
+            stats = self.retain_step(retain_batch, forget_batch)
             stats["phase"] = torch.full_like(stats["retain_loss"], 2.0)
             return stats
         stats = self.step(forget_batch)
@@ -182,15 +199,26 @@ class DecoupleRetain(UnlearningMethod):
         self.reached_threshold = float(stats["output_distance"]) >= self.threshold
         return stats
 
-    def retain_step(self, retain_batch: Any) -> StepStats:
-        """One phase-2 step: descent on the retain loss with ``retain_optimizer``."""
+    def retain_step(self, retain_batch: Any, forget_batch: Any = None) -> StepStats:
+        """One phase-2 step: descent on the retain loss with ``retain_optimizer``; with
+        ``retention="projected"``, projected off the forget batch's gradient where they agree."""
         retain_loss, g_r = self.gradient("retain", self.loss_fn, retain_batch)
+        stats: StepStats = {"retain_loss": retain_loss}
+        if self.retention == "projected":
+            if forget_batch is None:
+                raise ValueError('retention="projected" needs a forget batch for every retain step')
+            stats["forget_loss"], g_f = self.gradient("forget", self.loss_fn, forget_batch)
+            gram = self.gram([g_r, g_f])
+            weights, vectors = Projection("ascent_conflict")(gram), [g_r, g_f]
+            stats["coef"] = -weights[1]
+        else:
+            gram, weights, vectors = None, torch.ones(1, dtype=torch.float64, device=g_r[0].device), [g_r]
         optimizer, self.optimizer = self.optimizer, self.retain_optimizer
         try:
-            self.apply(torch.ones(1, dtype=torch.float64, device=g_r[0].device), [g_r])
+            self.apply(weights, vectors, gram)
         finally:
             self.optimizer = optimizer
-        return {"retain_loss": retain_loss}
+        return stats
 
     def run(
         self,
@@ -226,7 +254,8 @@ class DecoupleRetain(UnlearningMethod):
             with _Progress("DecoupleRetain: retain", total, progress, log_every) as bar:
                 for _ in range(retain_epochs):
                     for batch in retain_loader:
-                        stats = self.retain_step(batch)
+                        forget_batch = next(forget_batches) if self.retention == "projected" else None
+                        stats = self.retain_step(batch, forget_batch)
                         stats["phase"] = torch.full_like(stats["retain_loss"], 2.0)
                         records.append(stats)
                         bar.advance(stats)
