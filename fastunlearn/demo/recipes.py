@@ -55,15 +55,31 @@ def nabla_tau(model, splits, task, quick, seed):
 
 
 def decouple_retain(model, splits, task, quick, seed):
-    # λ is a distance between outputs: logits for the classifier, reconstruction logits for the VAE.
-    threshold = 20.0 if task.kind == "classifier" else 40.0
     method = methods.DecoupleRetain(
-        model, threshold=threshold, max_steps=100, clip_norm=1.0, lr=0.1, retain_lr=1e-2,
+        model, threshold=_decouple_threshold(task), max_steps=100, clip_norm=1.0, lr=0.1, retain_lr=1e-2,
         output_fn=task.output_fn, loss_fn=task.loss_fn,
     )  # fmt: skip
     forget = splits.loader("forget", BATCH, shuffle=True, seed=seed)
     retain = splits.loader("retain", 64, shuffle=True, seed=seed + 1)
     return method, lambda: method.run(forget, retain, retain_epochs=1 if quick else 2)
+
+
+def decouple_projected(model, splits, task, quick, seed):
+    """The preset that keeps the VAE's samples and removes the class: the same decoupling, then
+    retention that cannot relearn the forget set (``retention="projected"``), 5 epochs of AdamW."""
+    method = methods.DecoupleRetain(
+        model, threshold=_decouple_threshold(task), max_steps=100, clip_norm=1.0, lr=0.1, retention="projected",
+        retain_optimizer=optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.0), output_fn=task.output_fn,
+        loss_fn=task.loss_fn,
+    )  # fmt: skip
+    forget = splits.loader("forget", BATCH, shuffle=True, seed=seed)
+    retain = splits.loader("retain", 64, shuffle=True, seed=seed + 1)
+    return method, lambda: method.run(forget, retain, retain_epochs=5)
+
+
+def _decouple_threshold(task: Task) -> float:
+    # λ is a distance between outputs: logits for the classifier, reconstruction logits for the VAE.
+    return 20.0 if task.kind == "classifier" else 40.0
 
 
 def ascent_baseline(cls, **options):
@@ -91,6 +107,7 @@ RECIPES: dict[str, Callable] = {
     "GradientSurgery+descent": lambda *a: surgery(*a, retain_weight=1.0),
     "NablaTau": nabla_tau,
     "DecoupleRetain": decouple_retain,
+    "DecoupleRetain/projected": decouple_projected,
     "GradientAscent": ascent_baseline(methods.GradientAscent),
     "GradientDifference": ascent_baseline(methods.GradientDifference),
     "PCGradUnlearn": ascent_baseline(methods.PCGradUnlearn, generator=None),
