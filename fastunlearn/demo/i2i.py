@@ -12,9 +12,10 @@ without the forget set (a class, or a random subset), and each method unlearns f
   "projected"``; ``DecoupleRetain/plain`` is the paper's plain retention, which relearns them),
   Gradient Surgery, ∇τ;
 * the I2I baselines of Li et al.: max-loss (gradient ascent), noisy label (forget targets replaced
-  by Gaussian noise), retain label (forget targets replaced by random retain images), random
+  by uniform noise images), retain label (forget targets replaced by random retain images), random
   encoder (the encoder maps forget inputs to Gaussian noise and keeps the original's codes on retain
-  inputs; the decoder is frozen).
+  inputs; the decoder is frozen); and the classifier demo's baselines with the I2I loss (gradient
+  difference, PCGrad over ascent/descent, fine-tuning on the retain set).
 
 Metrics (:mod:`fastunlearn.eval`): reconstruction error (MSE, PSNR) on forget / retain / test; the
 cosine distance between the demo classifier's features of each output and of its true image
@@ -202,6 +203,13 @@ def nabla_tau(model: Inpainter, data: I2IData, seed: int) -> None:
     method.run(data.loader("forget", shuffle=True, seed=seed), data.loader("retain", shuffle=True, seed=seed + 1))
 
 
+def _finetune(model: Inpainter, data: I2IData, seed: int) -> None:
+    optimizer = _adamw(model.parameters())
+    methods.Finetune(model, optimizer=optimizer, loss_fn=i2i_loss).run(
+        None, data.loader("retain", shuffle=True, seed=seed + 1), epochs=RETAIN_EPOCHS
+    )
+
+
 def _relabelled(forget_targets: Callable[[I2IData, torch.Generator], Tensor]):
     """Li et al.'s label baselines: fine-tune on the forget inputs with replaced targets together
     with the retain set."""
@@ -257,6 +265,9 @@ RECIPES: dict[str, Callable[[Inpainter, I2IData, int], None]] = {
     "GradientSurgery": _ascent(methods.GradientSurgery),
     "NablaTau": nabla_tau,
     "MaxLoss": _ascent(methods.GradientAscent),
+    "GradientDifference": _ascent(methods.GradientDifference),
+    "PCGradUnlearn": _ascent(methods.PCGradUnlearn, generator=None),
+    "Finetune": _finetune,
     "NoisyLabel": _relabelled(_noise_targets),
     "RetainLabel": _relabelled(_retain_targets),
     "RandomEncoder": random_encoder,

@@ -67,13 +67,15 @@ def vae_task() -> Task:
     return Task("vae", vae_loss, reconstruction_logits, has_labels=False)
 
 
-def _train(model, loader, epochs: int, loss_fn, seed: int):
+def train_model(model, loader, epochs: int, loss_fn, seed: int):
+    """How the demo trains its original and retrained models (Adam, lr 3e-3), seeded."""
     torch.manual_seed(seed)
     methods.train(model, loader, epochs=epochs, lr=3e-3, loss_fn=loss_fn)
     return model
 
 
-def _seeded(factory, seed: int):
+def seeded(factory, seed: int):
+    """A model built under ``seed``: the original and the retrained one start from the same weights."""
     torch.manual_seed(seed)
     return factory()
 
@@ -149,12 +151,12 @@ def run_forget_set(spec: str, config: DemoConfig, console) -> dict:
     results: dict = {"forget": spec, "sizes": {k: len(v) for k, v in splits.y.items()}}
 
     console.log(f"[{spec}] training the original and the retrained classifier")
-    make_classifier = lambda: _seeded(Classifier, config.seed)  # noqa: E731
+    make_classifier = lambda: seeded(Classifier, config.seed)  # noqa: E731
     train_loader, retain_loader = (splits.loader(n, 64, shuffle=True, seed=config.seed) for n in ("train", "retain"))
-    original = _train(
+    original = train_model(
         make_classifier(), train_loader, settings["classifier_epochs"], methods.cross_entropy, config.seed
     )
-    retrained = _train(
+    retrained = train_model(
         make_classifier(), retain_loader, settings["classifier_epochs"], methods.cross_entropy, config.seed
     )
     classifier_rows = {
@@ -168,9 +170,9 @@ def run_forget_set(spec: str, config: DemoConfig, console) -> dict:
     if removed is None:
         return results  # the generative metrics are about a removed class
     console.log(f"[{spec}] training the original and the retrained VAE")
-    make_vae = lambda: _seeded(VAE, config.seed)  # noqa: E731
-    vae = _train(make_vae(), train_loader, settings["vae_epochs"], vae_loss, config.seed)
-    vae_retrained = _train(make_vae(), retain_loader, settings["vae_epochs"], vae_loss, config.seed)
+    make_vae = lambda: seeded(VAE, config.seed)  # noqa: E731
+    vae = train_model(make_vae(), train_loader, settings["vae_epochs"], vae_loss, config.seed)
+    vae_retrained = train_model(make_vae(), retain_loader, settings["vae_epochs"], vae_loss, config.seed)
     vae_rows = {
         "Original": evaluate_vae(vae, original, splits, removed, settings["samples"], config.seed),
         "Retrain": evaluate_vae(vae_retrained, original, splits, removed, settings["samples"], config.seed),
