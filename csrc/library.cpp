@@ -264,6 +264,10 @@ void adamw_step_kernel(TensorList params, TensorList exp_avgs, TensorList exp_av
 // chunks): checked before the state or its version moves.
 void check_token_stats(const Tensor& state, const Tensor& best, const Tensor& logits, int64_t start,
                        const Tensor& targets) {
+  for (const Tensor* t : {&state, &best, &logits, &targets}) {
+    TORCH_CHECK_TYPE(t->layout() == at::kStrided && !t->is_nested(), "fastunlearn: token_stats takes dense tensors, got ",
+                     t->is_nested() ? "a nested tensor" : c10::str(t->layout()));
+  }
   const at::ScalarType dtype = logits.scalar_type();
   TORCH_CHECK_VALUE(logits.dim() == 2, "fastunlearn: token_stats logits must be [rows, chunk], got ", logits.sizes());
   TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf,

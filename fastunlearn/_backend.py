@@ -220,7 +220,8 @@ def resolve(requested: str | None, device: torch.device) -> str:
 def resolve_token_stats(requested: str | None, device: torch.device) -> str:
     """The backend of :func:`fastunlearn.token_stats` on ``device``: as :func:`resolve`, except
     that the ``cuda`` backend has no token_stats kernel, so where ``auto`` would pick it (Triton
-    missing) the torch reference runs. Naming ``cuda`` explicitly is the op's error."""
+    missing, or ``FASTUNLEARN_BACKEND=cuda``, which is meant for every op) the torch reference runs.
+    ``backend="cuda"`` passed to token_stats itself is the op's error."""
     name = resolve(requested, device)
     return "torch" if name == "cuda" and (requested or "auto") == "auto" else name
 

@@ -44,7 +44,7 @@ def _update_kernel(
     lane_arg = tl.zeros([BLOCK], tl.int64)
     for offset in range(0, width, BLOCK):
         idx = offset + lanes
-        z = tl.load(base + idx * col_stride, mask=idx < width, other=float("-inf")).to(tl.float32)
+        z = tl.load(base + idx.to(tl.int64) * col_stride, mask=idx < width, other=float("-inf")).to(tl.float32)
         better = z > lane_max
         lane_arg = tl.where(better, idx, lane_arg)
         lane_max = tl.where(better, z, lane_max)
@@ -73,9 +73,10 @@ def _update_kernel(
     sum_b = tl.zeros([BLOCK], tl.float32)
     for offset in range(0, width, BLOCK):
         idx = offset + lanes
-        z = tl.load(base + idx * col_stride, mask=idx < width, other=float("-inf")).to(tl.float32)
+        z = tl.load(base + idx.to(tl.int64) * col_stride, mask=idx < width, other=float("-inf")).to(tl.float32)
         # A -inf logit becomes -1e30: its e^y is 0 and adds nothing (not 0 * inf = NaN).
-        y = tl.maximum(z - shift32, -1e30)
+        y = z - shift32
+        y = tl.where(y < -1e30, -1e30, y)  # not tl.maximum: a NaN logit stays NaN, as in the reference
         e = tl.exp(y)
         ey = e * y
         sum_s += e

@@ -77,6 +77,17 @@ def test_svc_mia_efficacy_counts_forget_samples_called_non_members():
     assert ev.svc_mia_efficacy(members, non_members, forget) == pytest.approx(0.5, abs=0.02)
 
 
+def test_attack_audit_on_small_and_on_non_finite_sets():
+    """Three samples a side still hold one of each out per split; a NaN feature (a diverged model)
+    gives NaN, not an exception halfway through a report."""
+    rng = np.random.default_rng(4)
+    audit = ev.attack_audit(rng.normal(size=(3, 2)) + 5.0, rng.normal(size=(3, 2)))
+    assert 0.0 <= audit["accuracy"] <= 1.0 and 0.0 <= audit["auc"] <= 1.0
+    members = rng.normal(size=(20, 2))
+    members[4, 1] = np.nan
+    assert all(np.isnan(v) for v in ev.attack_audit(members, rng.normal(size=(20, 2))).values())
+
+
 def test_attacks_refuse_fewer_than_two_samples_a_side():
     with pytest.raises(ValueError, match="at least 2 samples"):
         ev.attack_audit(np.zeros((1, 3)), np.zeros((5, 3)))

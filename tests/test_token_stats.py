@@ -172,6 +172,24 @@ def test_a_rejected_chunk_leaves_the_state_and_its_version(backend):
         assert (state._version, best._version) == versions
 
 
+def test_a_nan_logit_makes_its_row_nan(backend):
+    """A diverged model's NaN logit is not read as probability 0 by any backend."""
+    logits = torch.randn(3, 40)
+    logits[1, 7] = float("nan")
+    stats = fu.token_stats_from_logits(logits.to(DEVICE), torch.tensor([0, 1, 2], device=DEVICE), backend=backend)
+    for name in ("logsumexp", "mean_logprob", "var_logprob", "entropy"):
+        values = getattr(stats, name).cpu()
+        assert values[1].isnan() and not values[[0, 2]].isnan().any(), name
+
+
+def test_sparse_logits_are_refused():
+    with pytest.raises(TypeError, match="dense tensors"):
+        torch.ops.fastunlearn.token_stats_update_(
+            torch.zeros(5, 2, dtype=torch.float64), torch.zeros(2, dtype=torch.long),
+            torch.eye(2).to_sparse(), 0, torch.zeros(2, dtype=torch.long), "torch",
+        )  # fmt: skip
+
+
 def test_auto_never_picks_the_cuda_backend_for_token_stats(monkeypatch):
     """The CUDA kernels have no token_stats: where auto would choose them (Triton missing), the torch
     reference runs; naming ``cuda`` is kept for the op to refuse."""

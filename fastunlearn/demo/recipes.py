@@ -67,7 +67,7 @@ def decouple_retain(model, splits, task, quick, seed):
 
 def decouple_projected(model, splits, task, quick, seed):
     """The preset that keeps the VAE's samples and removes the class: decoupling to λ = 20 (on the
-    VAE the best point of benchmarks/vae_tradeoff.py's sweep), then retention that cannot relearn
+    VAE the best point of benchmarks/vae_tradeoff.py's sweep), then retention that does not relearn
     the forget set (``retention="projected"``), 5 epochs of AdamW."""
     method = methods.DecoupleRetain(
         model, threshold=20.0, max_steps=100, clip_norm=1.0, lr=0.1, retention="projected",

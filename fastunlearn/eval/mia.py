@@ -83,7 +83,7 @@ def attack_audit(
     ``n_splits`` stratified shuffle splits a standardised logistic regression is fitted on the
     training part and scored on the held-out part: accuracy of its predictions, and AUC of its
     member probability (above 0.5: members score as members). Means over the splits. 0.5 and 0.5:
-    the attacker cannot tell members from non-members.
+    the attacker cannot tell members from non-members. NaN and NaN where a feature is not finite.
 
     >>> import numpy as np, fastunlearn as fu
     >>> rng = np.random.default_rng(0)
@@ -99,9 +99,14 @@ def attack_audit(
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    x, y = _balanced(np.asarray(member_features), np.asarray(nonmember_features), seed)
+    x, y = _balanced(np.asarray(member_features, dtype=np.float64), np.asarray(nonmember_features, dtype=np.float64),
+                     seed)  # fmt: skip
+    if not np.isfinite(x).all():
+        return {"accuracy": float("nan"), "auc": float("nan")}  # a diverged model's outputs: no attack to fit
+    # MIA-L's split holds out 10 %; at least one sample of each side (small sets).
+    split = StratifiedShuffleSplit(n_splits=n_splits, test_size=max(0.1, 2 / len(y)), random_state=seed)
     accuracy, auc = [], []
-    for train, held_out in StratifiedShuffleSplit(n_splits=n_splits, random_state=seed).split(x, y):
+    for train, held_out in split.split(x, y):
         attack = make_pipeline(StandardScaler(), LogisticRegression()).fit(x[train], y[train])
         accuracy.append(float((attack.predict(x[held_out]) == y[held_out]).mean()))
         auc.append(float(roc_auc_score(y[held_out], attack.predict_proba(x[held_out])[:, 1])))

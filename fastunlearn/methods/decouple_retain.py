@@ -71,8 +71,11 @@ class DecoupleRetain(UnlearningMethod):
     a minimum that memorised them. Each phase-2 step then also takes the gradient of the task loss
     (``loss_fn``) on a forget batch and removes from the retain gradient its component along it
     where the two agree (``g_r . g_f > 0``: descending the retain loss would descend the forget
-    loss too), the projection of :class:`fastunlearn.Projection` ``("ascent_conflict")``; to first
-    order, retention then never lowers the forget loss.
+    loss too), the projection of :class:`fastunlearn.Projection` ``("ascent_conflict")``, before
+    the retain optimizer sees it. With plain SGD the step is then orthogonal to ``g_f`` and, to
+    first order, does not lower the forget loss; momentum and Adam transform the projected
+    gradients (their state mixes steps, Adam rescales coordinates), so there it is a measured
+    effect, not a bound (the demos: README).
 
     >>> import torch, fastunlearn as fu
     >>> _ = torch.manual_seed(0)
@@ -207,7 +210,8 @@ class DecoupleRetain(UnlearningMethod):
         if self.retention == "projected":
             if forget_batch is None:
                 raise ValueError('retention="projected" needs a forget batch for every retain step')
-            stats["forget_loss"], g_f = self.gradient("forget", self.loss_fn, forget_batch)
+            # The task loss on the forget batch (phase 1's forget_loss is forget_loss_fn's).
+            stats["forget_task_loss"], g_f = self.gradient("forget", self.loss_fn, forget_batch)
             gram = self.gram([g_r, g_f])
             weights, vectors = Projection("ascent_conflict")(gram), [g_r, g_f]
             stats["coef"] = -weights[1]
