@@ -83,11 +83,13 @@ def token_stats(
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     rows = hidden.reshape(-1, hidden.shape[-1])
 
-    def logits(block: slice, start: int, stop: int) -> Tensor:
-        z = rows[block].float() @ weight[start:stop].float().T
-        return z if bias is None else z + bias[start:stop].float()
+    def chunk(start: int, stop: int) -> Callable[[slice], Tensor]:
+        # The head's chunk in fp32 once, for every block of rows (a bf16 head is not converted per block).
+        w = weight[start:stop].float().T
+        b = None if bias is None else bias[start:stop].float()
+        return lambda block: rows[block].float() @ w if b is None else rows[block].float() @ w + b
 
-    return _stats(logits, rows.shape[0], weight.shape[0], targets, hidden.shape[:-1], ignore_index, chunk_size,
+    return _stats(chunk, rows.shape[0], weight.shape[0], targets, hidden.shape[:-1], ignore_index, chunk_size,
                   rows_per_block, backend)  # fmt: skip
 
 
@@ -104,13 +106,13 @@ def token_stats_from_logits(
     """The same statistics from logits ``[..., V]`` already computed (read a chunk at a time, in fp32)."""
     rows = logits.reshape(-1, logits.shape[-1])
     return _stats(
-        lambda block, start, stop: rows[block, start:stop], rows.shape[0], logits.shape[-1], targets,
+        lambda start, stop: lambda block: rows[block, start:stop], rows.shape[0], logits.shape[-1], targets,
         logits.shape[:-1], ignore_index, chunk_size, rows_per_block, backend,
     )  # fmt: skip
 
 
 def _stats(
-    logits: Callable[[slice, int, int], Tensor],
+    chunk_logits: Callable[[int, int], Callable[[slice], Tensor]],
     num_rows: int,
     vocab: int,
     targets: Tensor,
@@ -139,14 +141,18 @@ def _stats(
     out = torch.zeros(5, num_rows, dtype=torch.float64, device=device)
     correct = torch.zeros(num_rows, dtype=torch.bool, device=device)
     update = torch.ops.fastunlearn.token_stats_update_
-    for first in range(0, num_rows, rows_per_block):
-        block = slice(first, min(first + rows_per_block, num_rows))
-        rows = block.stop - block.start
-        state = torch.zeros(5, rows, dtype=torch.float64, device=device)
+    blocks = [slice(first, min(first + rows_per_block, num_rows)) for first in range(0, num_rows, rows_per_block)]
+    states = []
+    for block in blocks:
+        state = torch.zeros(5, block.stop - block.start, dtype=torch.float64, device=device)
         state[0] = -math.inf
-        best = torch.zeros(rows, dtype=torch.int64, device=device)
-        for start in range(0, vocab, chunk_size):
-            update(state, best, logits(block, start, min(start + chunk_size, vocab)), start, picked_target[block], name)
+        states.append((state, torch.zeros(block.stop - block.start, dtype=torch.int64, device=device)))
+    # Chunk by chunk, each block of rows: a chunk's logits are formed rows_per_block x chunk_size at a time.
+    for start in range(0, vocab, chunk_size):
+        logits = chunk_logits(start, min(start + chunk_size, vocab))
+        for block, (state, best) in zip(blocks, states):
+            update(state, best, logits(block), start, picked_target[block], name)
+    for block, (state, best) in zip(blocks, states):
         _finish(state, best, flat[block], valid[block], out[:, block], correct[block])
     stats = [row.float().reshape(shape) for row in out]
     return TokenStats(*stats, correct.reshape(shape))
