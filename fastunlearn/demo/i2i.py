@@ -34,8 +34,9 @@ import copy
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +47,7 @@ from fastunlearn import eval as ev
 from fastunlearn import methods, optim
 from fastunlearn.demo.data import DigitSplits, digit_splits, parse_forget
 from fastunlearn.demo.models import Classifier
-from fastunlearn.demo.options import forget_sets
+from fastunlearn.demo.options import DigitsDemoConfig
 
 PRESETS = {
     # 200 epochs: long enough that the original model memorises its training digits, so that the
@@ -322,22 +323,16 @@ def meets_bars(result: dict[str, float], retrained: dict[str, float], original: 
 
 
 @dataclass
-class I2IDemoConfig:
-    preset: str = "full"
+class I2IDemoConfig(DigitsDemoConfig):
+    presets: ClassVar[dict] = PRESETS
+    recipes: ClassVar[dict] = RECIPES
     out: Path = Path("fastunlearn-demo-i2i")
-    methods: list[str] = field(default_factory=lambda: list(RECIPES))
-    forgets: list[str] | None = None
-    seed: int = 0
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        self.forgets = forget_sets(self.preset, PRESETS, self.methods, RECIPES, self.forgets)
 
 
 def run_forget_set(spec: str, config: I2IDemoConfig, advance: Callable[[str], None]) -> dict:
     kind, value = parse_forget(spec)
     data = I2IData.from_splits(digit_splits(spec, seed=config.seed), value if kind == "class" else None)
-    epochs = PRESETS[config.preset]["epochs"]
+    epochs = config.settings["epochs"]
     classifier = train_classifier(data, config.seed)
     original = train(data, ("forget", "retain"), epochs, config.seed)
     retrained = train(data, ("retain",), epochs, config.seed)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
 
 
 def check_selection(preset: str, presets: Mapping, methods: Iterable[str], recipes: Mapping) -> None:
@@ -14,13 +17,31 @@ def check_selection(preset: str, presets: Mapping, methods: Iterable[str], recip
         raise ValueError(f"unknown method(s) {unknown}; expected some of {list(recipes)}")
 
 
-def forget_sets(preset: str, presets: Mapping, methods: Iterable[str], recipes: Mapping, forgets) -> list[str]:
-    """The digits demos' checks: :func:`check_selection`, then the forget sets (the preset's unless
-    given), each a valid ``class:N`` / ``random:F``."""
-    from fastunlearn.demo.data import parse_forget
+@dataclass
+class DigitsDemoConfig:
+    """The options of the demos on the digits (the classifier/VAE demo and the I2I demo): each
+    subclass names its ``presets``, its ``recipes`` and its default output folder. ``methods``
+    defaults to every recipe; ``forgets`` to the preset's forget sets, each checked."""
 
-    check_selection(preset, presets, methods, recipes)
-    chosen = list(forgets or presets[preset]["forgets"])
-    for spec in chosen:
-        parse_forget(spec)
-    return chosen
+    presets: ClassVar[Mapping[str, dict]] = {}
+    recipes: ClassVar[Mapping[str, Any]] = {}
+
+    preset: str = "full"
+    out: Path = Path("fastunlearn-demo")
+    methods: list[str] | None = None
+    forgets: list[str] | None = None
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        from fastunlearn.demo.data import parse_forget
+
+        self.methods = list(self.recipes) if self.methods is None else list(self.methods)
+        check_selection(self.preset, self.presets, self.methods, self.recipes)
+        self.forgets = list(self.forgets or self.presets[self.preset]["forgets"])
+        for spec in self.forgets:
+            parse_forget(spec)
+
+    @property
+    def settings(self) -> dict:
+        return self.presets[self.preset]

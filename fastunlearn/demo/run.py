@@ -9,8 +9,9 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -23,7 +24,7 @@ from fastunlearn._timing import median_seconds
 from fastunlearn.demo import report
 from fastunlearn.demo.data import DigitSplits, digit_splits, parse_forget
 from fastunlearn.demo.models import VAE, Classifier, vae_loss
-from fastunlearn.demo.options import forget_sets
+from fastunlearn.demo.options import DigitsDemoConfig
 from fastunlearn.demo.recipes import NEEDS_LABELS, RECIPES, Task
 
 PRESETS = {
@@ -39,20 +40,10 @@ PRESETS = {
 
 
 @dataclass
-class DemoConfig:
-    preset: str = "full"
+class DemoConfig(DigitsDemoConfig):
+    presets: ClassVar[dict] = PRESETS
+    recipes: ClassVar[dict] = RECIPES
     out: Path = Path("fastunlearn-demo")
-    methods: list[str] = field(default_factory=lambda: list(RECIPES))
-    forgets: list[str] | None = None
-    seed: int = 0
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        self.forgets = forget_sets(self.preset, PRESETS, self.methods, RECIPES, self.forgets)
-
-    @property
-    def settings(self) -> dict:
-        return PRESETS[self.preset]
 
 
 def classifier_task() -> Task:
