@@ -10,6 +10,7 @@
 #include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <limits>
 #include <sstream>
 #include <string>
@@ -172,20 +173,21 @@ std::tuple<Tensor, Tensor> aggregate_kernel(TensorList out, TensorList shards, i
   return {result.gram, result.weights};
 }
 
-// The checks of a fused optimizer step, run for every bucket before the first one is written
-// (fastunlearn/optim.py): each gradient pairs with its parameter, weights (K,), parameters
-// writable, no gradient sharing memory with a parameter other than its own.
-void check_step(TensorList params, TensorList grads, int64_t k, const std::optional<Tensor>& weights) {
-  const int64_t n = static_cast<int64_t>(params.size());
-  TORCH_CHECK_VALUE(static_cast<int64_t>(grads.size()) == k * n, "fastunlearn: ", grads.size(),
-                    " gradients for ", k, " vectors of ", n, " parameters");
+// The checks of a fused optimizer step, before anything is written: each gradient pairs with its
+// parameter, the weights are (K,) on the parameters' device (one device per call), parameters are
+// writable, and no gradient shares memory with a parameter other than its own. The step ops run
+// them themselves; fastunlearn/optim.py runs them once over every bucket of a step that takes
+// several calls, so that a bad bucket stops the step before the first is written.
+void check_step_records(const Records& p, const Records& g, int64_t k, const std::optional<Tensor>& weights) {
+  const int64_t n = static_cast<int64_t>(p.size());
+  TORCH_CHECK_VALUE(static_cast<int64_t>(g.size()) == k * n, "fastunlearn: ", g.size(), " gradients for ", k,
+                    " vectors of ", n, " parameters");
   if (n == 0) return;
   const auto describe = [](const Tensor& t) {
     std::ostringstream out;
     out << t.sizes() << " " << python_name(t.scalar_type()) << " on " << t.device();
     return out.str();
   };
-  const Records p(params), g(grads);
   for (int64_t s = 0; s < k * n; ++s) {
     const int64_t i = s % n;
     TORCH_CHECK_TYPE(g[s].layout == at::kStrided, "the gradient for parameter ", i, " has layout ",
@@ -193,32 +195,62 @@ void check_step(TensorList params, TensorList grads, int64_t k, const std::optio
                      "; fastunlearn.optim updates dense gradients only (torch.optim.SGD and SparseAdam take sparse "
                      "ones)");
     TORCH_CHECK_VALUE(g.same_shape(s, p, i) && g[s].dtype == p[i].dtype && g[s].device == p[i].device,
-                      vectors_name(s / n), " shard ", i, " is ", describe(grads[s]), " but parameter ", i, " is ",
-                      describe(params[i]));
+                      vectors_name(s / n), " shard ", i, " is ", describe(g.tensors()[s]), " but parameter ", i,
+                      " is ", describe(p.tensors()[i]));
   }
-  if (weights.has_value()) check_weights(*weights, k, p[0].device);
+  if (weights.has_value()) {
+    for (int64_t i = 0; i < n; ++i) {
+      TORCH_CHECK_VALUE(p[i].device == weights->device(), "parameter ", i, " is on ", p[i].device,
+                        " but the weights are on ", weights->device(),
+                        "; step_combined takes the parameters of one device (one optimizer per device)");
+    }
+    check_weights(*weights, k, p[0].device);
+  }
   check_writable(p, "param");
   check_overlaps(p, g, n, "parameter", vectors_name);
+}
+
+void check_step(TensorList params, TensorList grads, int64_t k, const std::optional<Tensor>& weights) {
+  check_step_records(Records(params), Records(grads), k, weights);
+}
+
+// Optimizer state (momentum buffers, moments) pairs with the parameters: one tensor of each
+// parameter's shape on its device, or none at all where `optional` (SGD without momentum).
+void check_state(const Records& p, TensorList state, const char* what, bool optional = false) {
+  if (optional && state.empty()) return;
+  TORCH_CHECK_VALUE(state.size() == p.size(), "fastunlearn: ", state.size(), " ", what, " tensors for ", p.size(),
+                    " parameters");
+  const Records s(state);
+  for (size_t i = 0; i < p.size(); ++i) {
+    TORCH_CHECK_VALUE(s.same_shape(i, p, i) && s[i].device == p[i].device, "fastunlearn: ", what, " ", i,
+                      " has shape ", state[i].sizes(), " on ", s[i].device, " but parameter ", i, " has shape ",
+                      p.tensors()[i].sizes(), " on ", p[i].device);
+  }
+  check_writable(s, what);
 }
 
 // The native kernels walk each parameter and its state as one flat run of memory: a parameter
 // that is not dense, or state that no longer shares its layout and dtype (after `p.data` was
 // replaced in another memory format), sends its bucket to the torch backend instead.
 const Backend& step_backend(c10::string_view name, TensorList params, std::initializer_list<TensorList> states) {
-  for (TensorList state : states) {
-    TORCH_CHECK_VALUE(state.empty() || state.size() == params.size(), "fastunlearn: ", state.size(),
-                      " optimizer state tensors for ", params.size(), " parameters");
-  }
-  const Backend& chosen = backend_for(name, params[0].device());
+  const Records p(params);
+  const Backend& chosen = backend_for(name, p[0].device);
   if (name == "torch") return chosen;
+  std::vector<Records> state_records;
+  state_records.reserve(states.size());
+  for (TensorList state : states) state_records.emplace_back(state);
   for (size_t i = 0; i < params.size(); ++i) {
-    const Tensor& p = params[i];
-    bool walkable = p.is_non_overlapping_and_dense();
+    bool walkable = p[i].contiguous || params[i].is_non_overlapping_and_dense();
+    size_t j = 0;
     for (TensorList state : states) {
-      walkable = walkable && (state.empty() || (state[i].scalar_type() == p.scalar_type() &&
-                                                state[i].sizes() == p.sizes() && state[i].strides() == p.strides()));
+      const Records& s = state_records[j++];
+      // Row-major tensors of one shape (checked) share their layout; others are compared in full.
+      walkable = walkable && (state.empty() || (s[i].dtype == p[i].dtype &&
+                                                ((s[i].contiguous && p[i].contiguous) ||
+                                                 (state[i].sizes() == params[i].sizes() &&
+                                                  state[i].strides() == params[i].strides()))));
     }
-    if (!walkable) return backend_for("torch", p.device());
+    if (!walkable) return backend_for("torch", p[i].device);
   }
   return chosen;
 }
@@ -238,26 +270,76 @@ std::tuple<Tensor, int64_t, int64_t> shard_table_kernel(TensorList tensors, int6
   return {table.slice(0, 2), header[0], header[1]};
 }
 
+// Runs a step once per parameter dtype, on that dtype's parameters, state and gradients (in
+// order): the kernels walk one dtype per call, and a model with bf16 weights and fp32 adapters or
+// norms gives a step of both.
+template <typename Run>
+void for_each_dtype(const Records& p, TensorList grads, int64_t k, std::initializer_list<TensorList> states, Run run) {
+  const int64_t n = static_cast<int64_t>(p.size());
+  std::vector<at::ScalarType> dtypes;
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::find(dtypes.begin(), dtypes.end(), p[i].dtype) == dtypes.end()) dtypes.push_back(p[i].dtype);
+  }
+  if (dtypes.size() == 1) {
+    std::vector<TensorList> lists(states);
+    run(p.tensors(), lists, grads);
+    return;
+  }
+  for (const at::ScalarType dtype : dtypes) {
+    std::vector<int64_t> index;
+    for (int64_t i = 0; i < n; ++i) {
+      if (p[i].dtype == dtype) index.push_back(i);
+    }
+    std::vector<Tensor> part_params, part_grads;
+    std::vector<std::vector<Tensor>> part_states(states.size());
+    for (const int64_t i : index) part_params.push_back(p.tensors()[i]);
+    for (int64_t v = 0; v < k; ++v) {
+      for (const int64_t i : index) part_grads.push_back(grads[v * n + i]);
+    }
+    size_t j = 0;
+    for (TensorList state : states) {
+      if (!state.empty()) {
+        for (const int64_t i : index) part_states[j].push_back(state[i]);
+      }
+      ++j;
+    }
+    std::vector<TensorList> lists(part_states.begin(), part_states.end());
+    run(TensorList(part_params), lists, TensorList(part_grads));
+  }
+}
+
 void sgd_step_kernel(TensorList params, TensorList momentum_buffers, const Tensor& weights, TensorList grads,
                      int64_t k, double lr, double momentum, double dampening, bool nesterov, double weight_decay,
                      bool maximize, bool first_step, c10::string_view backend) {
+  const Records p(params);
+  check_step_records(p, Records(grads), k, weights);
+  check_state(p, momentum_buffers, "momentum buffer", /*optional=*/momentum == 0);
   if (params.empty()) return;
-  const Backend& b = step_backend(backend, params, {momentum_buffers});
   bump_versions(params);
   bump_versions(momentum_buffers);
-  b.sgd_step(params, momentum_buffers, weights, grads, k, lr, momentum, dampening, nesterov, weight_decay, maximize,
-             first_step);
+  for_each_dtype(p, grads, k, {momentum_buffers}, [&](TensorList ps, const std::vector<TensorList>& s, TensorList gs) {
+    step_backend(backend, ps, {s[0]})
+        .sgd_step(ps, s[0], weights, gs, k, lr, momentum, dampening, nesterov, weight_decay, maximize, first_step);
+  });
 }
 
 void adamw_step_kernel(TensorList params, TensorList exp_avgs, TensorList exp_avg_sqs, const Tensor& weights,
                        TensorList grads, int64_t k, double lr, double beta1, double beta2, double eps,
                        double weight_decay, int64_t step, bool maximize, c10::string_view backend) {
+  TORCH_CHECK_VALUE(step >= 1, "fastunlearn: AdamW step count must be >= 1, got ", step);
+  const Records p(params);
+  check_step_records(p, Records(grads), k, weights);
+  check_state(p, exp_avgs, "exp_avg");
+  check_state(p, exp_avg_sqs, "exp_avg_sq");
   if (params.empty()) return;
-  const Backend& b = step_backend(backend, params, {exp_avgs, exp_avg_sqs});
   bump_versions(params);
   bump_versions(exp_avgs);
   bump_versions(exp_avg_sqs);
-  b.adamw_step(params, exp_avgs, exp_avg_sqs, weights, grads, k, lr, beta1, beta2, eps, weight_decay, step, maximize);
+  for_each_dtype(p, grads, k, {exp_avgs, exp_avg_sqs}, [&](TensorList ps, const std::vector<TensorList>& s,
+                                                           TensorList gs) {
+    step_backend(backend, ps, {s[0], s[1]})
+        .adamw_step(ps, s[0], s[1], weights, gs, k, lr, beta1, beta2, eps, weight_decay, step, maximize);
+  });
 }
 
 // One vocabulary chunk of token_stats (fastunlearn/token_stats.py makes the state and walks the
@@ -358,11 +440,22 @@ void token_stats_update_meta(const Tensor& state, const Tensor& best, const Tens
   check_token_stats(state, best, logits, start, targets);
 }
 
-void sgd_step_meta(TensorList, TensorList, const Tensor&, TensorList, int64_t, double, double, double, bool, double,
-                   bool, bool, c10::string_view) {}
+void sgd_step_meta(TensorList params, TensorList momentum_buffers, const Tensor& weights, TensorList grads, int64_t k,
+                   double, double momentum, double, bool, double, bool, bool, c10::string_view) {
+  const Records p(params);
+  check_step_records(p, Records(grads), k, weights);
+  check_state(p, momentum_buffers, "momentum buffer", /*optional=*/momentum == 0);
+}
 
-void adamw_step_meta(TensorList, TensorList, TensorList, const Tensor&, TensorList, int64_t, double, double, double,
-                     double, double, int64_t, bool, c10::string_view) {}
+void adamw_step_meta(TensorList params, TensorList exp_avgs, TensorList exp_avg_sqs, const Tensor& weights,
+                     TensorList grads, int64_t k, double, double, double, double, double, int64_t step, bool,
+                     c10::string_view) {
+  TORCH_CHECK_VALUE(step >= 1, "fastunlearn: AdamW step count must be >= 1, got ", step);
+  const Records p(params);
+  check_step_records(p, Records(grads), k, weights);
+  check_state(p, exp_avgs, "exp_avg");
+  check_state(p, exp_avg_sqs, "exp_avg_sq");
+}
 
 // ---- Autograd ---------------------------------------------------------------------------------------
 

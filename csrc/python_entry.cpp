@@ -365,6 +365,113 @@ PyObject* aggregate_(PyObject*, PyObject* args) {
   END_HANDLE_TH_ERRORS
 }
 
+// The records of a fused optimizer step (parameters, gradients, up to two state lists), read once
+// and lent to the kernels; nullopt where the parameters span devices, which the optimizer splits
+// into one call per device (fastunlearn/optim.py).
+class StepRecords {
+ public:
+  StepRecords(const Borrowed& params, const Borrowed& grads, std::initializer_list<const Borrowed*> states)
+      : params_(params.tensors()), grads_(grads.tensors()) {
+    states_.reserve(states.size());
+    for (const Borrowed* state : states) states_.emplace_back(state->tensors());
+    known_.emplace(std::initializer_list<const Records*>{&params_, &grads_, states_.size() > 0 ? &states_[0] : nullptr,
+                                                         states_.size() > 1 ? &states_[1] : nullptr});
+  }
+
+  bool one_device() const {
+    for (size_t i = 1; i < params_.size(); ++i) {
+      if (params_[i].device != params_[0].device) return false;
+    }
+    return true;
+  }
+
+  c10::DispatchKeySet keys(const Tensor& weights) const {
+    c10::DispatchKeySet keys = params_.keys() | grads_.keys() | weights.key_set();
+    for (const Records& state : states_) keys = keys | state.keys();
+    return keys;
+  }
+
+ private:
+  const Records params_, grads_;
+  std::vector<Records> states_;
+  std::optional<KnownRecords> known_;
+};
+
+// sgd_step_(params, momentum_buffers, weights, vectors, lr, momentum, dampening, nesterov, weight_decay,
+//           maximize, first_step, backend) -> None, or NotImplemented
+PyObject* sgd_step_(PyObject*, PyObject* args) {
+  HANDLE_TH_ERRORS
+  PyObject *params_obj = nullptr, *buffers_obj = nullptr, *weights = nullptr, *vectors = nullptr, *backend = nullptr;
+  double lr = 0, momentum = 0, dampening = 0, weight_decay = 0;
+  int nesterov = 0, maximize = 0, first_step = 0;
+  if (!PyArg_ParseTuple(args, "OOOOdddpdppU", &params_obj, &buffers_obj, &weights, &vectors, &lr, &momentum,
+                        &dampening, &nesterov, &weight_decay, &maximize, &first_step, &backend)) {
+    return nullptr;
+  }
+  Borrowed params, buffers, grads;
+  int64_t k = 0;
+  if (!params.add(params_obj) || !buffers.add(buffers_obj) || grads.add_vectors(vectors, &k) == 0 ||
+      !THPVariable_Check(weights)) {
+    Py_RETURN_NOTIMPLEMENTED;
+  }
+  static const auto call = op<void(TensorList, TensorList, const Tensor&, TensorList, int64_t, double, double, double,
+                                   bool, double, bool, bool, c10::string_view)>("fastunlearn::sgd_step_");
+  const c10::string_view name = text(backend);
+  bool one_device = true;
+  {
+    pybind11::gil_scoped_release no_gil;
+    const Tensor& w = THPVariable_Unpack(weights);
+    const StepRecords records(params, grads, {&buffers});
+    one_device = records.one_device();
+    if (one_device) {
+      dispatch(call, records.keys(w), params.tensors(), buffers.tensors(), w, grads.tensors(), k, lr, momentum,
+               dampening, nesterov != 0, weight_decay, maximize != 0, first_step != 0, name);
+    }
+  }
+  if (!one_device) Py_RETURN_NOTIMPLEMENTED;
+  Py_RETURN_NONE;
+  END_HANDLE_TH_ERRORS
+}
+
+// adamw_step_(params, exp_avgs, exp_avg_sqs, weights, vectors, lr, beta1, beta2, eps, weight_decay, step,
+//             maximize, backend) -> None, or NotImplemented
+PyObject* adamw_step_(PyObject*, PyObject* args) {
+  HANDLE_TH_ERRORS
+  PyObject *params_obj = nullptr, *avgs_obj = nullptr, *sqs_obj = nullptr, *weights = nullptr, *vectors = nullptr,
+           *backend = nullptr;
+  double lr = 0, beta1 = 0, beta2 = 0, eps = 0, weight_decay = 0;
+  long long step = 0;
+  int maximize = 0;
+  if (!PyArg_ParseTuple(args, "OOOOOdddddLpU", &params_obj, &avgs_obj, &sqs_obj, &weights, &vectors, &lr, &beta1,
+                        &beta2, &eps, &weight_decay, &step, &maximize, &backend)) {
+    return nullptr;
+  }
+  Borrowed params, avgs, sqs, grads;
+  int64_t k = 0;
+  if (!params.add(params_obj) || !avgs.add(avgs_obj) || !sqs.add(sqs_obj) || grads.add_vectors(vectors, &k) == 0 ||
+      !THPVariable_Check(weights)) {
+    Py_RETURN_NOTIMPLEMENTED;
+  }
+  static const auto call =
+      op<void(TensorList, TensorList, TensorList, const Tensor&, TensorList, int64_t, double, double, double, double,
+              double, int64_t, bool, c10::string_view)>("fastunlearn::adamw_step_");
+  const c10::string_view name = text(backend);
+  bool one_device = true;
+  {
+    pybind11::gil_scoped_release no_gil;
+    const Tensor& w = THPVariable_Unpack(weights);
+    const StepRecords records(params, grads, {&avgs, &sqs});
+    one_device = records.one_device();
+    if (one_device) {
+      dispatch(call, records.keys(w), params.tensors(), avgs.tensors(), sqs.tensors(), w, grads.tensors(), k, lr,
+               beta1, beta2, eps, weight_decay, static_cast<int64_t>(step), maximize != 0, name);
+    }
+  }
+  if (!one_device) Py_RETURN_NOTIMPLEMENTED;
+  Py_RETURN_NONE;
+  END_HANDLE_TH_ERRORS
+}
+
 PyMethodDef methods[] = {
     {"gram", gram, METH_VARARGS, "torch.ops.fastunlearn.gram on nested lists of tensors."},
     {"combine_", combine_, METH_VARARGS, "torch.ops.fastunlearn.combine_ on nested lists of tensors."},
@@ -372,6 +479,8 @@ PyMethodDef methods[] = {
     {"project_normal_", project_normal_, METH_VARARGS, "torch.ops.fastunlearn.project_normal_ on lists of tensors."},
     {"pcgrad_", pcgrad_, METH_VARARGS, "torch.ops.fastunlearn.pcgrad_ on nested lists of tensors."},
     {"aggregate_", aggregate_, METH_VARARGS, "torch.ops.fastunlearn.aggregate_ on nested lists of tensors."},
+    {"sgd_step_", sgd_step_, METH_VARARGS, "torch.ops.fastunlearn.sgd_step_ on lists of tensors."},
+    {"adamw_step_", adamw_step_, METH_VARARGS, "torch.ops.fastunlearn.adamw_step_ on lists of tensors."},
     {nullptr, nullptr, 0, nullptr},
 };
 

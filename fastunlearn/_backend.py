@@ -178,6 +178,20 @@ def extension():
     return _C
 
 
+def entry_point(name: str, first, *args):
+    """Op ``name`` through its Python entry point in fastunlearn._C (nested lists passed as they are,
+    their tensors borrowed): NotImplemented where that does not apply -- under torch.compile or a
+    torch-function mode, which must see ``torch.ops.fastunlearn.<op>``, or for arguments the entry
+    point does not take, whose errors the ``torch.ops`` route words. ``first`` is the first shard."""
+    if (
+        not isinstance(first, torch.Tensor)
+        or torch.compiler.is_compiling()
+        or torch._C._is_torch_function_mode_enabled()
+    ):
+        return NotImplemented
+    return getattr(extension(), name)(*args)
+
+
 def check_name(name: str) -> None:
     """Raises ValueError unless ``name`` is ``"auto"`` or a known backend (available or not)."""
     if name != "auto" and name not in _BACKENDS:

@@ -104,16 +104,6 @@ def _g_and_directions(k: int) -> str:
     return "g" if k == 0 else f"directions[{k - 1}]"
 
 
-def _entry(name: str, first, *args):
-    """The op through its Python entry point in fastunlearn._C (nested lists passed as they are,
-    their tensors borrowed): NotImplemented where that does not apply -- under torch.compile or a
-    torch-function mode, which must see ``torch.ops.fastunlearn.<op>``, or for arguments the entry
-    point does not take, whose errors the ``torch.ops`` route words. ``first`` is the first shard."""
-    if not isinstance(first, Tensor) or torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled():
-        return NotImplemented
-    return getattr(_backend.extension(), name)(*args)
-
-
 def _first_shard(vectors):
     try:
         return vectors[0][0]
@@ -167,7 +157,7 @@ def gram(vectors: Sequence[Vector], *, dtype: torch.dtype | None = None, backend
         return _sharded_gram(vectors, group, backend).to(dtype or _result_dtype(vectors[0][0].dtype))
     first = _first_shard(vectors)
     if isinstance(first, Tensor):
-        result = _entry("gram", first, vectors, dtype, _backend.resolve(backend, first.device))
+        result = _backend.entry_point("gram", first, vectors, dtype, _backend.resolve(backend, first.device))
         if result is not NotImplemented:
             return result
     shards, _ = _flatten(vectors)
@@ -226,7 +216,7 @@ def combine_(out: Vector, weights: Tensor, vectors: Sequence[Vector], *, backend
     first = _first_shard(vectors)
     if isinstance(first, Tensor) and isinstance(weights, Tensor):
         name = _backend.resolve(backend, first.device)
-        if _entry("combine_", first, out, weights, vectors, name) is not NotImplemented:
+        if _backend.entry_point("combine_", first, out, weights, vectors, name) is not NotImplemented:
             return out
     shards, _ = _flatten(vectors)
     if not isinstance(weights, Tensor):
@@ -263,7 +253,7 @@ def aggregate_(
         if order is not None:  # any integer order, moved to the vectors' device and checked there
             order = _checked_order(order, len(vectors), first.device, None)
         args = (out, vectors, weighting.native, weighting.eps, order, name)
-        result = _entry("aggregate_", first, *args)
+        result = _backend.entry_point("aggregate_", first, *args)
         if result is not NotImplemented:
             return result
     shards, _ = _flatten(vectors)
@@ -317,7 +307,7 @@ def project_(
         return ProjectionStats(gram[0, 1], gram[0, 0], gram[1, 1], -weights[1])
     first = _first_shard([g])
     if isinstance(first, Tensor):
-        stats = _entry("project_", first, g, r, mode, eps, _backend.resolve(backend, first.device))
+        stats = _backend.entry_point("project_", first, g, r, mode, eps, _backend.resolve(backend, first.device))
         if stats is not NotImplemented:
             return ProjectionStats(*stats.unbind())
     shards, n = _flatten([g, r], names=("g", "r"))
@@ -357,7 +347,9 @@ def project_normal_(
         return -weights[1:]
     first = _first_shard([g])
     if isinstance(first, Tensor):
-        alpha = _entry("project_normal_", first, g, directions, eps, _backend.resolve(backend, first.device))
+        alpha = _backend.entry_point(
+            "project_normal_", first, g, directions, eps, _backend.resolve(backend, first.device)
+        )
         if alpha is not NotImplemented:
             return alpha
     names = _g_and_directions
@@ -454,7 +446,7 @@ def pcgrad_(
         # The op checks a CPU order's values itself; one that moves to the device is checked here.
         order = _checked_order(order, len(vectors), device, generator, values=device.type != "cpu")
         order_checked = True
-        result = _entry("pcgrad_", first, out, vectors, order, reduction, eps, name)
+        result = _backend.entry_point("pcgrad_", first, out, vectors, order, reduction, eps, name)
         if result is not NotImplemented:
             return PCGradStats(*result)
     shards, _ = _flatten(vectors)

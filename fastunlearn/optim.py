@@ -72,21 +72,19 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
         if (weights is None) != (vectors is None):
             raise ValueError("give both weights and vectors, or neither")
         if vectors is not None:
-            params = self.params
+            groups = self._trainable_groups()
+            params = groups[0] if len(groups) == 1 else [p for params in groups for p in params]
             if not params:
                 raise ValueError("the optimizer has no trainable parameters (every one has requires_grad=False)")
             grads = _checked_vectors(vectors, params)
             if not isinstance(weights, Tensor):
                 raise TypeError(f"weights must be a Tensor on {params[0].device}, got {type(weights).__name__}")
-            _check_step(params, grads, weights)
-            self._update_groups(self._trainable_groups(), weights, grads)
+            self._update(groups, weights, grads)
             return loss
         with_grad = [[p for p in group["params"] if p.grad is not None] for group in self.param_groups]
         params = [p for group in with_grad for p in group]
         if params:
-            grads = [[p.grad for p in params]]
-            _check_step(params, grads, None)
-            self._update_groups(with_grad, None, grads)
+            self._update(with_grad, None, [[p.grad for p in params]])
         return loss
 
     def step_combined(self, weights: Tensor, vectors: Sequence[Vector]) -> None:
@@ -99,42 +97,102 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
         """
         self.step(weights=weights, vectors=vectors)
 
-    def _update_groups(
-        self, group_params: list[list[Tensor]], weights: Tensor | None, grads: list[list[Tensor]]
-    ) -> None:
+    def _update(self, group_params: list[list[Tensor]], weights: Tensor | None, grads: list[list[Tensor]]) -> None:
         """Updates every group along ``sum_k weights[k] * grads[k]`` (``weights=None``: the one
-        gradient, with a unit weight on each bucket's own device)."""
-        # Every bucket's backend is resolved (and may raise) before the first one is updated.
-        plan, start = [], 0
-        for group, params in zip(self.param_groups, group_params):
-            stop = start + len(params)
-            vectors = [vector[start:stop] for vector in grads]
-            for index in _buckets(params, self._bucket_key):
-                bucket = [params[i] for i in index]
-                name = _backend.resolve(self.backend, bucket[0].device)
-                local = to_local(bucket[:1])[0]
-                if weights is not None and bucket[0].device != weights.device:
-                    raise ValueError(
-                        f"parameter {start + index[0]} is on {bucket[0].device} but the weights are on "
-                        f"{weights.device}; step_combined takes the parameters of one device (one optimizer per device)"
-                    )
-                bucket_weights = torch.ones(1, dtype=local.dtype, device=local.device) if weights is None else weights
-                plan.append((group, bucket, bucket_weights, [vector[i] for vector in vectors for i in index], name))
-            start = stop
-        for group, bucket, bucket_weights, bucket_grads, name in plan:
-            self._apply(group, bucket, bucket_weights, bucket_grads, len(grads), name)
+        gradient, with a unit weight on each call's device).
 
-    def _bucket_key(self, p: Tensor) -> tuple:
-        return (p.dtype, p.device)
+        A step is one kernel call per group and state kind (AdamW's step count, whether SGD has
+        its momentum buffers) and device; parameters of several dtypes share a call. The common
+        step -- one group, one device, every parameter's state alike -- is one call, which checks
+        everything itself; a step of several calls is checked whole before the first one."""
+        total = sum(len(params) for params in group_params)
+        calls, start = [], 0
+        for group, params in zip(self.param_groups, group_params):
+            if not params:
+                continue
+            stop = start + len(params)
+            vectors = grads if stop - start == total else [vector[start:stop] for vector in grads]
+            states = [self.state[p] for p in params]
+            keys = self._state_keys(states)
+            if keys.count(keys[0]) == len(keys):
+                calls.append(_Call(group, params, states, vectors))
+            else:
+                for index in _index_groups(keys):
+                    calls.append(_Call.part(group, params, states, vectors, index))
+            start = stop
+        native = not (is_dtensor(calls[0].params[0]) or is_dtensor(calls[0].vectors[0][0]))
+        if len(calls) == 1 and native and self._apply(calls[0], weights, entry=True):
+            return
+        _check_tensors(grads)
+        calls = [part for call in calls for part in call.by_device()]
+        if len(calls) > 1:
+            _check_step(calls, weights)
+        for call in calls:
+            self._apply(call, weights, entry=False)
+
+    def _launch(
+        self, op: str, call: _Call, states: list[list[Tensor]], weights: Tensor | None, scalars: tuple, entry: bool
+    ) -> bool:
+        """Runs ``torch.ops.fastunlearn.<op>`` on one call (through its Python entry point where
+        ``entry``); False, with nothing written, where the entry point does not take it."""
+        first = call.params[0]
+        name = _backend.resolve(self.backend, first.device)
+        if weights is None:
+            weights = torch.ones(1, dtype=first.dtype, device=first.device)
+        if entry:
+            result = _backend.entry_point(op, first, call.params, *states, weights, call.vectors, *scalars, name)
+            return result is not NotImplemented
+        _backend.require_native()
+        flat = to_local([g for vector in call.vectors for g in vector])
+        lists = [to_local(call.params), *(to_local(state) for state in states)]
+        getattr(torch.ops.fastunlearn, op)(*lists, weights, flat, len(call.vectors), *scalars, name)
+        return True
 
     @abc.abstractmethod
-    def _apply(self, group: dict, params: list[Tensor], weights: Tensor, grads: list[Tensor], k: int, name: str):
-        """Updates one bucket of ``params`` (one dtype, device and state) with its kernel."""
+    def _state_keys(self, states: list[dict]) -> list:
+        """Per parameter, what its state's kernel call depends on (parameters with equal keys share
+        a call)."""
+
+    @abc.abstractmethod
+    def _apply(self, call: _Call, weights: Tensor | None, entry: bool) -> bool:
+        """Updates one call's parameters with the optimizer's kernel (see :meth:`_launch`)."""
+
+
+class _Call:
+    """The parameters one kernel call updates, their state dicts and their shards of each vector."""
+
+    __slots__ = ("group", "params", "states", "vectors")
+
+    def __init__(self, group: dict, params: list[Tensor], states: list[dict], vectors: list[list[Tensor]]) -> None:
+        self.group, self.params, self.states, self.vectors = group, params, states, vectors
+
+    @classmethod
+    def part(cls, group: dict, params: list[Tensor], states: list[dict], vectors, index: list[int]) -> _Call:
+        return cls(
+            group, [params[i] for i in index], [states[i] for i in index], [[v[i] for i in index] for v in vectors]
+        )
+
+    def by_device(self) -> list[_Call]:
+        """This call split by device (one part per device, in order of first appearance)."""
+        devices = [p.device for p in self.params]
+        if devices.count(devices[0]) == len(devices):
+            return [self]
+        return [
+            _Call.part(self.group, self.params, self.states, self.vectors, index) for index in _index_groups(devices)
+        ]
+
+
+def _index_groups(keys: list) -> list[list[int]]:
+    """Indices grouped by equal key, in order of first appearance."""
+    groups: dict = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    return list(groups.values())
 
 
 def _checked_vectors(vectors: Sequence[Vector], params: list[Tensor]) -> list[list[Tensor]]:
     """K gradient vectors of one shard per parameter. Each shard's pairing with its parameter (shape,
-    dtype, device, dense layout) is checked with the rest of the step (``_check_step``); DTensor
+    dtype, device, dense layout) is checked by the step's op with the rest of the step; DTensor
     shards are also checked here for their placement, which only Python sees."""
     if isinstance(vectors, Tensor) or not isinstance(vectors, Sequence) or not vectors:
         raise TypeError("vectors must be a non-empty sequence of gradient vectors (each a sequence of tensors)")
@@ -144,7 +202,7 @@ def _checked_vectors(vectors: Sequence[Vector], params: list[Tensor]) -> list[li
             raise TypeError(f"vectors[{k}] must be a sequence of tensors, one per parameter")
         if len(vector) != len(params):
             raise ValueError(f"vectors[{k}] has {len(vector)} shards but the optimizer has {len(params)} parameters")
-        checked.append(list(vector))
+        checked.append(vector if type(vector) in (list, tuple) else list(vector))
     if is_dtensor(params[0]) or any(is_dtensor(vector[0]) for vector in checked):
         for k, vector in enumerate(checked):
             for i, (g, p) in enumerate(zip(vector, params)):
@@ -153,19 +211,21 @@ def _checked_vectors(vectors: Sequence[Vector], params: list[Tensor]) -> list[li
     return checked
 
 
-def _check_step(params: list[Tensor], grads: list[list[Tensor]], weights: Tensor | None) -> None:
-    """Weights, writable parameters and no shared memory (csrc/common/validate.h), for every bucket
-    before the first is written."""
+def _check_tensors(grads: list[list[Tensor]]) -> None:
+    """Names a shard that is no tensor (the op's own error would only say its list is malformed)."""
+    for k, vector in enumerate(grads):
+        for i, g in enumerate(vector):
+            if not isinstance(g, Tensor):
+                raise TypeError(f"vectors[{k}] shard {i} is a {type(g).__name__}, not a Tensor")
+
+
+def _check_step(calls: list[_Call], weights: Tensor | None) -> None:
+    """The checks of every call of a step (csrc/library.cpp, check_step), before the first is made."""
     _backend.require_native()
-    flat = to_local([g for vector in grads for g in vector])
-    try:
-        torch.ops.fastunlearn.check_step(to_local(params), flat, len(grads), weights)
-    except RuntimeError:  # the dispatcher could not read the lists: name the shard that is no tensor
-        for k, vector in enumerate(grads):
-            for i, g in enumerate(vector):
-                if not isinstance(g, Tensor):
-                    raise TypeError(f"vectors[{k}] shard {i} is a {type(g).__name__}, not a Tensor") from None
-        raise
+    params = to_local([p for call in calls for p in call.params])
+    k = len(calls[0].vectors)
+    flat = to_local([g for v in range(k) for call in calls for g in call.vectors[v]])
+    torch.ops.fastunlearn.check_step(params, flat, k, weights)
 
 
 def to_local(tensors: list[Tensor]) -> list[Tensor]:
@@ -183,14 +243,6 @@ def _same_sharding(g: Tensor, p: Tensor) -> bool:
     if is_dtensor(g) or is_dtensor(p):
         return is_dtensor(g) and is_dtensor(p) and g.device_mesh == p.device_mesh and g.placements == p.placements
     return True
-
-
-def _buckets(params: list[Tensor], key) -> list[list[int]]:
-    """Indices of params grouped so that one kernel call takes each group (one dtype, device, state)."""
-    groups: dict[tuple, list[int]] = {}
-    for i, p in enumerate(params):
-        groups.setdefault(key(p), []).append(i)
-    return list(groups.values())
 
 
 class SGD(FusedOptimizer):
@@ -224,26 +276,28 @@ class SGD(FusedOptimizer):
         )  # fmt: skip
         super().__init__(params, defaults, backend)
 
-    def _bucket_key(self, p: Tensor) -> tuple:
-        return (p.dtype, p.device, "momentum_buffer" in self.state[p])
+    def _state_keys(self, states: list[dict]) -> list:
+        return ["momentum_buffer" in state for state in states]
 
-    def _apply(self, group, params, weights, grads, k, name):
-        momentum = group["momentum"]
+    def _apply(self, call: _Call, weights: Tensor | None, entry: bool) -> bool:
+        group, momentum = call.group, call.group["momentum"]
         buffers, first_step = [], False
         if momentum != 0:
-            first_step = "momentum_buffer" not in self.state[params[0]]
-            buffers = [
-                torch.zeros_like(p, memory_format=torch.preserve_format)
-                if first_step
-                else self.state[p]["momentum_buffer"]
-                for p in params
-            ]
-        hyper = (float(group["lr"]), float(momentum), float(group["dampening"]), bool(group["nesterov"]))
-        rest = (float(group["weight_decay"]), bool(group["maximize"]), first_step, name)
-        torch.ops.fastunlearn.sgd_step_(to_local(params), to_local(buffers), weights, to_local(grads), k, *hyper, *rest)
+            first_step = "momentum_buffer" not in call.states[0]
+            if first_step:
+                buffers = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in call.params]
+            else:
+                buffers = [state["momentum_buffer"] for state in call.states]
+        scalars = (
+            float(group["lr"]), float(momentum), float(group["dampening"]), bool(group["nesterov"]),
+            float(group["weight_decay"]), bool(group["maximize"]), first_step,
+        )  # fmt: skip
+        if not self._launch("sgd_step_", call, [buffers], weights, scalars, entry):
+            return False
         if first_step:
-            for p, buffer in zip(params, buffers):
-                self.state[p]["momentum_buffer"] = buffer
+            for state, buffer in zip(call.states, buffers):
+                state["momentum_buffer"] = buffer
+        return True
 
 
 class AdamW(FusedOptimizer):
@@ -275,26 +329,35 @@ class AdamW(FusedOptimizer):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, maximize=maximize)
         super().__init__(params, defaults, backend)
 
-    def _bucket_key(self, p: Tensor) -> tuple:
-        # torch.optim keeps one step count per parameter; a bucket shares its bias correction.
-        return (p.dtype, p.device, int(self.state[p].get("step", 0)))
+    def _state_keys(self, states: list[dict]) -> list:
+        # torch.optim keeps one step count per parameter; a call shares its bias correction.
+        return [state.get("step", 0) for state in states]
 
-    def _apply(self, group, params, weights, grads, k, name):
+    def _apply(self, call: _Call, weights: Tensor | None, entry: bool) -> bool:
         # State is created and counted only once the update went through: a failed step loses nothing.
-        if "exp_avg" in self.state[params[0]]:
-            avgs = [self.state[p]["exp_avg"] for p in params]
-            sqs = [self.state[p]["exp_avg_sq"] for p in params]
+        group, states = call.group, call.states
+        fresh = "exp_avg" not in states[0]
+        if fresh:
+            avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in call.params]
+            sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in call.params]
         else:
-            avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
-            sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in params]
-        step = int(self.state[params[0]].get("step", 0)) + 1
+            avgs = [state["exp_avg"] for state in states]
+            sqs = [state["exp_avg_sq"] for state in states]
+        step = int(states[0].get("step", 0)) + 1
         beta1, beta2 = group["betas"]
-        hyper = (float(group["lr"]), float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]))
-        state = (to_local(params), to_local(avgs), to_local(sqs))
-        maximize = bool(group["maximize"])
-        torch.ops.fastunlearn.adamw_step_(*state, weights, to_local(grads), k, *hyper, step, maximize, name)
-        for p, avg, sq in zip(params, avgs, sqs):
-            self.state[p].update(step=step, exp_avg=avg, exp_avg_sq=sq)
+        scalars = (
+            float(group["lr"]), float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]), step,
+            bool(group["maximize"]),
+        )  # fmt: skip
+        if not self._launch("adamw_step_", call, [avgs, sqs], weights, scalars, entry):
+            return False
+        if fresh:
+            for state, avg, sq in zip(states, avgs, sqs):
+                state.update(step=step, exp_avg=avg, exp_avg_sq=sq)
+        else:
+            for state in states:
+                state["step"] = step
+        return True
 
 
 def _check_nonnegative(**values: float) -> None:

@@ -255,3 +255,66 @@ def test_state_that_no_longer_matches_its_param_falls_back_instead_of_half_stepp
         ref_opt.step()
     for p, q in zip([first, second], ref_opt.param_groups[0]["params"]):
         torch.testing.assert_close(p.detach(), q.detach())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("optimizer", [lambda ps, b: fu.optim.SGD(ps, lr=0.1, momentum=0.9, backend=b),
+                                       lambda ps, b: fu.optim.AdamW(ps, lr=1e-2, backend=b)])  # fmt: skip
+def test_parameters_of_several_dtypes_step_as_one_optimizer_per_dtype(backend, optimizer):
+    # bf16 weights with fp32 adapters and an fp64 scale: one call, walked one dtype at a time.
+    gen = torch.Generator().manual_seed(3)
+    shapes = [((6, 4), torch.bfloat16), ((4,), torch.float32), ((6, 4), torch.bfloat16), ((3,), torch.float64)]
+    mixed = [torch.nn.Parameter(torch.randn(s, generator=gen).to(d)) for s, d in shapes]
+    alone = [torch.nn.Parameter(p.detach().clone()) for p in mixed]
+    vectors = [[torch.randn(s, generator=gen).to(d) for s, d in shapes] for _ in range(2)]
+    weights = torch.tensor([1.0, -0.5])
+    opt = optimizer(mixed, backend)
+    per_dtype = {d: optimizer([p for p, (_, e) in zip(alone, shapes) if e == d], backend) for _, d in shapes}
+    for _ in range(2):
+        opt.step_combined(weights, vectors)
+        for d, o in per_dtype.items():
+            o.step_combined(weights, [[g for g, (_, e) in zip(v, shapes) if e == d] for v in vectors])
+    for p, q in zip(mixed, alone):
+        assert p.dtype == q.dtype and torch.equal(p.detach(), q.detach())
+
+
+def test_step_ops_check_everything_before_writing():
+    # torch.ops.fastunlearn.*_step_ called directly: the op's own checks, ahead of any write or version bump.
+    params = [torch.randn(4), torch.randn(2, 2)]
+    grads = [torch.randn(4), torch.randn(2, 2)]
+    buffers = [torch.zeros(4), torch.zeros(2, 2)]
+    one = torch.ones(1)
+    sgd = torch.ops.fastunlearn.sgd_step_
+    adamw = torch.ops.fastunlearn.adamw_step_
+    hyper = (0.1, 0.9, 0.0, False, 0.0, False, False)
+    bad_calls = [
+        ("overlaps", lambda: sgd(params, buffers, one, [grads[0], params[0].view(2, 2)], 1, *hyper)),
+        ("momentum buffer 1 has shape", lambda: sgd(params, [buffers[0], torch.zeros(4)], one, grads, 1, *hyper)),
+        ("weights must have shape", lambda: sgd(params, buffers, torch.ones(2), grads, 1, *hyper)),
+        ("step count", lambda: adamw(params, buffers, buffers, one, grads, 1, 0.1, 0.9, 0.99, 1e-8, 0.0, 0, False)),
+        ("1 exp_avg_sq tensors for 2",
+         lambda: adamw(params, buffers, buffers[:1], one, grads, 1, 0.1, 0.9, 0.99, 1e-8, 0.0, 1, False)),
+    ]  # fmt: skip
+    written = params + buffers
+    before = [(t.clone(), t._version) for t in written]
+    for match, call in bad_calls:
+        with pytest.raises(ValueError, match=match):
+            call()
+    for t, (value, version) in zip(written, before):
+        assert torch.equal(t, value) and t._version == version
+
+
+def test_step_op_on_several_dtypes_matches_one_call_per_dtype():
+    gen = torch.Generator().manual_seed(5)
+    dtypes = [torch.float64, torch.float32, torch.bfloat16, torch.float32]
+    params = [torch.randn(5, generator=gen).to(d) for d in dtypes]
+    grads = [torch.randn(5, generator=gen).to(d) for d in dtypes * 2]
+    weights = torch.tensor([0.5, -2.0])
+    apart = [p.clone() for p in params]
+    torch.ops.fastunlearn.adamw_step_(params, [p * 0 for p in params], [p * 0 for p in params], weights, grads, 2,
+                                      1e-2, 0.9, 0.99, 1e-8, 0.1, 1, False)  # fmt: skip
+    for i, p in enumerate(apart):
+        torch.ops.fastunlearn.adamw_step_([p], [p * 0], [p * 0], weights, [grads[i], grads[i + 4]], 2, 1e-2, 0.9, 0.99,
+                                          1e-8, 0.1, 1, False)  # fmt: skip
+    for p, q in zip(params, apart):
+        assert torch.equal(p, q)

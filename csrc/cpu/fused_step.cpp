@@ -1,11 +1,13 @@
 // Fused optimizer steps: the combined gradient lives in a block buffer in L1, not in memory.
 #include "fused_step.h"
 
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <cmath>
 #include <vector>
 
+#include "common/records.h"
 #include "kernel_support.h"
 #include "simd.h"
 #include "shards.h"
@@ -149,43 +151,64 @@ Fn pick(at::ScalarType dtype, const IsaClones<Fn>& f64, const IsaClones<Fn>& f32
   }
 }
 
-// Writable tensors of a step (params and state) must be dense, and state must share each param's
-// layout, so all of them can be walked as flat memory with one index.
-void check_state(at::TensorList params, at::TensorList state, const char* what) {
-  TORCH_CHECK_VALUE(state.size() == params.size(), "fastunlearn: ", state.size(), " ", what,
-                    " tensors for ", params.size(), " params");
-  for (size_t i = 0; i < params.size(); ++i) {
-    TORCH_CHECK_VALUE(params[i].is_non_overlapping_and_dense(), "fastunlearn: param ", i,
-                      " is not dense");
-    TORCH_CHECK_VALUE(same_dense_layout(state[i], params[i]) && state[i].dtype() == params[i].dtype(),
-                      "fastunlearn: ", what, " ", i, " does not share param ", i, "'s layout and dtype");
-  }
-}
-
-struct StepInputs {
+// A step's memory as flat runs, one per parameter: the parameters, their state lists, and the K
+// gradient vectors, with the chunk plan over the parameters. The op (library.cpp) sends only steps
+// whose parameters are dense and whose state shares each parameter's layout and dtype here. Where
+// every tensor is row-major dense the pointers come from the records the checks read (one visit
+// per tensor per call); otherwise gradients in another layout are read through dense copies.
+struct StepMemory {
   int64_t n;
+  std::vector<void*> params;
+  std::vector<std::vector<void*>> states;
   InputPointers grads;
-  at::Tensor weights;
+  std::vector<double> weights;
   ChunkPlan plan;
 };
 
-// Params are dense (checked), so each is its own layout and gradients pair with it by index.
-StepInputs step_inputs(at::TensorList params, const at::Tensor& weights, at::TensorList grads,
-                       int64_t k) {
+StepMemory step_memory(at::TensorList params, std::initializer_list<at::TensorList> states,
+                       const at::Tensor& weights, at::TensorList grads, int64_t k) {
   const int64_t n = static_cast<int64_t>(params.size());
   TORCH_CHECK_VALUE(k > 0 && static_cast<int64_t>(grads.size()) == k * n, "fastunlearn: ",
                     grads.size(), " gradient shards for ", k, " vectors of ", n, " params");
   TORCH_CHECK_VALUE(weights.numel() == k, "fastunlearn: weights must have ", k, " entries, got ",
                     weights.numel());
-  return StepInputs{n, input_pointers(grads, n, layouts_of(params)), weights.to(at::kDouble).contiguous(),
-                    plan_chunks(params)};
-}
-
-std::vector<void*> pointers(at::TensorList tensors) {
-  std::vector<void*> out;
-  out.reserve(tensors.size());
-  for (const auto& t : tensors) out.push_back(t.data_ptr());
-  return out;
+  StepMemory m;
+  m.n = n;
+  // The few weights are read on the host (CPU tensors): a converted copy would cost an allocation.
+  m.weights.resize(k);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, weights.scalar_type(), "step_weights", [&] {
+    const at::Tensor w = weights.contiguous();
+    for (int64_t v = 0; v < k; ++v) m.weights[v] = static_cast<double>(w.const_data_ptr<scalar_t>()[v]);
+  });
+  const Records p(params), g(grads);
+  bool flat = p.flat() && g.flat();
+  std::vector<Records> state_records;
+  state_records.reserve(states.size());
+  for (at::TensorList state : states) {
+    state_records.emplace_back(state);
+    flat = flat && state_records.back().flat();
+  }
+  const auto writable = [&](const Records& r, at::TensorList tensors) {
+    std::vector<void*> out(tensors.size());
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      out[i] = flat ? const_cast<void*>(r[i].data) : tensors[i].data_ptr();
+    }
+    return out;
+  };
+  m.params = writable(p, params);
+  size_t j = 0;
+  for (at::TensorList state : states) m.states.push_back(writable(state_records[j++], state));
+  if (flat) {
+    m.grads.ptrs.resize(grads.size());
+    for (size_t s = 0; s < grads.size(); ++s) m.grads.ptrs[s] = g[s].data;
+    m.plan.offsets.reserve(n + 1);
+    m.plan.offsets.push_back(0);
+    for (int64_t i = 0; i < n; ++i) m.plan.offsets.push_back(m.plan.offsets.back() + p[i].numel);
+  } else {
+    m.grads = input_pointers(grads, n, layouts_of(params));
+    m.plan = plan_chunks(params);
+  }
+  return m;
 }
 
 }  // namespace
@@ -195,18 +218,16 @@ void sgd_step_cpu(at::TensorList params, at::TensorList momentum_buffers, const 
                   double dampening, bool nesterov, double weight_decay, bool maximize,
                   bool first_step) {
   if (params.empty()) return;
-  if (momentum != 0) check_state(params, momentum_buffers, "momentum buffer");
-  else check_state(params, params, "param");
-  const StepInputs in = step_inputs(params, weights, grads, num_vectors);
-  const std::vector<void*> p = pointers(params);
-  const std::vector<void*> b = momentum != 0 ? pointers(momentum_buffers) : p;
+  // Without momentum the buffer pointers are the parameters' (never written through).
+  const StepMemory m = momentum != 0 ? step_memory(params, {momentum_buffers}, weights, grads, num_vectors)
+                                     : step_memory(params, {}, weights, grads, num_vectors);
+  void* const* b = momentum != 0 ? m.states[0].data() : m.params.data();
   const SgdRule rule{lr, momentum, dampening, weight_decay, nesterov, maximize, first_step};
   const SgdChunkFn fn = pick<SgdChunkFn>(params[0].scalar_type(), sgd_chunk_f64, sgd_chunk_f32,
                                          sgd_chunk_bf16, sgd_chunk_f16);
-  at::parallel_for(0, in.plan.num_chunks(), 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, m.plan.num_chunks(), 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      fn(in.plan, c, p.data(), b.data(), in.grads.ptrs.data(), num_vectors, in.n,
-         in.weights.data_ptr<double>(), rule);
+      fn(m.plan, c, m.params.data(), b, m.grads.ptrs.data(), num_vectors, m.n, m.weights.data(), rule);
     }
   });
 }
@@ -216,20 +237,16 @@ void adamw_step_cpu(at::TensorList params, at::TensorList exp_avgs, at::TensorLi
                     double lr, double beta1, double beta2, double eps, double weight_decay,
                     int64_t step, bool maximize) {
   if (params.empty()) return;
-  TORCH_CHECK_VALUE(step >= 1, "fastunlearn: AdamW step count must be >= 1, got ", step);
-  check_state(params, exp_avgs, "exp_avg");
-  check_state(params, exp_avg_sqs, "exp_avg_sq");
-  const StepInputs in = step_inputs(params, weights, grads, num_vectors);
-  const std::vector<void*> p = pointers(params), m = pointers(exp_avgs), v = pointers(exp_avg_sqs);
+  const StepMemory m = step_memory(params, {exp_avgs, exp_avg_sqs}, weights, grads, num_vectors);
   const AdamWRule rule{lr, beta1, beta2, eps, weight_decay,
                        1.0 - std::pow(beta1, static_cast<double>(step)),
                        std::sqrt(1.0 - std::pow(beta2, static_cast<double>(step))), maximize};
   const AdamWChunkFn fn = pick<AdamWChunkFn>(params[0].scalar_type(), adamw_chunk_f64, adamw_chunk_f32,
                                              adamw_chunk_bf16, adamw_chunk_f16);
-  at::parallel_for(0, in.plan.num_chunks(), 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, m.plan.num_chunks(), 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      fn(in.plan, c, p.data(), m.data(), v.data(), in.grads.ptrs.data(), num_vectors, in.n,
-         in.weights.data_ptr<double>(), rule);
+      fn(m.plan, c, m.params.data(), m.states[0].data(), m.states[1].data(), m.grads.ptrs.data(),
+         num_vectors, m.n, m.weights.data(), rule);
     }
   });
 }
