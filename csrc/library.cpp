@@ -152,12 +152,17 @@ void check_order(const Tensor& order, int64_t k, const at::Device& device) {
   }
 }
 
-std::tuple<Tensor, Tensor> pcgrad_kernel(TensorList out, TensorList shards, int64_t k, const Tensor& order,
-                                         c10::string_view reduction, double eps, c10::string_view backend) {
+// Without an order, each task's order is a random permutation drawn on the vectors' device
+// (fastunlearn.pcgrad_order's draw), after every check: a rejected call leaves the generator as it was.
+std::tuple<Tensor, Tensor> pcgrad_kernel(TensorList out, TensorList shards, int64_t k,
+                                         const std::optional<Tensor>& order, c10::string_view reduction, double eps,
+                                         c10::string_view backend, const std::optional<at::Generator>& generator) {
   const engine::Weighting weighting = engine::pcgrad(reduction);
   const Update u = check_update(out, "out", Records(shards), k, vectors_name);
-  check_order(order, k, u.in[0].device);
-  engine::Result result = run_engine(u, k, weighting, eps, order, backend);
+  if (order.has_value()) check_order(*order, k, u.in[0].device);
+  const Tensor drawn =
+      order.has_value() ? *order : at::rand({k, k}, generator, at::TensorOptions().device(u.in[0].device)).argsort(/*dim=*/1, /*descending=*/false);
+  engine::Result result = run_engine(u, k, weighting, eps, drawn, backend);
   return {result.gram, result.weights};
 }
 
@@ -421,8 +426,9 @@ Tensor project_normal_meta(TensorList g, TensorList directions, int64_t m, doubl
   return scalars_meta(check_update(g, "g", Records(g, directions), m + 1, directions_name), m);
 }
 
-std::tuple<Tensor, Tensor> pcgrad_meta(TensorList out, TensorList shards, int64_t k, const Tensor&,
-                                       c10::string_view reduction, double, c10::string_view) {
+std::tuple<Tensor, Tensor> pcgrad_meta(TensorList out, TensorList shards, int64_t k, const std::optional<Tensor>&,
+                                       c10::string_view reduction, double, c10::string_view,
+                                       const std::optional<at::Generator>&) {
   engine::pcgrad(reduction);
   const Update u = check_update(out, "out", Records(shards), k, vectors_name);
   return {scalars_meta(u, k * k).view({k, k}), scalars_meta(u, k)};
@@ -630,8 +636,8 @@ TORCH_LIBRARY(fastunlearn, m) {
       "project_normal_(Tensor(a!)[] g, Tensor[] directions, int num_directions, float eps=1e-20, "
       "str backend=\"auto\") -> Tensor");
   m.def(
-      "pcgrad_(Tensor(a!)[] out, Tensor[] shards, int num_vectors, Tensor order, str reduction=\"mean\", "
-      "float eps=1e-20, str backend=\"auto\") -> (Tensor, Tensor)");
+      "pcgrad_(Tensor(a!)[] out, Tensor[] shards, int num_vectors, Tensor? order, str reduction=\"mean\", "
+      "float eps=1e-20, str backend=\"auto\", Generator? generator=None) -> (Tensor, Tensor)");
   m.def("shard_table(Tensor[] tensors, int rows, int chunk) -> (Tensor, int, int)");
   m.def("check_step(Tensor[] params, Tensor[] grads, int num_vectors, Tensor? weights) -> ()");
   m.def(

@@ -12,6 +12,7 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/csrc/Dtype.h>
 #include <torch/csrc/Exceptions.h>
+#include <torch/csrc/Generator.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/utils/object_ptr.h>
 #include <torch/csrc/utils/pybind.h>
@@ -313,27 +314,35 @@ PyObject* project_normal_(PyObject*, PyObject* args) {
   END_HANDLE_TH_ERRORS
 }
 
-// pcgrad_(out, vectors, order, reduction, eps, backend) -> (gram, weights)
+// pcgrad_(out, vectors, order, reduction, eps, backend, generator) -> (gram, weights)
 PyObject* pcgrad_(PyObject*, PyObject* args) {
   HANDLE_TH_ERRORS
   PyObject *out_obj = nullptr, *vectors = nullptr, *order = nullptr, *reduction = nullptr, *eps = nullptr,
-           *backend = nullptr;
-  if (!PyArg_ParseTuple(args, "OOOUOU", &out_obj, &vectors, &order, &reduction, &eps, &backend)) return nullptr;
+           *backend = nullptr, *generator = nullptr;
+  if (!PyArg_ParseTuple(args, "OOOUOUO", &out_obj, &vectors, &order, &reduction, &eps, &backend, &generator)) {
+    return nullptr;
+  }
   Borrowed shards, out;
   int64_t k = 0;
   if (shards.add_vectors(vectors, &k) == 0 || !out.add(out_obj)) Py_RETURN_NOTIMPLEMENTED;
   static const auto call =
-      op<std::tuple<Tensor, Tensor>(TensorList, TensorList, int64_t, const Tensor&, c10::string_view, double,
-                                    c10::string_view)>("fastunlearn::pcgrad_");
-  const Tensor& order_tensor = tensor(order, "order");
+      op<std::tuple<Tensor, Tensor>(TensorList, TensorList, int64_t, const std::optional<Tensor>&, c10::string_view,
+                                    double, c10::string_view, const std::optional<at::Generator>&)>(
+          "fastunlearn::pcgrad_");
+  const std::optional<Tensor> order_tensor = optional_tensor(order, "order");
+  std::optional<at::Generator> gen;
+  if (generator != Py_None) {
+    TORCH_CHECK_TYPE(THPGenerator_Check(generator), "generator must be a torch.Generator");
+    gen = reinterpret_cast<THPGenerator*>(generator)->cdata;
+  }
   const c10::string_view how = text(reduction), name = text(backend);
   const double epsilon = number(eps);
   std::tuple<Tensor, Tensor> result;
   {
     pybind11::gil_scoped_release no_gil;
     const UpdateRecords records(out, shards);
-    const c10::DispatchKeySet keys = records.keys() | order_tensor.key_set();
-    result = dispatch(call, keys, out.tensors(), shards.tensors(), k, order_tensor, how, epsilon, name);
+    const c10::DispatchKeySet keys = records.keys() | (order_tensor ? order_tensor->key_set() : c10::DispatchKeySet());
+    result = dispatch(call, keys, out.tensors(), shards.tensors(), k, order_tensor, how, epsilon, name, gen);
   }
   return wrap(std::move(result));
   END_HANDLE_TH_ERRORS

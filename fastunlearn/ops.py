@@ -439,23 +439,24 @@ def pcgrad_(
     _validate.check_generator(generator)
     if distributed.needs_unwrap(vectors, group) or distributed.needs_unwrap([out], None):
         return _sharded_pcgrad_(out, vectors, reduction, order, generator, eps, backend, group)
-    first, order_checked = _first_shard(vectors), False
+    # Without an order the op draws one (pcgrad_order's draw) once its checks have passed. It checks
+    # a CPU order's values itself; one that moves to the device is checked here.
+    first = _first_shard(vectors)
     if isinstance(first, Tensor) and type(vectors) in _LISTS:
         device = first.device
         name = _backend.resolve(backend, device)
-        # The op checks a CPU order's values itself; one that moves to the device is checked here.
-        order = _checked_order(order, len(vectors), device, generator, values=device.type != "cpu")
-        order_checked = True
-        result = _backend.entry_point("pcgrad_", first, out, vectors, order, reduction, eps, name)
+        if order is not None:
+            order = _checked_order(order, len(vectors), device, None, values=device.type != "cpu")
+        result = _backend.entry_point("pcgrad_", first, out, vectors, order, reduction, eps, name, generator)
         if result is not NotImplemented:
             return PCGradStats(*result)
     shards, _ = _flatten(vectors)
     outs = out if type(out) in _LISTS else _as_vector(out, "out")
     device = _device(shards[0])
     name = _backend.resolve(backend, device)
-    if not order_checked:  # (drawn once: a random order is not drawn again here)
-        order = _checked_order(order, len(vectors), device, generator, values=device.type != "cpu")
-    args = (outs, shards, len(vectors), order, reduction, eps, name)
+    if order is not None:
+        order = _checked_order(order, len(vectors), device, None, values=device.type != "cpu")
+    args = (outs, shards, len(vectors), order, reduction, eps, name, generator)
     return PCGradStats(*_call("pcgrad_", *args, vectors=[outs, *vectors], names=_out_and_vectors))
 
 

@@ -227,3 +227,22 @@ def test_pcgrad_weights_keep_a_nan_gram_visible():
     out = [torch.zeros(2)]
     stats = fu.pcgrad_(out, [g, r], order=torch.tensor([[0, 1], [1, 0]]))
     assert stats.weights.isnan().any() and out[0].isnan().any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rejected_pcgrad_draws_no_random_order(backend):
+    # Without order= the op draws one after its checks: a rejected call leaves every generator as it was.
+    g, r = fresh()
+    gen = torch.Generator().manual_seed(7)
+    default_state, gen_state = torch.get_rng_state(), gen.get_state()
+    for generator in (None, gen):
+        with pytest.raises(ValueError, match="shard 1 has shape"):
+            fu.pcgrad_(g, [g, [r[0], r[1][:4]]], generator=generator, backend=backend)
+    assert torch.equal(torch.get_rng_state(), default_state) and torch.equal(gen.get_state(), gen_state)
+    # An accepted call draws exactly pcgrad_order's order.
+    out = [torch.empty_like(s) for s in g]
+    expected = [torch.empty_like(s) for s in g]
+    stats = fu.pcgrad_(out, [g, r], generator=gen, backend=backend)
+    order = fu.pcgrad_order(2, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(stats.weights, fu.pcgrad_(expected, [g, r], order=order, backend=backend).weights)
+    assert_same_bits(out, expected)
