@@ -23,6 +23,8 @@ tensor([0.5000, 3.0000])
 from __future__ import annotations
 
 import abc
+import operator
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -50,6 +52,38 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
         _backend.check_name(backend)
         super().__init__(params, defaults)
         self.backend = backend
+        self.state = _CountedState(dict, self.state)
+        self._state_lookups: dict[int, tuple] = {}
+
+    def __getstate__(self) -> dict:
+        # torch.optim pickles (and deep-copies) defaults, state and param groups only.
+        return {**super().__getstate__(), "backend": self.backend}
+
+    def __setstate__(self, state: dict) -> None:
+        # load_state_dict (and unpickling) installs a plain defaultdict: counted from then on.
+        super().__setstate__(state)
+        if not isinstance(self.state, _CountedState):
+            self.state = _CountedState(dict, self.state)
+        self._state_lookups = {}
+
+    def _states(self, index: int, params: list[Tensor]) -> list[dict]:
+        """The state dicts of group ``index``'s ``params``: those of the last step while the same
+        parameters are stepped and no entry of :attr:`state` was added, replaced or removed
+        (each lookup hashes a tensor in Python, which on 10,000 parameters costs a millisecond)."""
+        state = self.state
+        last = self._state_lookups.get(index)
+        if (
+            last is not None
+            and last[0] is state
+            and last[1] == state.changes
+            and len(last[2]) == len(params)
+            and all(map(operator.is_, last[2], params))
+        ):
+            return last[3]
+        states = [state[p] for p in params]
+        if isinstance(state, _CountedState):
+            self._state_lookups[index] = (state, state.changes, params, states)
+        return states
 
     @property
     def params(self) -> list[Tensor]:
@@ -107,12 +141,12 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
         everything itself; a step of several calls is checked whole before the first one."""
         total = sum(len(params) for params in group_params)
         calls, start = [], 0
-        for group, params in zip(self.param_groups, group_params):
+        for index, (group, params) in enumerate(zip(self.param_groups, group_params)):
             if not params:
                 continue
             stop = start + len(params)
             vectors = grads if stop - start == total else [vector[start:stop] for vector in grads]
-            states = [self.state[p] for p in params]
+            states = self._states(index, params)
             keys = self._state_keys(states)
             if keys.count(keys[0]) == len(keys):
                 calls.append(_Call(group, params, states, vectors))
@@ -156,6 +190,48 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
     @abc.abstractmethod
     def _apply(self, call: _Call, weights: Tensor | None, entry: bool) -> bool:
         """Updates one call's parameters with the optimizer's kernel (see :meth:`_launch`)."""
+
+
+class _CountedState(defaultdict):
+    """torch.optim's per-parameter state (a ``defaultdict(dict)``) that counts the changes to its
+    entries, so that a step can tell whether its last lookups still hold."""
+
+    changes = 0
+
+    def _changed(self) -> None:
+        self.changes += 1
+
+    def __setitem__(self, key, value) -> None:
+        self._changed()
+        super().__setitem__(key, value)
+
+    def __delitem__(self, key) -> None:
+        self._changed()
+        super().__delitem__(key)
+
+    def clear(self) -> None:
+        self._changed()
+        super().clear()
+
+    def pop(self, *args):
+        self._changed()
+        return super().pop(*args)
+
+    def popitem(self):
+        self._changed()
+        return super().popitem()
+
+    def setdefault(self, *args):
+        self._changed()
+        return super().setdefault(*args)
+
+    def update(self, *args, **kwargs) -> None:
+        self._changed()
+        super().update(*args, **kwargs)
+
+    def __ior__(self, other):
+        self._changed()
+        return super().__ior__(other)
 
 
 class _Call:
@@ -331,7 +407,8 @@ class AdamW(FusedOptimizer):
 
     def _state_keys(self, states: list[dict]) -> list:
         # torch.optim keeps one step count per parameter; a call shares its bias correction.
-        return [state.get("step", 0) for state in states]
+        # (a count loaded from torch.optim's state_dict is a 0-d tensor: compared by value)
+        return [int(state.get("step", 0)) for state in states]
 
     def _apply(self, call: _Call, weights: Tensor | None, entry: bool) -> bool:
         # State is created and counted only once the update went through: a failed step loses nothing.

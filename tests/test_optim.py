@@ -318,3 +318,38 @@ def test_step_op_on_several_dtypes_matches_one_call_per_dtype():
                                           1e-8, 0.1, 1, False)  # fmt: skip
     for p, q in zip(params, apart):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("optimizer", [lambda ps: fu.optim.SGD(ps, lr=0.1, momentum=0.9), fu.optim.AdamW])
+def test_state_replaced_between_steps_is_what_the_next_step_reads(optimizer):
+    # A step reuses the last step's state lookups only while no entry of opt.state changed.
+    model, fresh_model = small_model(), small_model()
+    opt, fresh = optimizer(model.parameters()), optimizer(fresh_model.parameters())
+    pairs = gradient_pairs(model, 3)
+    weights = torch.tensor([1.0, -0.5])
+    for g_f, g_r in pairs[:2]:
+        opt.step_combined(weights, [g_f, g_r])
+    first = next(model.parameters())
+    opt.state[first] = {}  # restart one parameter's state, as a user resetting it would
+    with torch.no_grad():
+        next(fresh_model.parameters()).copy_(first)
+    opt.step_combined(weights, list(pairs[2]))
+    fresh.step_combined(weights, [[g[0]] + [torch.zeros_like(s) for s in g[1:]] for g in pairs[2]])
+    assert torch.equal(first.detach(), next(fresh_model.parameters()).detach())
+    assert opt.state[first] is not None and len(opt.state) == len(list(model.parameters()))
+
+
+def test_copies_and_loaded_state_keep_the_backend_and_step_alike():
+    model = small_model()
+    opt = fu.optim.AdamW(model.parameters(), lr=1e-2, backend="torch")
+    g_f, g_r = gradient_pairs(model, 1)[0]
+    opt.step_combined(torch.tensor([1.0, -1.0]), [g_f, g_r])
+    twin_model = copy.deepcopy(model)
+    twin = fu.optim.AdamW(twin_model.parameters(), lr=1e-2, backend="torch")
+    twin.load_state_dict(copy.deepcopy(opt.state_dict()))  # (loaded tensors would be shared otherwise)
+    clone = copy.deepcopy(opt)
+    assert clone.backend == "torch"
+    for o in (opt, twin):
+        o.step_combined(torch.tensor([0.5, 1.0]), [g_f, g_r])
+    for p, q in zip(model.parameters(), twin_model.parameters()):
+        assert torch.equal(p, q)
