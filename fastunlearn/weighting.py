@@ -145,6 +145,31 @@ class PCGrad(Weighting):
         return coeffs.sum(0) if self.reduction == "sum" else coeffs.mean(0)
 
 
+@dataclass(frozen=True)
+class Fixed(Weighting):
+    """Constant weights, whatever the Gram (gradient difference: ``(-forget_weight, retain_weight)``)."""
+
+    weights: tuple[float, ...]
+
+    def __call__(self, gram: Tensor) -> Tensor:
+        if gram.shape[0] != len(self.weights):
+            raise ValueError(f"{len(self.weights)} fixed weights for a Gram of {gram.shape[0]} vectors")
+        return torch.tensor(self.weights, dtype=gram.dtype, device=gram.device)
+
+
+@dataclass(frozen=True)
+class Signed(Weighting):
+    """``inner`` over the vectors ``s_k g_k``, as weights of the ``g_k``: ``w = s * inner(S G S)``.
+    A task that ascends its loss (the forget task) descends along ``-g_f``: ``s = -1``."""
+
+    inner: Weighting
+    signs: tuple[float, ...]
+
+    def __call__(self, gram: Tensor) -> Tensor:
+        signs = torch.tensor(self.signs, dtype=gram.dtype, device=gram.device)
+        return self.inner(signs[:, None] * gram * signs) * signs
+
+
 def native_weights(name: str, gram: Tensor, eps: float, order: Tensor | None) -> Tensor:
     """The engine's scalar stage on devices without its C++ version: the definitions above."""
     if name in MODES:

@@ -137,3 +137,42 @@ def test_a_nested_tensor_is_refused_by_layout():
     nested = torch.nested.nested_tensor([torch.randn(2), torch.randn(3)])
     with pytest.raises(TypeError, match="layout torch.jagged; fastunlearn ops take dense"):
         fu.gram([[torch.randn(4)], [nested]])
+
+
+def test_method_weightings_are_the_methods_formulas():
+    gen = torch.Generator().manual_seed(11)
+    a = torch.randn(3, 6, dtype=torch.float64, generator=gen)
+    gram = a @ a.T
+    eps = fu.weighting.DEFAULT_EPS
+    c = gram[0, 1] / (gram[1, 1] + eps)
+    surgery = fu.methods.SurgeryWeighting("always", retain_weight=0.5)(gram[:2, :2])
+    torch.testing.assert_close(surgery, torch.stack([-torch.ones_like(c), c + 0.5]), rtol=0, atol=0)
+    w_f, w_r = torch.tensor(-0.3, dtype=torch.float64), torch.tensor(0.25, dtype=torch.float64)
+    nabla = fu.methods.NablaTauWeighting(w_f, w_r, "always")(gram[:2, :2])
+    torch.testing.assert_close(nabla, torch.stack([w_f, w_r - w_f * c]), rtol=0, atol=0)
+    signs = torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64)
+    order = fu.pcgrad_order(3, generator=torch.Generator().manual_seed(0))
+    signed = fu.weighting.Signed(fu.weighting.PCGrad(order, "sum"), (-1.0, 1.0, 1.0))(gram)
+    expected = fu.pcgrad_weights(signs[:, None] * gram * signs, reduction="sum", order=order) * signs
+    torch.testing.assert_close(signed, expected, rtol=0, atol=0)
+    torch.testing.assert_close(fu.weighting.Fixed((-1.0, 2.0))(gram[:2, :2]), torch.tensor([-1.0, 2.0]).double())
+    with pytest.raises(ValueError, match="2 fixed weights for a Gram of 3 vectors"):
+        fu.weighting.Fixed((-1.0, 2.0))(gram)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_methods_weighting_in_aggregate_gives_the_direction_its_step_takes(backend):
+    # Gradient Surgery with plain SGD at lr 1 moves the parameters by -d; aggregate_ writes d.
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+    method = fu.methods.GradientSurgery(model, lr=1.0, retain_weight=0.5, backend=backend)
+    before = [p.detach().clone() for p in model.parameters()]
+    forget, retain = (x[:8], y[:8]), (x[8:], y[8:])
+    g_f = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x[:8]), y[:8]), list(model.parameters()))
+    g_r = torch.autograd.grad(torch.nn.functional.cross_entropy(model(x[8:]), y[8:]), list(model.parameters()))
+    method.step(forget, retain)
+    d = [torch.empty_like(g) for g in g_f]
+    fu.aggregate_(d, [list(g_f), list(g_r)], method.weighting, backend=backend)
+    for b, p, step in zip(before, model.parameters(), d):
+        torch.testing.assert_close(b - p.detach(), step, rtol=1e-5, atol=1e-6)

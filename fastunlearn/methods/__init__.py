@@ -36,10 +36,10 @@ from fastunlearn.methods.baselines import (
     train,
 )
 from fastunlearn.methods.decouple_retain import DecoupleRetain
-from fastunlearn.methods.gradient_surgery import GradientSurgery
+from fastunlearn.methods.gradient_surgery import GradientSurgery, SurgeryWeighting
 from fastunlearn.methods.gru import FastGRU
 from fastunlearn.methods.losses import NPOLoss, SimNPOLoss, causal_lm_loss, with_reference_nll
-from fastunlearn.methods.nabla_tau import NablaTau, alpha_schedule, nabla_tau_epochs
+from fastunlearn.methods.nabla_tau import NablaTau, NablaTauWeighting, alpha_schedule, nabla_tau_epochs
 
 __all__ = [
     "DecoupleRetain",
@@ -54,10 +54,12 @@ __all__ = [
     "MicroBatches",
     "NPOLoss",
     "NablaTau",
+    "NablaTauWeighting",
     "PCGradUnlearn",
     "RandomLabel",
     "SimNPOLoss",
     "StepStats",
+    "SurgeryWeighting",
     "UnlearningMethod",
     "alpha_schedule",
     "causal_lm_loss",

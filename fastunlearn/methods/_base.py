@@ -17,6 +17,7 @@ from fastunlearn._phases import PhaseTimer
 from fastunlearn.methods._capture import GradientStash
 from fastunlearn.methods._scaling import LossScaling
 from fastunlearn.optim import FusedOptimizer
+from fastunlearn.weighting import Weighting
 
 #: ``loss_fn(model, batch) -> scalar tensor``: how a method turns a batch into a loss.
 LossFn = Callable[[nn.Module, Any], Tensor]
@@ -278,6 +279,16 @@ class UnlearningMethod(abc.ABC):
                 vector = self.stash.capture(name, self.scaling.scale(loss), accumulate=j > 0)
             losses.append(loss.detach())
         return (losses[0] if len(losses) == 1 else torch.stack(losses).sum()), vector
+
+    def descend(self, vectors: Sequence[Sequence[Tensor]], weighting: Weighting) -> tuple[Tensor, Tensor]:
+        """One update through the engine: the vectors' Gram pass, ``weighting``'s K x K scalar stage
+        on the device, and the combine pass inside the optimizer step (:meth:`apply`: clipping and
+        loss scaling included). Returns the Gram matrix and the weights, for the step's stats."""
+        gram = self.gram(vectors)
+        with self.phase("vector_algebra"):
+            weights = weighting(gram)
+        self.apply(weights, vectors, gram)
+        return gram, weights
 
     def apply(
         self, weights: Tensor, vectors: Sequence[Sequence[Tensor]], gram: Tensor | None = None, *, clip: bool = True

@@ -36,7 +36,8 @@ from torch import Tensor, nn
 
 from fastunlearn import _validate, optim
 from fastunlearn.methods._base import LossFn, StepStats, UnlearningMethod, pair_stats
-from fastunlearn.ops import DEFAULT_EPS, pcgrad_order, pcgrad_weights
+from fastunlearn.ops import DEFAULT_EPS, pcgrad_order
+from fastunlearn.weighting import Fixed, PCGrad, Signed
 
 
 class GradientAscent(UnlearningMethod):
@@ -62,9 +63,7 @@ class GradientDifference(UnlearningMethod):
     def step(self, forget_batch: Any, retain_batch: Any) -> StepStats:
         forget_loss, g_f = self.gradient("forget", self.forget_loss_fn, forget_batch)
         retain_loss, g_r = self.gradient("retain", self.loss_fn, retain_batch)
-        gram = self.gram([g_f, g_r])
-        weights = torch.tensor([-self.forget_weight, self.retain_weight], dtype=gram.dtype, device=gram.device)
-        self.apply(weights, [g_f, g_r], gram)
+        gram, _ = self.descend([g_f, g_r], Fixed((-self.forget_weight, self.retain_weight)))
         return pair_stats(gram, forget_loss, retain_loss)
 
 
@@ -131,8 +130,7 @@ class RandomLabel(UnlearningMethod):
             self.apply(torch.ones(1, dtype=torch.float64, device=g_f[0].device), [g_f])
             return {"relabelled_forget_loss": forget_loss}
         retain_loss, g_r = self.gradient("retain", self.loss_fn, retain_batch)
-        gram = self.gram([g_f, g_r])
-        self.apply(torch.ones(2, dtype=gram.dtype, device=gram.device), [g_f, g_r], gram)
+        gram, _ = self.descend([g_f, g_r], Fixed((1.0, 1.0)))
         stats = pair_stats(gram, forget_loss, retain_loss)
         stats["relabelled_forget_loss"] = stats.pop("forget_loss")
         return stats
@@ -168,16 +166,12 @@ class PCGradUnlearn(UnlearningMethod):
         forget_loss, g_f = self.gradient("forget", self.forget_loss_fn, forget_batch)
         m = self.retain_tasks
         retain_loss, g_rs = self.retain_gradients(retain_batch, m)
-        gram = self.gram([g_f, *g_rs])
-        signs = torch.ones(m + 1, dtype=gram.dtype, device=gram.device)
-        signs[0] = -1.0
-        order = pcgrad_order(m + 1, device=gram.device, generator=self.generator)
-        task_weights = pcgrad_weights(
-            signs[:, None] * gram * signs, reduction=self.reduction, order=order, eps=self.eps
-        )
-        self.apply(task_weights * signs, [g_f, *g_rs], gram)
+        # The task directions are -g_f and g_rj: PCGrad over them, as weights of the gradients.
+        order = pcgrad_order(m + 1, device=g_f[0].device, generator=self.generator)
+        tasks = Signed(PCGrad(order, self.reduction, self.eps), (-1.0,) + (1.0,) * m)
+        gram, weights = self.descend([g_f, *g_rs], tasks)
         stats = pair_stats(gram[:2, :2], forget_loss, retain_loss)
-        stats["task_weights"] = task_weights
+        stats["task_weights"] = weights * torch.tensor(tasks.signs, dtype=weights.dtype, device=weights.device)
         return stats
 
 

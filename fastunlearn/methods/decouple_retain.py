@@ -207,19 +207,19 @@ class DecoupleRetain(UnlearningMethod):
         ``retention="projected"``, projected off the forget batch's gradient where they agree."""
         retain_loss, g_r = self.gradient("retain", self.loss_fn, retain_batch)
         stats: StepStats = {"retain_loss": retain_loss}
+        g_f = None
         if self.retention == "projected":
             if forget_batch is None:
                 raise ValueError('retention="projected" needs a forget batch for every retain step')
             # The task loss on the forget batch (phase 1's forget_loss is forget_loss_fn's).
             stats["forget_task_loss"], g_f = self.gradient("forget", self.loss_fn, forget_batch)
-            gram = self.gram([g_r, g_f])
-            weights, vectors = Projection("ascent_conflict")(gram), [g_r, g_f]
-            stats["coef"] = -weights[1]
-        else:
-            gram, weights, vectors = None, torch.ones(1, dtype=torch.float64, device=g_r[0].device), [g_r]
         optimizer, self.optimizer = self.optimizer, self.retain_optimizer
         try:
-            self.apply(weights, vectors, gram)
+            if g_f is not None:
+                _, weights = self.descend([g_r, g_f], Projection("ascent_conflict"))
+                stats["coef"] = -weights[1]
+            else:
+                self.apply(torch.ones(1, dtype=torch.float64, device=g_r[0].device), [g_r])
         finally:
             self.optimizer = optimizer
         return stats

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from fastunlearn import _validate
 from fastunlearn.methods._base import LossFn, StepStats, UnlearningMethod, pair_stats
-from fastunlearn.weighting import DEFAULT_EPS, Projection, SpanComplement
+from fastunlearn.weighting import DEFAULT_EPS, Projection, SpanComplement, Weighting
 
 PROJECTIONS = ("always", "on_conflict", "never")
 
@@ -83,15 +84,18 @@ class GradientSurgery(UnlearningMethod):
         self.eps = _validate.check_eps(eps)
         self.retain_directions = retain_directions
 
+    @property
+    def weighting(self) -> SurgeryWeighting:
+        """The step's weighting over ``[g_f, g_r1..g_rm]``."""
+        return SurgeryWeighting(self.projection, self.retain_weight, self.retain_directions, self.eps)
+
     def step(self, forget_batch: Any, retain_batch: Any) -> StepStats:
         forget_loss, g_f = self.gradient("forget", self.forget_loss_fn, forget_batch)
         m = self.retain_directions
         retain_loss, g_rs = self.retain_gradients(retain_batch, m)
-        with self.phase("vector_algebra"):
-            gram = self.gram([g_f, *g_rs])
-            coefs = self._coefficients(gram)
-            weights = torch.cat([-torch.ones_like(coefs[:1]), coefs + self.retain_weight / m])
-        self.apply(weights, [g_f, *g_rs], gram)
+        weighting = self.weighting
+        gram, _ = self.descend([g_f, *g_rs], weighting)
+        coefs = weighting.coefficients(gram)
 
         # Stats of g_f against the mean retain gradient (the whole batch's, for equal parts).
         pair = torch.zeros(2, m + 1, dtype=gram.dtype, device=gram.device)
@@ -105,10 +109,27 @@ class GradientSurgery(UnlearningMethod):
             stats["coefs"] = coefs
         return stats
 
-    def _coefficients(self, gram: torch.Tensor) -> torch.Tensor:
-        if self.retain_directions > 1:
+
+@dataclass(frozen=True)
+class SurgeryWeighting(Weighting):
+    """Gradient Surgery's weights over ``[g_f, g_r1..g_rm]``: the descent direction
+    ``d = -(g_f - sum_j c_j g_rj) + (retain_weight / m) sum_j g_rj``, with the c_j of ``projection``
+    (see :class:`GradientSurgery`). Usable outside the method, e.g. with ``fu.aggregate_``."""
+
+    projection: str = "always"
+    retain_weight: float = 0.0
+    directions: int = 1
+    eps: float = DEFAULT_EPS
+
+    def coefficients(self, gram: Tensor) -> Tensor:
+        """The c_j: g_f's components along the retain directions that the projection removes."""
+        if self.directions > 1:
             return -SpanComplement(self.eps)(gram)[1:]
         if self.projection == "never":
             return torch.zeros(1, dtype=gram.dtype, device=gram.device)
         mode = "always" if self.projection == "always" else "ascent_conflict"
         return -Projection(mode, self.eps)(gram)[1:]
+
+    def __call__(self, gram: Tensor) -> Tensor:
+        coefs = self.coefficients(gram)
+        return torch.cat([-torch.ones_like(coefs[:1]), coefs + self.retain_weight / self.directions])

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from fastunlearn import _validate, ops
 from fastunlearn.methods._base import StepStats, UnlearningMethod, pair_stats
-from fastunlearn.weighting import DEFAULT_EPS, Projection
+from fastunlearn.weighting import DEFAULT_EPS, Projection, Signed
 
 FORGET_OBJECTIVES = ("ascent", "descent")
 
@@ -82,11 +82,10 @@ class FastGRU(UnlearningMethod):
                 decay = (1.0 - self.gamma) * scale / self._average_scale
                 mix = torch.stack([torch.full_like(scale, self.gamma), decay])
                 ops.combine_(average, mix, [g_r, self.retain_average], backend=self.backend)
-            gram = self.gram([g_f, average])
-            signs = torch.tensor([self.sign, 1.0], dtype=gram.dtype, device=gram.device)
-            coef = -Projection("conflict", self.eps)(signs[:, None] * gram * signs)[1]
         skipped = self.skipped_steps
-        self.apply(torch.stack([torch.full_like(coef, self.sign), -coef]), [g_f, average], gram)
+        # The forget task's direction is sign * g_f: projected off the average where they conflict.
+        gram, weights = self.descend([g_f, average], Signed(Projection("conflict", self.eps), (self.sign, 1.0)))
+        coef = -weights[1]
         if self.skipped_steps == skipped:
             self.retain_average, self._average_scale = average, scale
         stats = pair_stats(gram, forget_loss, retain_loss)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -10,7 +11,7 @@ from torch import Tensor, nn
 
 from fastunlearn import _validate, optim
 from fastunlearn.methods._base import History, LossFn, StepStats, UnlearningMethod, batch_size, evaluating, pair_stats
-from fastunlearn.weighting import DEFAULT_EPS, Projection
+from fastunlearn.weighting import DEFAULT_EPS, Projection, Weighting
 
 PROJECTIONS = ("none", "always", "on_conflict")
 
@@ -157,16 +158,12 @@ class NablaTau(UnlearningMethod):
             self.refresh_tau()
         forget_loss, g_f = self.gradient("forget", self.forget_loss_fn, forget_batch)
         retain_loss, g_r = self.gradient("retain", self.loss_fn, retain_batch)
-        gram = self.gram([g_f, g_r])
-        gap = (self.tau - forget_loss).to(gram.dtype)
+        gap = (self.tau - forget_loss).to(torch.float64)
         forget_weight = -2.0 * self.alpha * (gap if self.two_sided else gap.clamp_min(0.0))
         retain_weight = torch.full_like(forget_weight, 1.0 - self.alpha)
-        coef = torch.zeros_like(forget_weight)
-        if self.projection != "none":
-            mode = "always" if self.projection == "always" else "ascent_conflict"
-            coef = -Projection(mode, self.eps)(gram)[1]
-        # d = w_f (g_f - c g_r) + w_r g_r
-        self.apply(torch.stack([forget_weight, retain_weight - forget_weight * coef]), [g_f, g_r], gram)
+        weighting = NablaTauWeighting(forget_weight, retain_weight, self.projection, self.eps)
+        gram, _ = self.descend([g_f, g_r], weighting)
+        coef = weighting.coefficient(gram)
         stats = pair_stats(gram, forget_loss, retain_loss)
         stats.update(
             tau=self.tau.detach(), alpha=torch.full_like(forget_weight, self.alpha), forget_weight=forget_weight,
@@ -204,3 +201,25 @@ class NablaTau(UnlearningMethod):
     def on_epoch_end(self, epoch: int) -> None:
         if self.scheduler is not None:
             self.scheduler.step()
+
+
+@dataclass(frozen=True, eq=False)
+class NablaTauWeighting(Weighting):
+    """∇τ's weights over ``[g_f, g_r]``: ``d = w_f (g_f - c g_r) + w_r g_r``, with the step's
+    ``forget_weight`` w_f and ``retain_weight`` w_r (0-d tensors: w_f follows the forget loss's gap
+    to τ) and ``c`` removing g_f's component along g_r as ``projection`` says (see :class:`NablaTau`)."""
+
+    forget_weight: Tensor
+    retain_weight: Tensor
+    projection: str = "none"
+    eps: float = DEFAULT_EPS
+
+    def coefficient(self, gram: Tensor) -> Tensor:
+        if self.projection == "none":
+            return torch.zeros((), dtype=gram.dtype, device=gram.device)
+        mode = "always" if self.projection == "always" else "ascent_conflict"
+        return -Projection(mode, self.eps)(gram)[1]
+
+    def __call__(self, gram: Tensor) -> Tensor:
+        w_f, w_r = self.forget_weight.to(gram.dtype), self.retain_weight.to(gram.dtype)
+        return torch.stack([w_f, w_r - w_f * self.coefficient(gram)])
