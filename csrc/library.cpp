@@ -7,6 +7,9 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
+#include <torch/csrc/Dtype.h>
+#include <torch/csrc/DynamicTypes.h>
+#include <torch/csrc/Exceptions.h>
 #include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 
@@ -588,11 +591,28 @@ PyObject* has_cuda(PyObject*, PyObject*) {
 
 PyObject* cpu_isa_name(PyObject*, PyObject*) { return PyUnicode_FromString(isa_name(cpu_isa())); }
 
+// The dtype policy (common/dtypes.h) for Python: fastunlearn._backend asks here, so that the rule
+// is written once.
+template <at::ScalarType (*Rule)(at::ScalarType)>
+PyObject* dtype_rule(PyObject*, PyObject* dtype) {
+  HANDLE_TH_ERRORS
+  TORCH_CHECK_TYPE(THPDtype_Check(dtype), "expected a torch.dtype");
+  const at::ScalarType scalar_type = reinterpret_cast<THPDtype*>(dtype)->scalar_type;
+  TORCH_CHECK_TYPE(supported_dtype(scalar_type), "fastunlearn takes float64/float32/bfloat16/float16, got ",
+                   python_name(scalar_type));
+  PyObject* result = reinterpret_cast<PyObject*>(torch::getTHPDtype(Rule(scalar_type)));
+  Py_INCREF(result);
+  return result;
+  END_HANDLE_TH_ERRORS
+}
+
 PyMethodDef* module_methods() {
   static std::vector<PyMethodDef> all = [] {
     std::vector<PyMethodDef> methods = {
         {"has_cuda", has_cuda, METH_NOARGS, "Whether the CUDA kernels were built."},
         {"cpu_isa", cpu_isa_name, METH_NOARGS, "The ISA level of the CPU kernels in use."},
+        {"accumulation_dtype", dtype_rule<accumulation_dtype>, METH_O, "What reductions over a dtype accumulate in."},
+        {"result_dtype", dtype_rule<result_dtype>, METH_O, "A dtype, but never below float32."},
         {"register_backend", register_backend, METH_VARARGS, "Registers a backend written in Python."},
         {"set_hooks", set_hooks, METH_VARARGS, "Registers the Python resolver of backend='auto' and the weightings."},
     };

@@ -178,6 +178,28 @@ def extension():
     return _C
 
 
+_DTYPE_RULES: dict[tuple[str, torch.dtype], torch.dtype] = {}
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """What reductions over ``dtype`` accumulate in: fp64 for fp32/fp64 (their products are exact
+    there), fp32 for bf16/fp16. The rule is the extension's (csrc/common/dtypes.h), written once."""
+    return _dtype_rule("accumulation_dtype", dtype)
+
+
+def result_dtype(dtype: torch.dtype) -> torch.dtype:
+    """``dtype``, but never below fp32: what gram, dot and sq_norm return, and what weighted sums
+    are computed in (csrc/common/dtypes.h)."""
+    return _dtype_rule("result_dtype", dtype)
+
+
+def _dtype_rule(name: str, dtype: torch.dtype) -> torch.dtype:
+    result = _DTYPE_RULES.get((name, dtype))
+    if result is None:
+        result = _DTYPE_RULES[name, dtype] = getattr(extension(), name)(dtype)
+    return result
+
+
 def entry_point(name: str, first, *args):
     """Op ``name`` through its Python entry point in fastunlearn._C (nested lists passed as they are,
     their tensors borrowed): NotImplemented where that does not apply -- under torch.compile or a

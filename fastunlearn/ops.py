@@ -24,7 +24,6 @@ import torch
 from torch import Tensor
 
 from fastunlearn import _backend, _validate, distributed
-from fastunlearn.reference import accumulation_dtype
 from fastunlearn.weighting import DEFAULT_EPS, PCGrad, Projection, SpanComplement, Weighting
 
 Vector = Sequence[Tensor]
@@ -131,10 +130,6 @@ class PCGradStats(NamedTuple):
     weights: Tensor  #: (K,) w with out = sum_k w_k g_k
 
 
-def _result_dtype(dtype: torch.dtype) -> torch.dtype:
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
-
-
 def gram(vectors: Sequence[Vector], *, dtype: torch.dtype | None = None, backend: str = "auto", group=None) -> Tensor:
     """K x K matrix of pairwise dot products of K vectors, reading every shard once.
 
@@ -154,7 +149,7 @@ def gram(vectors: Sequence[Vector], *, dtype: torch.dtype | None = None, backend
     if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype}")
     if distributed.needs_unwrap(vectors, group):
-        return _sharded_gram(vectors, group, backend).to(dtype or _result_dtype(vectors[0][0].dtype))
+        return _sharded_gram(vectors, group, backend).to(dtype or _backend.result_dtype(vectors[0][0].dtype))
     first = _first_shard(vectors)
     if isinstance(first, Tensor):
         result = _backend.entry_point("gram", first, vectors, dtype, _backend.resolve(backend, first.device))
@@ -174,7 +169,7 @@ def _sharded_gram(vectors, group, backend: str) -> Tensor:
 def _reduced_gram(local: list[list[Tensor]], reduction, backend: str) -> Tensor:
     """Gram of local shards in the accumulation dtype, summed over ranks by ``reduction`` (if any)."""
     with torch.no_grad():  # the all-reduce is not part of any autograd graph
-        result = gram(local, dtype=accumulation_dtype(local[0][0].dtype), backend=backend)
+        result = gram(local, dtype=_backend.accumulation_dtype(local[0][0].dtype), backend=backend)
     return reduction.all_reduce_(result) if reduction is not None else result
 
 
@@ -267,7 +262,10 @@ def aggregate_(
         args = (outs, shards, k, weighting.native, weighting.eps, order, name)
         return tuple(_call("aggregate_", *args, vectors=[outs, *vectors], names=_out_and_vectors))
     # The weighting sees the full accumulator: fp64 if any shard accumulates in fp64.
-    wide = any(accumulation_dtype(s.dtype) == torch.float64 for s in shards)
+    try:
+        wide = any(_backend.accumulation_dtype(s.dtype) == torch.float64 for s in shards)
+    except TypeError:  # a dtype the ops do not take: the gram op's check names the shard
+        wide = True
     gram = _call("gram", shards, k, torch.float64 if wide else torch.float32, name, vectors=vectors)
     weights = weighting(gram)
     _call("combine_", outs, weights, shards, k, name, vectors=[outs, *vectors], names=_out_and_vectors)

@@ -13,24 +13,17 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-_WIDE = (torch.float32, torch.float64)
+from fastunlearn import _backend
 
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Reductions over fp32/fp64 accumulate in fp64; over bf16/fp16 in fp32."""
-    return torch.float64 if dtype in _WIDE else torch.float32
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Weighted sums are computed in the input dtype, but never below fp32."""
-    return dtype if dtype in _WIDE else torch.float32
+# The dtype policy is the extension's (csrc/common/dtypes.h): reductions accumulate in
+# _backend.accumulation_dtype, weighted sums are computed in _backend.result_dtype.
 
 
 def gram(shards: list[Tensor], num_vectors: int) -> Tensor:
-    """K x K matrix of pairwise dot products, in ``accumulation_dtype`` of the inputs."""
+    """K x K matrix of pairwise dot products, in the accumulation dtype of the inputs."""
     k = num_vectors
     n = len(shards) // k
-    acc = accumulation_dtype(shards[0].dtype)
+    acc = _backend.accumulation_dtype(shards[0].dtype)
     result = torch.zeros(k, k, dtype=acc, device=shards[0].device)
     for i in range(n):
         rows = torch.stack([shards[v * n + i].reshape(-1) for v in range(k)]).to(acc)
@@ -48,7 +41,7 @@ def combine_(outs: list[Tensor], weights: Tensor, shards: list[Tensor], num_vect
     k = num_vectors
     n = len(shards) // k
     num_outs = len(outs) // n
-    comp = compute_dtype(shards[0].dtype)
+    comp = _backend.result_dtype(shards[0].dtype)
     w = weights.to(comp)
     for i in range(n):
         results = []
@@ -86,7 +79,7 @@ def sgd_step_(
 ) -> None:
     """``torch.optim.SGD``'s update with gradient ``d = sum_k weights[k] * grads[k][i]`` per param."""
     for i, p in enumerate(params):
-        comp = compute_dtype(p.dtype)
+        comp = _backend.result_dtype(p.dtype)
         d = _weighted_gradient(weights, grads, num_vectors, i, comp)
         if maximize:
             d = -d
@@ -118,7 +111,7 @@ def adamw_step_(
     bias_correction1 = 1 - beta1**step
     bias_correction2_sqrt = (1 - beta2**step) ** 0.5
     for i, p in enumerate(params):
-        comp = compute_dtype(p.dtype)
+        comp = _backend.result_dtype(p.dtype)
         d = _weighted_gradient(weights, grads, num_vectors, i, comp)
         if maximize:
             d = -d

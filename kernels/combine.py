@@ -14,7 +14,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fastunlearn.kernels import _support, _tables
-from fastunlearn.reference import compute_dtype
+from fastunlearn import _backend
 
 
 @triton.jit
@@ -79,7 +79,7 @@ def combine_(outs: list[Tensor], weights: Tensor, shards: list[Tensor], num_vect
         t if _tables.same_dense_layout(t, refs[s % n]) and not grouped_alias else torch.empty_like(refs[s % n])
         for s, t in enumerate(outs)
     ]
-    comp_weights = weights.to(compute_dtype(dtype)).contiguous()
+    comp_weights = weights.to(_backend.result_dtype(dtype)).contiguous()
     for m0 in range(0, num_outs, MAX_OUTS):
         group = min(MAX_OUTS, num_outs - m0)
         table = _tables.shard_table(_rows(inputs, n) + _rows(targets[m0 * n : (m0 + group) * n], n))

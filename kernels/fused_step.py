@@ -17,7 +17,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fastunlearn.kernels import _support, _tables
-from fastunlearn.reference import compute_dtype
+from fastunlearn import _backend
 
 
 @triton.jit
@@ -220,7 +220,7 @@ class _Launch:
     def __init__(self, params, state, weights, grads, num_vectors, hyper) -> None:
         device, dtype = params[0].device, params[0].dtype
         _support.check_device(device)
-        comp = compute_dtype(dtype)
+        comp = _backend.result_dtype(dtype)
         self.grads = _tables.readable(grads, params)
         n = len(params)
         rows = [params, *state] + [self.grads[v * n : (v + 1) * n] for v in range(num_vectors)]

@@ -20,7 +20,7 @@ import triton.language as tl
 from torch import Tensor
 
 from fastunlearn.kernels import _support, _tables
-from fastunlearn.reference import accumulation_dtype
+from fastunlearn import _backend
 
 #: Vectors reduced in one pass.
 MAX_BLOCK_VECTORS = 16
@@ -104,7 +104,7 @@ def gram(shards: list[Tensor], num_vectors: int) -> Tensor:
                 block = _block_gram(table, a, b, min(MAX_BLOCK_VECTORS, k - a), min(MAX_BLOCK_VECTORS, k - b), dtype)
                 result[a : a + block.shape[0], b : b + block.shape[1]] = block
     upper = result.triu()
-    return (upper + upper.triu(1).mT).to(accumulation_dtype(dtype))
+    return (upper + upper.triu(1).mT).to(_backend.accumulation_dtype(dtype))
 
 
 def _block_gram(table: _tables.ShardTable, row0: int, col0: int, num_rows: int, num_cols: int, dtype) -> Tensor:

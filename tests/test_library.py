@@ -150,3 +150,19 @@ def test_the_extension_links_the_shared_libstdcxx():
 
     linked = subprocess.run(["ldd", _C.__file__], capture_output=True, text=True).stdout
     assert "libstdc++.so" in linked, linked
+
+
+def test_the_dtype_policy_comes_from_the_extension():
+    # csrc/common/dtypes.h is the one copy; Python (ops, the torch reference, Triton launchers) asks it.
+    from fastunlearn import _backend
+
+    expected = {
+        torch.float64: (torch.float64, torch.float64),
+        torch.float32: (torch.float64, torch.float32),
+        torch.bfloat16: (torch.float32, torch.float32),
+        torch.float16: (torch.float32, torch.float32),
+    }
+    for dtype, (accumulation, result) in expected.items():
+        assert _backend.accumulation_dtype(dtype) == accumulation and _backend.result_dtype(dtype) == result
+    with pytest.raises(TypeError, match="got torch.int32"):
+        _backend.accumulation_dtype(torch.int32)
