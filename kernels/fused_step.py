@@ -16,8 +16,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastunlearn.kernels import _support, _tables
 from fastunlearn import _backend
+from fastunlearn.kernels import _support, _tables
 
 
 @triton.jit

@@ -19,8 +19,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from fastunlearn.kernels import _support, _tables
 from fastunlearn import _backend
+from fastunlearn.kernels import _support, _tables
 
 #: Vectors reduced in one pass.
 MAX_BLOCK_VECTORS = 16
