@@ -10,6 +10,8 @@
 #include <torch/csrc/Dtype.h>
 #include <torch/csrc/DynamicTypes.h>
 #include <torch/csrc/Exceptions.h>
+#include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/utils/object_ptr.h>
 #include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 
@@ -20,6 +22,7 @@
 #include <vector>
 
 #include "common/dtypes.h"
+#include "common/layouts.h"
 #include "common/shard_table.h"
 #include "common/validate.h"
 #include "cpu/isa.h"
@@ -606,6 +609,39 @@ PyObject* dtype_rule(PyObject*, PyObject* dtype) {
   END_HANDLE_TH_ERRORS
 }
 
+// layout_pairs(refs, tensors) -> (dense, pairs): for the Triton launchers, the layout policy of
+// common/layouts.h -- whether each shard index's reference tensor is dense (else the index is
+// computed in a contiguous stand-in), and whether tensors[s] pairs with index s % n's layout (else
+// it is read through a copy, or written through a temporary).
+PyObject* layout_pairs(PyObject*, PyObject* args) {
+  HANDLE_TH_ERRORS
+  PyObject *refs_obj = nullptr, *tensors_obj = nullptr;
+  if (!PyArg_ParseTuple(args, "O!O!", &PyList_Type, &refs_obj, &PyList_Type, &tensors_obj)) return nullptr;
+  const auto unpack = [](PyObject* list) {
+    std::vector<Tensor> out;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); ++i) {
+      PyObject* item = PyList_GET_ITEM(list, i);
+      TORCH_CHECK_TYPE(THPVariable_Check(item), "layout_pairs takes lists of tensors");
+      out.push_back(THPVariable_Unpack(item));
+    }
+    return out;
+  };
+  const std::vector<Tensor> refs = unpack(refs_obj), tensors = unpack(tensors_obj);
+  TORCH_CHECK_VALUE(!refs.empty() && tensors.size() % refs.size() == 0, "layout_pairs: ", tensors.size(),
+                    " tensors for ", refs.size(), " shard indices");
+  THPObjectPtr dense(PyList_New(static_cast<Py_ssize_t>(refs.size())));
+  THPObjectPtr pairs(PyList_New(static_cast<Py_ssize_t>(tensors.size())));
+  if (!dense || !pairs) return nullptr;
+  for (size_t i = 0; i < refs.size(); ++i) {
+    PyList_SET_ITEM(dense.get(), i, PyBool_FromLong(refs[i].is_non_overlapping_and_dense()));
+  }
+  for (size_t s = 0; s < tensors.size(); ++s) {
+    PyList_SET_ITEM(pairs.get(), s, PyBool_FromLong(pairs_with_layout(tensors[s], refs[s % refs.size()])));
+  }
+  return PyTuple_Pack(2, dense.get(), pairs.get());
+  END_HANDLE_TH_ERRORS
+}
+
 PyMethodDef* module_methods() {
   static std::vector<PyMethodDef> all = [] {
     std::vector<PyMethodDef> methods = {
@@ -613,6 +649,7 @@ PyMethodDef* module_methods() {
         {"cpu_isa", cpu_isa_name, METH_NOARGS, "The ISA level of the CPU kernels in use."},
         {"accumulation_dtype", dtype_rule<accumulation_dtype>, METH_O, "What reductions over a dtype accumulate in."},
         {"result_dtype", dtype_rule<result_dtype>, METH_O, "A dtype, but never below float32."},
+        {"layout_pairs", layout_pairs, METH_VARARGS, "The shard layout policy, for the Triton launchers."},
         {"register_backend", register_backend, METH_VARARGS, "Registers a backend written in Python."},
         {"set_hooks", set_hooks, METH_VARARGS, "Registers the Python resolver of backend='auto' and the weightings."},
     };

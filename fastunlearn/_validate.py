@@ -7,11 +7,10 @@ from __future__ import annotations
 import numbers
 
 import torch
-from torch import Tensor
 
 from fastunlearn.weighting import MODES, REDUCTIONS
 
-__all__ = ["MODES", "REDUCTIONS", "check_choice", "check_eps", "check_generator", "is_dense"]
+__all__ = ["MODES", "REDUCTIONS", "check_choice", "check_eps", "check_generator"]
 
 
 def check_eps(eps: float) -> float:
@@ -31,13 +30,3 @@ def check_generator(generator: torch.Generator | None) -> None:
 def check_choice(value: str, choices: tuple[str, ...], what: str) -> None:
     if value not in choices:
         raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(map(repr, choices))}")
-
-
-def is_dense(t: Tensor) -> bool:
-    """Whether ``t`` covers exactly ``numel`` consecutive elements (in any dimension order)."""
-    expected = 1
-    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1):
-        if stride != expected:
-            return False
-        expected *= size
-    return True

@@ -24,7 +24,6 @@ import torch
 from torch import Tensor
 
 from fastunlearn import _C
-from fastunlearn._validate import is_dense
 
 #: Elements of one shard one chunk covers (csrc/common/chunking.h): a task of the persistent grid.
 CHUNK = _C.TABLE_CHUNK
@@ -44,25 +43,20 @@ class ShardTable:
     num_chunks: int
 
 
-def dense_reference(t: Tensor) -> Tensor:
-    """``t`` if it is dense, else an (unfilled) contiguous tensor of its shape to compute in."""
-    return t if is_dense(t) else torch.empty(t.shape, dtype=t.dtype, device=t.device)
-
-
-def same_dense_layout(a: Tensor, b: Tensor) -> bool:
-    if a.shape != b.shape or not is_dense(a) or not is_dense(b):
-        return False
-    return all(size <= 1 or sa == sb for size, sa, sb in zip(a.shape, a.stride(), b.stride()))
-
-
-def readable(shards: list[Tensor], refs: list[Tensor]) -> list[Tensor]:
-    """Every shard as memory that pairs with ``refs[i % n]`` element by element (a copy if needed)."""
+def layouts(
+    refs: list[Tensor], inputs: list[Tensor], outputs: list[Tensor] = ()
+) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """The layout policy of csrc/common/layouts.h, for n shard indices: the tensor each index is
+    computed in (``refs[i]`` where it is dense, else a contiguous stand-in); ``inputs`` as memory
+    that pairs with it element by element (a dense copy where theirs differs); and for ``outputs``
+    the tensors to write (the output itself where it pairs, else a temporary the caller copies back)."""
+    dense, pairs = _C.layout_pairs(list(refs), [*inputs, *outputs])
+    refs = [t if d else torch.empty(t.shape, dtype=t.dtype, device=t.device) for t, d in zip(refs, dense)]
     n = len(refs)
-    out = []
-    for s, t in enumerate(shards):
-        ref = refs[s % n]
-        out.append(t if same_dense_layout(t, ref) else torch.empty_like(ref).copy_(t))
-    return out
+    read = [t if p else torch.empty_like(refs[s % n]).copy_(t) for s, (t, p) in enumerate(zip(inputs, pairs))]
+    out_pairs = pairs[len(inputs) :]
+    written = [t if p else torch.empty_like(refs[s % n]) for s, (t, p) in enumerate(zip(outputs, out_pairs))]
+    return refs, read, written
 
 
 class _TableCache:

@@ -70,15 +70,11 @@ def combine_(outs: list[Tensor], weights: Tensor, shards: list[Tensor], num_vect
         return
     device, dtype = shards[0].device, shards[0].dtype
     _support.check_device(device)
-    refs = [_tables.dense_reference(t) for t in outs[:n]]
-    inputs = _tables.readable(shards, refs)
     # Outputs outside their index's dense layout are computed into a temporary and copied back;
     # so are all outputs when a later group would read an input that an earlier one wrote.
-    grouped_alias = num_outs > MAX_OUTS and _shares_memory(outs, inputs)
-    targets = [
-        t if _tables.same_dense_layout(t, refs[s % n]) and not grouped_alias else torch.empty_like(refs[s % n])
-        for s, t in enumerate(outs)
-    ]
+    refs, inputs, targets = _tables.layouts(outs[:n], shards, outs)
+    if num_outs > MAX_OUTS and _shares_memory(outs, inputs):
+        targets = [torch.empty_like(refs[s % n]) for s in range(len(outs))]
     comp_weights = weights.to(_backend.result_dtype(dtype)).contiguous()
     for m0 in range(0, num_outs, MAX_OUTS):
         group = min(MAX_OUTS, num_outs - m0)

@@ -221,7 +221,7 @@ class _Launch:
         device, dtype = params[0].device, params[0].dtype
         _support.check_device(device)
         comp = _backend.result_dtype(dtype)
-        self.grads = _tables.readable(grads, params)
+        _, self.grads, _ = _tables.layouts(params, grads)
         n = len(params)
         rows = [params, *state] + [self.grads[v * n : (v + 1) * n] for v in range(num_vectors)]
         self.table = _tables.shard_table(rows)

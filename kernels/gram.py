@@ -93,8 +93,7 @@ def gram(shards: list[Tensor], num_vectors: int) -> Tensor:
     n = len(shards) // k
     device, dtype = shards[0].device, shards[0].dtype
     _support.check_device(device)
-    refs = [_tables.dense_reference(t) for t in shards[:n]]
-    rows = _tables.readable(shards, refs)
+    _, rows, _ = _tables.layouts(shards[:n], shards)
     table = _tables.shard_table([rows[v * n : (v + 1) * n] for v in range(k)])
     result = torch.zeros(k, k, dtype=torch.float64, device=device)
     blocks = range(0, k, MAX_BLOCK_VECTORS)

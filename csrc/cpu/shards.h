@@ -10,6 +10,8 @@
 #include <utility>
 #include <vector>
 
+#include "common/layouts.h"
+
 namespace fastunlearn {
 
 // Elements per chunk: one task of the parallel loop and one partial of a reduction. Fixed, so the
@@ -43,42 +45,5 @@ inline __attribute__((always_inline)) void for_each_piece(const ChunkPlan& plan,
     ++shard;
   }
 }
-
-// The layout each shard index is computed in: the first vector's tensor where it is dense, else an
-// (unfilled) contiguous tensor of its shape. Held by pointer, so dense lists cost no refcounting.
-struct Layouts {
-  std::vector<const at::Tensor*> of;  // n entries
-  std::vector<at::Tensor> owned;      // the contiguous stand-ins (reserved: pointers stay valid)
-
-  // `of` points into `owned`: moving keeps the buffer, a copy would not.
-  Layouts() = default;
-  Layouts(Layouts&&) = default;
-  Layouts& operator=(Layouts&&) = default;
-  Layouts(const Layouts&) = delete;
-  Layouts& operator=(const Layouts&) = delete;
-};
-Layouts layouts_of(at::TensorList first_vector);
-
-// Read-only inputs as flat memory: for each shard index i, every vector's tensor that shares
-// `layouts.of[i]`'s strides and is dense is read in place; any other gets a dense copy in that
-// layout (pairing elements by logical index, never by memory position), kept alive in `copies`.
-struct InputPointers {
-  std::vector<const void*> ptrs;  // vector-major, like the shards
-  std::vector<at::Tensor> copies;
-};
-InputPointers input_pointers(at::TensorList shards, int64_t n, const Layouts& layouts);
-
-// Outputs as flat memory: each tensor in its shard index's layout is written in place; any other
-// is computed into a temporary in that layout and copied back by finish().
-struct OutputPointers {
-  std::vector<void*> ptrs;  // like the outputs
-  std::vector<std::pair<at::Tensor, at::Tensor>> copy_back;
-  void finish() {
-    for (auto& [out, tmp] : copy_back) out.copy_(tmp);
-  }
-};
-OutputPointers output_pointers(at::TensorList outs, int64_t n, const Layouts& layouts);
-
-bool same_dense_layout(const at::Tensor& a, const at::Tensor& b);
 
 }  // namespace fastunlearn

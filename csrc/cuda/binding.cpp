@@ -9,7 +9,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "cpu/shards.h"
+#include "common/layouts.h"
 #include "cuda/launch.h"
 #include "backend.h"
 #include "common/dtypes.h"
