@@ -130,7 +130,11 @@ _BACKENDS: dict[str, Backend] = {
 }
 
 # Preference order of ``auto`` per device type.
-_AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("triton", "cuda", "torch")}
+# On CUDA the C++ route goes first where it was built: its launchers and shard tables are C++ and
+# its engine is three launches (Gram partials, the scalar stage, the combine), where the Triton
+# launchers are Python and its scalar stage a chain of torch ops (benchmarks/results/gpu-h200.md:
+# project_ 15 launches and ~50x a _foreach_add_ on the Triton route).
+_AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("cuda", "triton", "torch")}
 
 
 def backends() -> dict[str, str]:
@@ -255,11 +259,14 @@ def resolve(requested: str | None, device: torch.device) -> str:
 
 def resolve_token_stats(requested: str | None, device: torch.device) -> str:
     """The backend of :func:`fastunlearn.token_stats` on ``device``: as :func:`resolve`, except
-    that the ``cuda`` backend has no token_stats kernel, so where ``auto`` would pick it (Triton
-    missing, or ``FASTUNLEARN_BACKEND=cuda``, which is meant for every op) the torch reference runs.
-    ``backend="cuda"`` passed to token_stats itself is the op's error."""
+    that the ``cuda`` backend has no token_stats kernel, so where ``auto`` would pick it (or
+    ``FASTUNLEARN_BACKEND=cuda``, which is meant for every op) Triton runs, or the torch reference
+    without Triton. ``backend="cuda"`` passed to token_stats itself is the op's error."""
     name = resolve(requested, device)
-    return "torch" if name == "cuda" and (requested or "auto") == "auto" else name
+    if name != "cuda" or (requested or "auto") != "auto":
+        return name
+    triton = _BACKENDS["triton"]
+    return "triton" if triton.unavailable_reason is None and triton.device_error(device) is None else "torch"
 
 
 def _auto(device: torch.device) -> str:

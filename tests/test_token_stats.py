@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 
@@ -190,12 +191,16 @@ def test_sparse_logits_are_refused():
         )  # fmt: skip
 
 
-def test_auto_never_picks_the_cuda_backend_for_token_stats(monkeypatch):
-    """The CUDA kernels have no token_stats: where auto would choose them (Triton missing), the torch
-    reference runs; naming ``cuda`` is kept for the op to refuse."""
+@pytest.mark.parametrize("triton", [True, False], ids=["triton", "no-triton"])
+def test_auto_never_picks_the_cuda_backend_for_token_stats(monkeypatch, triton):
+    """The CUDA kernels have no token_stats: where auto chooses them, Triton runs (the torch
+    reference without Triton); naming ``cuda`` is kept for the op to refuse."""
     monkeypatch.setattr(_backend, "resolve", lambda requested, device: "cuda")
-    assert _backend.resolve_token_stats(None, torch.device("cuda")) == "torch"
-    assert _backend.resolve_token_stats("auto", torch.device("cuda")) == "torch"
+    lent = dataclasses.replace(_backend._BACKENDS["triton"], unavailable_reason=None if triton else "not installed")
+    monkeypatch.setitem(_backend._BACKENDS, "triton", dataclasses.replace(lent, device_error=lambda device: None))
+    expected = "triton" if triton else "torch"
+    assert _backend.resolve_token_stats(None, torch.device("cuda")) == expected
+    assert _backend.resolve_token_stats("auto", torch.device("cuda")) == expected
     assert _backend.resolve_token_stats("cuda", torch.device("cuda")) == "cuda"
 
 

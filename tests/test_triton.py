@@ -233,7 +233,7 @@ def test_cpu_tensors_need_the_interpreter(monkeypatch):
     assert "CPU tensors only" in _backend._triton_device_error(torch.device("cuda"))
 
 
-def test_auto_prefers_triton_on_cuda_only():
-    assert _backend._AUTO_ORDER["cuda"][0] == "triton"
+def test_auto_takes_the_cuda_kernels_then_triton_on_cuda_and_never_triton_on_cpu():
+    assert _backend._AUTO_ORDER["cuda"][:2] == ("cuda", "triton")
     assert "triton" not in _backend._AUTO_ORDER["cpu"]
     assert _backend.resolve("auto", torch.device("cpu")) in ("cpp", "torch")
