@@ -63,8 +63,9 @@ NativeKernels cpu_kernels();   // csrc/cpu
 NativeKernels cuda_kernels();  // csrc/cuda/binding.cpp (built with the CUDA kernels only)
 
 // The backend `name` ("cpp", "cuda", or one registered from Python; "auto" asks the Python
-// resolver) for tensors on `device`.
-const Backend& backend_for(c10::string_view name, const at::Device& device);
+// resolver) for tensors on `device`. `op` is "token_stats" for that op, which the cuda backend
+// lacks (auto then picks another), and empty for every other op.
+const Backend& backend_for(c10::string_view name, const at::Device& device, c10::string_view op = "");
 
 // The K x K scalar stage of a built-in weighting on a device the C++ scalar code does not run on:
 // the Python weighting (fastunlearn.weighting) registered at import.

@@ -121,8 +121,7 @@ void combine_inplace_kernel(TensorList out, const Tensor& weights, TensorList sh
 
 // Gram pass, weighting, combine pass into the update's outputs (validated).
 engine::Result run_engine(const Update& u, int64_t k, engine::Weighting weighting, double eps,
-                          const std::optional<Tensor>& order, c10::string_view backend) {
-  const Backend& b = backend_for(backend, u.in[0].device);
+                          const std::optional<Tensor>& order, const Backend& b) {
   bump_versions(u.out.tensors());
   return engine::aggregate(b, u.out, u.in, k, weighting, eps, order);
 }
@@ -130,12 +129,13 @@ engine::Result run_engine(const Update& u, int64_t k, engine::Weighting weightin
 Tensor project_kernel(TensorList g, TensorList r, c10::string_view mode, double eps, c10::string_view backend) {
   const engine::Weighting weighting = engine::projection(mode);
   const Update u = check_update(g, "g", Records(g, r), 2, pair_names("g", "r"));
-  return run_engine(u, 2, weighting, eps, std::nullopt, backend).stats;
+  return run_engine(u, 2, weighting, eps, std::nullopt, backend_for(backend, u.in[0].device)).stats;
 }
 
 Tensor project_normal_kernel(TensorList g, TensorList directions, int64_t m, double eps, c10::string_view backend) {
   const Update u = check_update(g, "g", Records(g, directions), m + 1, directions_name);
-  return run_engine(u, m + 1, weightings::kSpanComplement, eps, std::nullopt, backend).stats;
+  return run_engine(u, m + 1, weightings::kSpanComplement, eps, std::nullopt, backend_for(backend, u.in[0].device))
+      .stats;
 }
 
 // The order indexes the Gram: rows that are not permutations would read out of bounds. Checked on
@@ -166,9 +166,11 @@ std::tuple<Tensor, Tensor> pcgrad_kernel(TensorList out, TensorList shards, int6
   const engine::Weighting weighting = engine::pcgrad(reduction);
   const Update u = check_update(out, "out", Records(shards), k, vectors_name);
   if (order.has_value()) check_order(*order, k, u.in[0].device);
-  const Tensor drawn =
-      order.has_value() ? *order : at::rand({k, k}, generator, at::TensorOptions().device(u.in[0].device)).argsort(/*dim=*/1, /*descending=*/false);
-  engine::Result result = run_engine(u, k, weighting, eps, drawn, backend);
+  const Backend& b = backend_for(backend, u.in[0].device);
+  const Tensor drawn = order.has_value() ? *order
+                                         : at::rand({k, k}, generator, at::TensorOptions().device(u.in[0].device))
+                                               .argsort(/*dim=*/1, /*descending=*/false);
+  engine::Result result = run_engine(u, k, weighting, eps, drawn, b);
   return {result.gram, result.weights};
 }
 
@@ -180,17 +182,18 @@ std::tuple<Tensor, Tensor> aggregate_kernel(TensorList out, TensorList shards, i
   if (order.has_value()) check_order(*order, k, u.in[0].device);
   TORCH_CHECK_VALUE(order.has_value() || !engine::needs_order(w), "fastunlearn: weighting '", std::string(weighting),
                     "' needs an order");
-  engine::Result result = run_engine(u, k, w, eps, order, backend);
+  engine::Result result = run_engine(u, k, w, eps, order, backend_for(backend, u.in[0].device));
   return {result.gram, result.weights};
 }
 
 // The checks of a fused optimizer step, before anything is written: each gradient pairs with its
 // parameter, the weights are (K,) on the parameters' device (one device per call), parameters are
 // writable, and no gradient shares memory with a parameter other than its own. The step ops run
-// them themselves; fastunlearn/optim.py runs them once over every bucket of a step that takes
-// several calls, so that a bad bucket stops the step before the first is written.
+// them themselves, with the state's checks (check_state); fastunlearn/optim.py runs both, through
+// check_step, over every call of a step that takes several before the first is made.
 void check_step_records(const Records& p, const Records& g, int64_t k, const std::optional<Tensor>& weights) {
   const int64_t n = static_cast<int64_t>(p.size());
+  TORCH_CHECK_VALUE(k >= 1, "fastunlearn: a step takes at least one gradient vector, got num_vectors=", k);
   TORCH_CHECK_VALUE(static_cast<int64_t>(g.size()) == k * n, "fastunlearn: ", g.size(), " gradients for ", k,
                     " vectors of ", n, " parameters");
   if (n == 0) return;
@@ -221,10 +224,6 @@ void check_step_records(const Records& p, const Records& g, int64_t k, const std
   check_overlaps(p, g, n, "parameter", vectors_name);
 }
 
-void check_step(TensorList params, TensorList grads, int64_t k, const std::optional<Tensor>& weights) {
-  check_step_records(Records(params), Records(grads), k, weights);
-}
-
 // Optimizer state (momentum buffers, moments) pairs with the parameters: one tensor of each
 // parameter's shape on its device, or none at all where `optional` (SGD without momentum).
 void check_state(const Records& p, TensorList state, const char* what, bool optional = false) {
@@ -238,6 +237,22 @@ void check_state(const Records& p, TensorList state, const char* what, bool opti
                       p.tensors()[i].sizes(), " on ", p[i].device);
   }
   check_writable(s, what);
+}
+
+// The op form, for a step of several calls (fastunlearn/optim.py): the whole step's parameters and
+// gradients, or one call's with its state lists (state-major: list j is states[j * n : (j + 1) * n],
+// named state_names[j]).
+void check_step(TensorList params, TensorList grads, int64_t k, const std::optional<Tensor>& weights,
+                TensorList states, const c10::List<std::string>& state_names) {
+  const Records p(params);
+  check_step_records(p, Records(grads), k, weights);
+  const size_t n = params.size(), lists = state_names.size();
+  TORCH_CHECK_VALUE(states.size() == lists * n || (n == 0 && states.empty()), "fastunlearn: ", states.size(),
+                    " state tensors for ", lists, " lists of ", n, " parameters");
+  for (size_t j = 0; j < lists && n > 0; ++j) {
+    const std::string name = state_names.get(j);
+    check_state(p, states.slice(j * n, n), name.c_str());
+  }
 }
 
 // The native kernels walk each parameter and its state as one flat run of memory: a parameter
@@ -281,42 +296,53 @@ std::tuple<Tensor, int64_t, int64_t> shard_table_kernel(TensorList tensors, int6
   return {table.slice(0, 2), header[0], header[1]};
 }
 
-// Runs a step once per parameter dtype, on that dtype's parameters, state and gradients (in
-// order): the kernels walk one dtype per call, and a model with bf16 weights and fp32 adapters or
-// norms gives a step of both.
-template <typename Run>
-void for_each_dtype(const Records& p, TensorList grads, int64_t k, std::initializer_list<TensorList> states, Run run) {
+// The parameters of one dtype with their state and gradients (in order), and the backend that
+// steps them: the kernels walk one dtype per call, and a model with bf16 weights and fp32 adapters
+// or norms gives a step of both. Every part's backend is chosen before anything is written.
+struct StepPart {
+  std::vector<Tensor> owned_params, owned_grads;  // where the call's lists are split by dtype
+  std::vector<std::vector<Tensor>> owned_states;
+  TensorList params, grads;
+  std::vector<TensorList> states;
+  const Backend* backend = nullptr;
+};
+
+std::vector<StepPart> step_parts(c10::string_view backend, const Records& p, TensorList grads, int64_t k,
+                                 std::initializer_list<TensorList> states) {
   const int64_t n = static_cast<int64_t>(p.size());
   std::vector<at::ScalarType> dtypes;
   for (int64_t i = 0; i < n; ++i) {
     if (std::find(dtypes.begin(), dtypes.end(), p[i].dtype) == dtypes.end()) dtypes.push_back(p[i].dtype);
   }
+  std::vector<StepPart> parts(dtypes.size());  // never resized: the lists below point into the parts
   if (dtypes.size() == 1) {
-    std::vector<TensorList> lists(states);
-    run(p.tensors(), lists, grads);
-    return;
-  }
-  for (const at::ScalarType dtype : dtypes) {
-    std::vector<int64_t> index;
-    for (int64_t i = 0; i < n; ++i) {
-      if (p[i].dtype == dtype) index.push_back(i);
-    }
-    std::vector<Tensor> part_params, part_grads;
-    std::vector<std::vector<Tensor>> part_states(states.size());
-    for (const int64_t i : index) part_params.push_back(p.tensors()[i]);
-    for (int64_t v = 0; v < k; ++v) {
-      for (const int64_t i : index) part_grads.push_back(grads[v * n + i]);
-    }
-    size_t j = 0;
-    for (TensorList state : states) {
-      if (!state.empty()) {
-        for (const int64_t i : index) part_states[j].push_back(state[i]);
+    parts[0].params = p.tensors(), parts[0].grads = grads, parts[0].states = states;
+  } else {
+    for (size_t d = 0; d < dtypes.size(); ++d) {
+      StepPart& part = parts[d];
+      std::vector<int64_t> index;
+      for (int64_t i = 0; i < n; ++i) {
+        if (p[i].dtype == dtypes[d]) index.push_back(i);
       }
-      ++j;
+      for (const int64_t i : index) part.owned_params.push_back(p.tensors()[i]);
+      for (int64_t v = 0; v < k; ++v) {
+        for (const int64_t i : index) part.owned_grads.push_back(grads[v * n + i]);
+      }
+      for (TensorList state : states) {
+        std::vector<Tensor>& owned = part.owned_states.emplace_back();
+        if (!state.empty()) {
+          for (const int64_t i : index) owned.push_back(state[i]);
+        }
+      }
+      part.params = part.owned_params, part.grads = part.owned_grads;
+      part.states.assign(part.owned_states.begin(), part.owned_states.end());
     }
-    std::vector<TensorList> lists(part_states.begin(), part_states.end());
-    run(TensorList(part_params), lists, TensorList(part_grads));
   }
+  for (StepPart& part : parts) {
+    if (part.states.size() == 1) part.backend = &step_backend(backend, part.params, {part.states[0]});
+    else part.backend = &step_backend(backend, part.params, {part.states[0], part.states[1]});
+  }
+  return parts;
 }
 
 void sgd_step_kernel(TensorList params, TensorList momentum_buffers, const Tensor& weights, TensorList grads,
@@ -326,12 +352,13 @@ void sgd_step_kernel(TensorList params, TensorList momentum_buffers, const Tenso
   check_step_records(p, Records(grads), k, weights);
   check_state(p, momentum_buffers, "momentum buffer", /*optional=*/momentum == 0);
   if (params.empty()) return;
+  const std::vector<StepPart> parts = step_parts(backend, p, grads, k, {momentum_buffers});
   bump_versions(params);
   bump_versions(momentum_buffers);
-  for_each_dtype(p, grads, k, {momentum_buffers}, [&](TensorList ps, const std::vector<TensorList>& s, TensorList gs) {
-    step_backend(backend, ps, {s[0]})
-        .sgd_step(ps, s[0], weights, gs, k, lr, momentum, dampening, nesterov, weight_decay, maximize, first_step);
-  });
+  for (const StepPart& part : parts) {
+    part.backend->sgd_step(part.params, part.states[0], weights, part.grads, k, lr, momentum, dampening, nesterov,
+                           weight_decay, maximize, first_step);
+  }
 }
 
 void adamw_step_kernel(TensorList params, TensorList exp_avgs, TensorList exp_avg_sqs, const Tensor& weights,
@@ -343,14 +370,14 @@ void adamw_step_kernel(TensorList params, TensorList exp_avgs, TensorList exp_av
   check_state(p, exp_avgs, "exp_avg");
   check_state(p, exp_avg_sqs, "exp_avg_sq");
   if (params.empty()) return;
+  const std::vector<StepPart> parts = step_parts(backend, p, grads, k, {exp_avgs, exp_avg_sqs});
   bump_versions(params);
   bump_versions(exp_avgs);
   bump_versions(exp_avg_sqs);
-  for_each_dtype(p, grads, k, {exp_avgs, exp_avg_sqs}, [&](TensorList ps, const std::vector<TensorList>& s,
-                                                           TensorList gs) {
-    step_backend(backend, ps, {s[0], s[1]})
-        .adamw_step(ps, s[0], s[1], weights, gs, k, lr, beta1, beta2, eps, weight_decay, step, maximize);
-  });
+  for (const StepPart& part : parts) {
+    part.backend->adamw_step(part.params, part.states[0], part.states[1], weights, part.grads, k, lr, beta1, beta2,
+                             eps, weight_decay, step, maximize);
+  }
 }
 
 // One vocabulary chunk of token_stats (fastunlearn/token_stats.py makes the state and walks the
@@ -391,7 +418,7 @@ void token_stats_update_kernel(const Tensor& state, const Tensor& best, const Te
     at::assert_no_overlap(best, *read);
   }
   at::assert_no_overlap(state, best);
-  const Backend& b = backend_for(backend, logits.device());
+  const Backend& b = backend_for(backend, logits.device(), "token_stats");
   bump_versions({state, best});
   b.token_stats_update(state, best, logits, start, targets);
 }
@@ -696,7 +723,9 @@ TORCH_LIBRARY(fastunlearn, m) {
       "pcgrad_(Tensor(a!)[] out, Tensor[] shards, int num_vectors, Tensor? order, str reduction=\"mean\", "
       "float eps=1e-20, str backend=\"auto\", Generator? generator=None) -> (Tensor, Tensor)");
   m.def("shard_table(Tensor[] tensors, int rows, int chunk) -> (Tensor, int, int)");
-  m.def("check_step(Tensor[] params, Tensor[] grads, int num_vectors, Tensor? weights) -> ()");
+  m.def(
+      "check_step(Tensor[] params, Tensor[] grads, int num_vectors, Tensor? weights, Tensor[] states, "
+      "str[] state_names) -> ()");
   m.def(
       "aggregate_(Tensor(a!)[] out, Tensor[] shards, int num_vectors, str weighting, float eps=1e-20, "
       "Tensor? order=None, str backend=\"auto\") -> (Tensor, Tensor)");

@@ -142,11 +142,12 @@ class NativeBackend final : public Backend {
   NativeKernels k_;
 };
 
-std::string resolve(const at::Device& device) {
+std::string resolve(const at::Device& device, c10::string_view op) {
   PyObject* resolver = registry().resolver;
   TORCH_CHECK(resolver != nullptr, "fastunlearn: backend \"auto\" needs `import fastunlearn` first");
   pybind11::gil_scoped_acquire gil;
-  THPObjectPtr name(call(resolver, {PyUnicode_FromString(device.str().c_str())}));
+  THPObjectPtr name(call(resolver, {PyUnicode_FromString(device.str().c_str()),
+                                    PyUnicode_FromStringAndSize(op.data(), static_cast<Py_ssize_t>(op.size()))}));
   const char* text = PyUnicode_AsUTF8(name.get());
   if (!text) throw python_error();
   return text;
@@ -154,7 +155,7 @@ std::string resolve(const at::Device& device) {
 
 }  // namespace
 
-const Backend& backend_for(c10::string_view name, const at::Device& device) {
+const Backend& backend_for(c10::string_view name, const at::Device& device, c10::string_view op) {
   if (name == "cpp") {
     TORCH_CHECK_VALUE(device.is_cpu(), "backend 'cpp' runs on cpu tensors, not on ", device.type(), " tensors");
     static const NativeBackend cpp(cpu_kernels());
@@ -167,7 +168,7 @@ const Backend& backend_for(c10::string_view name, const at::Device& device) {
     return cuda;
   }
 #endif
-  if (name == "auto") return backend_for(resolve(device), device);
+  if (name == "auto") return backend_for(resolve(device, op), device);
   Registry& r = registry();
   std::lock_guard<std::mutex> guard(r.lock);
   const auto found = r.backends.find(name);

@@ -375,8 +375,8 @@ PyObject* aggregate_(PyObject*, PyObject* args) {
 }
 
 // The records of a fused optimizer step (parameters, gradients, up to two state lists), read once
-// and lent to the kernels; nullopt where the parameters span devices, which the optimizer splits
-// into one call per device (fastunlearn/optim.py).
+// and lent to the kernels. A step whose parameters span devices is not taken (NotImplemented): the
+// optimizer splits it into one call per device (fastunlearn/optim.py).
 class StepRecords {
  public:
   StepRecords(const Borrowed& params, const Borrowed& grads, std::initializer_list<const Borrowed*> states)

@@ -6,9 +6,11 @@
 
 namespace fastunlearn {
 
-// register_backend(name, gram, combine_, sgd_step_, adamw_step_): a backend written in Python.
+// register_backend(name, gram, combine_, sgd_step_, adamw_step_, token_stats_update_): a backend
+// written in Python.
 PyObject* register_backend(PyObject* self, PyObject* args);
-// set_hooks(resolver, weighting): resolver(device: str) -> backend name for "auto";
+// set_hooks(resolver, weighting): resolver(device: str, op: str) -> backend name for "auto" (op is
+// "token_stats" or empty);
 // weighting(name, gram, eps, order) -> (K,) weights on devices without the C++ scalar stage.
 PyObject* set_hooks(PyObject* self, PyObject* args);
 

@@ -282,7 +282,13 @@ def _register() -> None:
     for name in ("torch", "triton"):
         b = _BACKENDS[name]
         _C.register_backend(name, b.gram, b.combine_, b.sgd_step_, b.adamw_step_, b.token_stats_update_)
-    _C.set_hooks(lambda device: resolve("auto", torch.device(device)), weighting.native_weights)
+    _C.set_hooks(_resolve_for_op, weighting.native_weights)
+
+
+def _resolve_for_op(device: str, op: str) -> str:
+    """``auto`` for the op kernels (csrc/python_backend.cpp): token_stats has its own choice."""
+    resolver = resolve_token_stats if op == "token_stats" else resolve
+    return resolver("auto", torch.device(device))
 
 
 if _C is not None:

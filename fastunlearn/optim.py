@@ -25,7 +25,8 @@ from __future__ import annotations
 import abc
 import operator
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -53,7 +54,6 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
         super().__init__(params, defaults)
         self.backend = backend
         self.state = _CountedState(dict, self.state)
-        self._state_lookups: dict[int, tuple] = {}
 
     def __getstate__(self) -> dict:
         # torch.optim pickles (and deep-copies) defaults, state and param groups only.
@@ -64,25 +64,19 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
         super().__setstate__(state)
         if not isinstance(self.state, _CountedState):
             self.state = _CountedState(dict, self.state)
-        self._state_lookups = {}
 
-    def _states(self, index: int, params: list[Tensor]) -> list[dict]:
-        """The state dicts of group ``index``'s ``params``: those of the last step while the same
-        parameters are stepped and no entry of :attr:`state` was added, replaced or removed
+    def _states(self, position: int, params: list[Tensor]) -> list[dict]:
+        """The state dicts of the ``params`` of group ``position``: those of the last step while the
+        same parameters are stepped and no entry of :attr:`state` was added, replaced or removed
         (each lookup hashes a tensor in Python, which on 10,000 parameters costs a millisecond)."""
         state = self.state
-        last = self._state_lookups.get(index)
-        if (
-            last is not None
-            and last[0] is state
-            and last[1] == state.changes
-            and len(last[2]) == len(params)
-            and all(map(operator.is_, last[2], params))
-        ):
-            return last[3]
+        if not isinstance(state, _CountedState):  # replaced by the user: looked up every step
+            return [state[p] for p in params]
+        last = state.lookups.get(position)
+        if last is not None and len(last[0]) == len(params) and all(map(operator.is_, last[0], params)):
+            return last[1]
         states = [state[p] for p in params]
-        if isinstance(state, _CountedState):
-            self._state_lookups[index] = (state, state.changes, params, states)
+        state.lookups[position] = (params, states)
         return states
 
     @property
@@ -141,38 +135,40 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
         everything itself; a step of several calls is checked whole before the first one."""
         total = sum(len(params) for params in group_params)
         calls, start = [], 0
-        for index, (group, params) in enumerate(zip(self.param_groups, group_params)):
+        for position, (group, params) in enumerate(zip(self.param_groups, group_params)):
             if not params:
                 continue
             stop = start + len(params)
             vectors = grads if stop - start == total else [vector[start:stop] for vector in grads]
-            states = self._states(index, params)
+            states = self._states(position, params)
             keys = self._state_keys(states)
             if keys.count(keys[0]) == len(keys):
                 calls.append(_Call(group, params, states, vectors))
             else:
-                for index in _index_groups(keys):
-                    calls.append(_Call.part(group, params, states, vectors, index))
+                calls.extend(_Call.part(group, params, states, vectors, index) for index in _index_groups(keys))
             start = stop
-        native = not (is_dtensor(calls[0].params[0]) or is_dtensor(calls[0].vectors[0][0]))
-        if len(calls) == 1 and native and self._apply(calls[0], weights, entry=True):
-            return
+        if len(calls) == 1 and not (is_dtensor(calls[0].params[0]) or is_dtensor(calls[0].vectors[0][0])):
+            launch = self._prepare(calls[0])
+            if self._launch(launch, weights, entry=True):
+                launch.commit()
+                return
         _check_tensors(grads)
-        calls = [part for call in calls for part in call.by_device()]
-        if len(calls) > 1:
-            _check_step(calls, weights)
-        for call in calls:
-            self._apply(call, weights, entry=False)
+        launches = [self._prepare(part) for call in calls for part in call.by_device()]
+        if len(launches) > 1:
+            _check_step(launches, weights)
+        for launch in launches:
+            self._launch(launch, weights, entry=False)
+            launch.commit()
 
-    def _launch(
-        self, op: str, call: _Call, states: list[list[Tensor]], weights: Tensor | None, scalars: tuple, entry: bool
-    ) -> bool:
+    def _launch(self, launch: _Launch, weights: Tensor | None, entry: bool) -> bool:
         """Runs ``torch.ops.fastunlearn.<op>`` on one call (through its Python entry point where
         ``entry``); False, with nothing written, where the entry point does not take it."""
+        call = launch.call
         first = call.params[0]
         name = _backend.resolve(self.backend, first.device)
         if weights is None:
             weights = torch.ones(1, dtype=first.dtype, device=first.device)
+        op, states, scalars = launch.op, launch.states, launch.scalars
         if entry:
             result = _backend.entry_point(op, first, call.params, *states, weights, call.vectors, *scalars, name)
             return result is not NotImplemented
@@ -188,18 +184,32 @@ class FusedOptimizer(torch.optim.Optimizer, abc.ABC):
         a call)."""
 
     @abc.abstractmethod
-    def _apply(self, call: _Call, weights: Tensor | None, entry: bool) -> bool:
-        """Updates one call's parameters with the optimizer's kernel (see :meth:`_launch`)."""
+    def _prepare(self, call: _Call) -> _Launch:
+        """One call's kernel, state lists (made where they do not exist yet) and scalars, and what
+        to record in the state once the kernel has run."""
+
+
+class _Launch(NamedTuple):
+    call: _Call
+    op: str  #: the step op, e.g. "sgd_step_"
+    states: list[list[Tensor]]  #: the op's state lists, as it takes them
+    state_names: tuple[str, ...]  #: their names in errors (empty where a list is unused)
+    scalars: tuple
+    commit: Callable[[], None]  #: records new state in the optimizer's state dicts
 
 
 class _CountedState(defaultdict):
-    """torch.optim's per-parameter state (a ``defaultdict(dict)``) that counts the changes to its
-    entries, so that a step can tell whether its last lookups still hold."""
+    """torch.optim's per-parameter state (a ``defaultdict(dict)``) that keeps the optimizer's
+    lookups of its entries (per param group: the parameters and their state dicts) until one of its
+    entries is added, replaced or removed."""
 
-    changes = 0
+    @property
+    def lookups(self) -> dict[int, tuple[list[Tensor], list[dict]]]:
+        # (In the instance dict, which pickling and copying leave out: a copy starts with none.)
+        return self.__dict__.setdefault("lookups", {})
 
     def _changed(self) -> None:
-        self.changes += 1
+        self.__dict__.pop("lookups", None)
 
     def __setitem__(self, key, value) -> None:
         self._changed()
@@ -295,13 +305,21 @@ def _check_tensors(grads: list[list[Tensor]]) -> None:
                 raise TypeError(f"vectors[{k}] shard {i} is a {type(g).__name__}, not a Tensor")
 
 
-def _check_step(calls: list[_Call], weights: Tensor | None) -> None:
-    """The checks of every call of a step (csrc/library.cpp, check_step), before the first is made."""
+def _check_step(launches: list[_Launch], weights: Tensor | None) -> None:
+    """The checks of every call of a step, before the first is made (csrc/library.cpp,
+    check_step): the whole step's parameters and gradients, then each call's state."""
     _backend.require_native()
-    params = to_local([p for call in calls for p in call.params])
-    k = len(calls[0].vectors)
-    flat = to_local([g for v in range(k) for call in calls for g in call.vectors[v]])
-    torch.ops.fastunlearn.check_step(params, flat, k, weights)
+    k = len(launches[0].call.vectors)
+    params = to_local([p for launch in launches for p in launch.call.params])
+    flat = to_local([g for v in range(k) for launch in launches for g in launch.call.vectors[v]])
+    torch.ops.fastunlearn.check_step(params, flat, k, weights, [], [])
+    for launch in launches:
+        call = launch.call
+        kept = [(state, name) for state, name in zip(launch.states, launch.state_names) if name]
+        states = to_local([t for state, _ in kept for t in state])
+        grads = to_local([g for vector in call.vectors for g in vector])
+        names = [name for _, name in kept]
+        torch.ops.fastunlearn.check_step(to_local(call.params), grads, k, weights, states, names)
 
 
 def to_local(tensors: list[Tensor]) -> list[Tensor]:
@@ -355,7 +373,7 @@ class SGD(FusedOptimizer):
     def _state_keys(self, states: list[dict]) -> list:
         return ["momentum_buffer" in state for state in states]
 
-    def _apply(self, call: _Call, weights: Tensor | None, entry: bool) -> bool:
+    def _prepare(self, call: _Call) -> _Launch:
         group, momentum = call.group, call.group["momentum"]
         buffers, first_step = [], False
         if momentum != 0:
@@ -368,12 +386,14 @@ class SGD(FusedOptimizer):
             float(group["lr"]), float(momentum), float(group["dampening"]), bool(group["nesterov"]),
             float(group["weight_decay"]), bool(group["maximize"]), first_step,
         )  # fmt: skip
-        if not self._launch("sgd_step_", call, [buffers], weights, scalars, entry):
-            return False
-        if first_step:
-            for state, buffer in zip(call.states, buffers):
-                state["momentum_buffer"] = buffer
-        return True
+
+        def commit() -> None:
+            if first_step:
+                for state, buffer in zip(call.states, buffers):
+                    state["momentum_buffer"] = buffer
+
+        name = "momentum buffer" if momentum != 0 else ""
+        return _Launch(call, "sgd_step_", [buffers], (name,), scalars, commit)
 
 
 class AdamW(FusedOptimizer):
@@ -410,7 +430,7 @@ class AdamW(FusedOptimizer):
         # (a count loaded from torch.optim's state_dict is a 0-d tensor: compared by value)
         return [int(state.get("step", 0)) for state in states]
 
-    def _apply(self, call: _Call, weights: Tensor | None, entry: bool) -> bool:
+    def _prepare(self, call: _Call) -> _Launch:
         # State is created and counted only once the update went through: a failed step loses nothing.
         group, states = call.group, call.states
         fresh = "exp_avg" not in states[0]
@@ -426,15 +446,16 @@ class AdamW(FusedOptimizer):
             float(group["lr"]), float(beta1), float(beta2), float(group["eps"]), float(group["weight_decay"]), step,
             bool(group["maximize"]),
         )  # fmt: skip
-        if not self._launch("adamw_step_", call, [avgs, sqs], weights, scalars, entry):
-            return False
-        if fresh:
-            for state, avg, sq in zip(states, avgs, sqs):
-                state.update(step=step, exp_avg=avg, exp_avg_sq=sq)
-        else:
-            for state in states:
-                state["step"] = step
-        return True
+
+        def commit() -> None:
+            if fresh:
+                for state, avg, sq in zip(states, avgs, sqs):
+                    state.update(step=step, exp_avg=avg, exp_avg_sq=sq)
+            else:
+                for state in states:
+                    state["step"] = step
+
+        return _Launch(call, "adamw_step_", [avgs, sqs], ("exp_avg", "exp_avg_sq"), scalars, commit)
 
 
 def _check_nonnegative(**values: float) -> None:

@@ -5,7 +5,9 @@ through a hook) and the oracle the tests compare the fused kernels against. It n
 back to the host.
 
 Shards arrive flat and vector-major: with K vectors of n shards, ``shards[k * n + i]`` is shard i
-of vector k. Inputs are validated by the op that calls them (csrc/common/validate.h).
+of vector k. Inputs are validated by the op that calls them (csrc/common/validate.h). The dtype
+policy (what a reduction accumulates in) is the extension's, asked through ``fastunlearn._backend``,
+so this module needs the built extension as every op does.
 """
 
 from __future__ import annotations

@@ -246,3 +246,13 @@ def test_rejected_pcgrad_draws_no_random_order(backend):
     order = fu.pcgrad_order(2, generator=torch.Generator().manual_seed(7))
     assert torch.equal(stats.weights, fu.pcgrad_(expected, [g, r], order=order, backend=backend).weights)
     assert_same_bits(out, expected)
+
+
+def test_pcgrad_op_rejecting_its_backend_draws_no_random_order():
+    g, r = fresh()
+    gen = torch.Generator().manual_seed(3)
+    state = gen.get_state()
+    out = [torch.empty_like(s) for s in g]
+    with pytest.raises(ValueError, match="unknown backend"):
+        torch.ops.fastunlearn.pcgrad_(out, g + r, 2, None, "mean", 1e-20, "no-such-backend", gen)
+    assert torch.equal(gen.get_state(), state)

@@ -294,6 +294,10 @@ def test_step_ops_check_everything_before_writing():
         ("step count", lambda: adamw(params, buffers, buffers, one, grads, 1, 0.1, 0.9, 0.99, 1e-8, 0.0, 0, False)),
         ("1 exp_avg_sq tensors for 2",
          lambda: adamw(params, buffers, buffers[:1], one, grads, 1, 0.1, 0.9, 0.99, 1e-8, 0.0, 1, False)),
+        ("at least one gradient vector", lambda: sgd(params, buffers, torch.ones(0), [], 0, *hyper)),
+        ("unknown backend", lambda: sgd(params, buffers, one, grads, 1, *hyper, "no-such-backend")),
+        ("runs on cuda tensors|unknown backend",
+         lambda: adamw(params, buffers, buffers, one, grads, 1, 0.1, 0.9, 0.99, 1e-8, 0.0, 1, False, "cuda")),
     ]  # fmt: skip
     written = params + buffers
     before = [(t.clone(), t._version) for t in written]
@@ -353,3 +357,16 @@ def test_copies_and_loaded_state_keep_the_backend_and_step_alike():
         o.step_combined(torch.tensor([0.5, 1.0]), [g_f, g_r])
     for p, q in zip(model.parameters(), twin_model.parameters()):
         assert torch.equal(p, q)
+
+
+def test_a_step_of_several_calls_checks_every_call_before_the_first():
+    # Two param groups are two calls; the second's state is broken: the first group is not stepped.
+    first, second = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(4))
+    opt = fu.optim.SGD([{"params": [first]}, {"params": [second], "lr": 0.5}], lr=0.1, momentum=0.9)
+    grads = [[torch.ones(3), torch.ones(4)]]
+    opt.step_combined(torch.ones(1), grads)
+    opt.state[second]["momentum_buffer"] = torch.zeros(5)
+    before, version = first.detach().clone(), first._version
+    with pytest.raises(ValueError, match="momentum buffer 0 has shape"):
+        opt.step_combined(torch.ones(1), grads)
+    assert torch.equal(first.detach(), before) and first._version == version

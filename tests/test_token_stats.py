@@ -202,6 +202,9 @@ def test_auto_never_picks_the_cuda_backend_for_token_stats(monkeypatch, triton):
     assert _backend.resolve_token_stats(None, torch.device("cuda")) == expected
     assert _backend.resolve_token_stats("auto", torch.device("cuda")) == expected
     assert _backend.resolve_token_stats("cuda", torch.device("cuda")) == "cuda"
+    # The op's own "auto" (a direct torch.ops call) asks the same question of the Python resolver.
+    assert _backend._resolve_for_op("cuda", "token_stats") == expected
+    assert _backend._resolve_for_op("cuda", "") == "cuda"
 
 
 def test_no_graph_is_built():

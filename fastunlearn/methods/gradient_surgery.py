@@ -95,7 +95,8 @@ class GradientSurgery(UnlearningMethod):
         retain_loss, g_rs = self.retain_gradients(retain_batch, m)
         weighting = self.weighting
         gram, _ = self.descend([g_f, *g_rs], weighting)
-        coefs = weighting.coefficients(gram)
+        with self.phase("vector_algebra"):
+            coefs = weighting.coefficients(gram)  # for the stats: a few K x K ops
 
         # Stats of g_f against the mean retain gradient (the whole batch's, for equal parts).
         pair = torch.zeros(2, m + 1, dtype=gram.dtype, device=gram.device)

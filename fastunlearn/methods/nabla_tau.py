@@ -163,7 +163,8 @@ class NablaTau(UnlearningMethod):
         retain_weight = torch.full_like(forget_weight, 1.0 - self.alpha)
         weighting = NablaTauWeighting(forget_weight, retain_weight, self.projection, self.eps)
         gram, _ = self.descend([g_f, g_r], weighting)
-        coef = weighting.coefficient(gram)
+        with self.phase("vector_algebra"):
+            coef = weighting.coefficient(gram)  # for the stats
         stats = pair_stats(gram, forget_loss, retain_loss)
         stats.update(
             tau=self.tau.detach(), alpha=torch.full_like(forget_weight, self.alpha), forget_weight=forget_weight,
