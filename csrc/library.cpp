@@ -300,6 +300,12 @@ std::tuple<Tensor, int64_t, int64_t> shard_table_kernel(TensorList tensors, int6
 // steps them: the kernels walk one dtype per call, and a model with bf16 weights and fp32 adapters
 // or norms gives a step of both. Every part's backend is chosen before anything is written.
 struct StepPart {
+  StepPart() = default;
+  StepPart(const StepPart&) = delete;  // the lists point into the owned vectors: a copy would dangle
+  StepPart& operator=(const StepPart&) = delete;
+  StepPart(StepPart&&) = default;
+  StepPart& operator=(StepPart&&) = default;
+
   std::vector<Tensor> owned_params, owned_grads;  // where the call's lists are split by dtype
   std::vector<std::vector<Tensor>> owned_states;
   TensorList params, grads;
