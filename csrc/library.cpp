@@ -257,7 +257,7 @@ void check_step(TensorList params, TensorList grads, int64_t k, const std::optio
 
 // The native kernels walk each parameter and its state as one flat run of memory: a parameter
 // that is not dense, or state that no longer shares its layout and dtype (after `p.data` was
-// replaced in another memory format), sends its bucket to the torch backend instead.
+// replaced in another memory format), sends its part of the step to the torch backend instead.
 const Backend& step_backend(c10::string_view name, TensorList params, std::initializer_list<TensorList> states) {
   const Records p(params);
   const Backend& chosen = backend_for(name, p[0].device);
