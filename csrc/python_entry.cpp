@@ -403,7 +403,7 @@ class StepRecords {
  private:
   const Records params_, grads_;
   std::vector<Records> states_;
-  std::optional<KnownRecords> known_;
+  std::optional<KnownRecords> known_;  // lent once states_ holds its records (the constructor body)
 };
 
 // sgd_step_(params, momentum_buffers, weights, vectors, lr, momentum, dampening, nesterov, weight_decay,

@@ -71,3 +71,17 @@ def pcgrad_flatten(grads, order, reduction):
         projected.append(g)
     stacked = torch.stack(projected)
     return stacked.sum(0) if reduction == "sum" else stacked.mean(0)
+
+
+def quick_demo(task, out, figures):
+    """Runs ``fastunlearn demo --task <task> --quick`` into ``out``; checks its report and that each
+    of ``figures`` was drawn; returns results.json."""
+    import json
+
+    from fastunlearn.cli import main as cli_main
+
+    cli_main(["demo", "--task", task, "--quick", "--out", str(out)])
+    assert (out / "report.md").read_text().startswith("# fastunlearn demo")
+    for figure in figures:
+        assert (out / figure).stat().st_size > 0
+    return json.loads((out / "results.json").read_text())

@@ -3,26 +3,19 @@ retraining, with the attack audit."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from helpers import quick_demo
 
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
 
-from fastunlearn.cli import main as cli_main  # noqa: E402
 from fastunlearn.demo import i2i  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo-i2i")
-    cli_main(["demo", "--task", "i2i", "--quick", "--out", str(out)])
-    assert (out / "report.md").read_text().startswith("# fastunlearn demo")
-    for figure in ("i2i_outputs.png", "i2i_metrics.png"):
-        assert (out / figure).stat().st_size > 0
-    (run,) = json.loads((out / "results.json").read_text())["runs"]
+    (run,) = quick_demo("i2i", tmp_path_factory.mktemp("demo-i2i"), ("i2i_outputs.png", "i2i_metrics.png"))["runs"]
     assert run["forget"] == "class:3"
     return run["rows"]
 

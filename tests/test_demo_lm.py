@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import random
 
 import pytest
+from helpers import quick_demo
 
 pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
@@ -16,11 +16,7 @@ from fastunlearn.demo import lm  # noqa: E402
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo-lm")
-    cli_main(["demo", "--task", "lm", "--quick", "--out", str(out)])
-    assert (out / "report.md").read_text().startswith("# fastunlearn demo")
-    assert (out / "accuracy.png").stat().st_size > 0
-    return json.loads((out / "results.json").read_text())
+    return quick_demo("lm", tmp_path_factory.mktemp("demo-lm"), ("accuracy.png",))
 
 
 def test_the_facts_are_deterministic_and_split_by_person():
