@@ -10,6 +10,7 @@ import hashlib
 import json
 
 import torch
+from helpers import every_bit_pattern
 from test_numerics import cancelling_pair
 
 import fastunlearn as fu
@@ -62,6 +63,12 @@ def cases() -> dict[str, str]:
             target = [torch.empty_like(t) for t in vs[0]]
             fu.combine_(target, torch.linspace(-1.5, 2.0, k, dtype=torch.float64), vs)
             out[f"combine_/{name}/K={k}"] = digest(*target)
+        if dtype.itemsize == 2:  # every value through each level's conversions, both ways
+            every = [every_bit_pattern().view(dtype)]
+            target = [torch.empty_like(every[0])]
+            fu.combine_(target, torch.tensor([0.7, -1.3], dtype=torch.float64), [every, [every[0].flip(0)]])
+            finite = [every[0][every[0].isfinite()]]
+            out[f"every value/{name}"] = digest(*target, fu.gram([finite, [finite[0].flip(0)]]))
         special = vectors(2, dtype, seed=15)
         with_special_values(special[0], dtype)
         target = [torch.empty_like(t) for t in special[0]]

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from helpers import BACKENDS, SHAPE_SETS, assert_same_bits, clone, flat64, make_vectors
+from helpers import BACKENDS, SHAPE_SETS, assert_same_bits, clone, every_bit_pattern, flat64, make_vectors
 from tolerances import elementwise_bound, fp32_dot_bound
 
 import fastunlearn as fu
@@ -60,12 +60,14 @@ def test_half_precision_outputs_round_once(backend, dtype):
 @pytest.mark.parametrize("k", [1, 2, 3, 4, 5])
 def test_half_combine_is_fp32_arithmetic_rounded_once(dtype, k):
     """The cpp kernels compute sum_k w_k x_k in fp32, operation by operation, and round once to
-    nearest even: bit for bit what the same fp32 arithmetic in torch gives, infinities included. A
+    nearest even: bit for bit what the same fp32 arithmetic in torch gives, over every value of the
+    dtype in the first vector, infinities included. A
     NaN becomes c10's: 0x7FC0 in bf16, sign | 0x7E00 in fp16, whatever its payload (torch's
     vectorised casts keep payloads, so those lanes are checked against c10's rule)."""
     vectors = make_vectors([(37,), (70_001,), (5, 3)], k, dtype, seed=13)
     vectors[0][1][:4] = torch.tensor([math.nan, -math.nan, math.inf, -math.inf])
     vectors[0][1].view(torch.int16)[4] = 0x7FC1 if dtype == torch.bfloat16 else 0x7E01  # a NaN with a payload
+    vectors[0][1].view(torch.int16)[5 : 5 + 2**16] = every_bit_pattern()  # subnormals, and each conversion
     weights = torch.linspace(-1.25, 2.5, k, dtype=torch.float64)
     out = [torch.empty_like(s) for s in vectors[0]]
     fu.combine_(out, weights, vectors, backend="cpp")

@@ -78,9 +78,21 @@ template <> struct Reg<float, 16> {
     const __m128i bits = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
     return _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), bits));
   }
+  // SSE2 has no F16C: c10's portable conversions (fp16_ieee_to_fp32_value, fp16_ieee_from_fp32_value)
+  // on four lanes, operation for operation, so they give its bits whatever the MXCSR flags; the
+  // unsigned comparisons there become signed ones on values shifted right by one.
   static V load(const c10::Half* p) {
-    return _mm_setr_ps(static_cast<float>(p[0]), static_cast<float>(p[1]), static_cast<float>(p[2]),
-                       static_cast<float>(p[3]));
+    const __m128i w = _mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
+    const __m128i sign = _mm_and_si128(w, _mm_set1_epi32(INT32_MIN));
+    const __m128i two_w = _mm_add_epi32(w, w);
+    const __m128 normalized = _mm_mul_ps(
+        _mm_castsi128_ps(_mm_add_epi32(_mm_srli_epi32(two_w, 4), _mm_set1_epi32(0xE0 << 23))),
+        _mm_castsi128_ps(_mm_set1_epi32(15 << 23)));  // 2^-112
+    const __m128 denormalized = _mm_sub_ps(
+        _mm_castsi128_ps(_mm_or_si128(_mm_srli_epi32(two_w, 17), _mm_set1_epi32(126 << 23))), _mm_set1_ps(0.5f));
+    const __m128 tiny = _mm_castsi128_ps(_mm_cmplt_epi32(_mm_srli_epi32(two_w, 1), _mm_set1_epi32(1 << 26)));
+    const __m128 value = _mm_or_ps(_mm_and_ps(tiny, denormalized), _mm_andnot_ps(tiny, normalized));
+    return _mm_or_ps(value, _mm_castsi128_ps(sign));
   }
   static void store(float* p, V v) { _mm_storeu_ps(p, v); }
   static void store(c10::BFloat16* p, V v) {
@@ -92,9 +104,24 @@ template <> struct Reg<float, 16> {
     _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi32(packed, packed));
   }
   static void store(c10::Half* p, V v) {
-    alignas(16) float lanes[4];
-    _mm_store_ps(lanes, v);
-    for (int j = 0; j < 4; ++j) p[j] = c10::Half(lanes[j]);
+    const __m128i w = _mm_castps_si128(v);
+    const __m128 magnitude = _mm_andnot_ps(_mm_set1_ps(-0.0f), v);
+    __m128 base = _mm_mul_ps(_mm_mul_ps(magnitude, _mm_castsi128_ps(_mm_set1_epi32(239 << 23))),  // 2^112
+                             _mm_castsi128_ps(_mm_set1_epi32(17 << 23)));                         // 2^-110
+    // c10's bias, shifted right by one: the exponent field, at least 0x38800000.
+    const __m128i exponent = _mm_and_si128(w, _mm_set1_epi32(0x7F800000));
+    const __m128i low = _mm_cmplt_epi32(exponent, _mm_set1_epi32(0x38800000));
+    const __m128i bias = _mm_or_si128(_mm_and_si128(low, _mm_set1_epi32(0x38800000)), _mm_andnot_si128(low, exponent));
+    base = _mm_add_ps(_mm_castsi128_ps(_mm_add_epi32(bias, _mm_set1_epi32(0x07800000))), base);
+    const __m128i bits = _mm_castps_si128(base);
+    const __m128i nonsign = _mm_add_epi32(_mm_and_si128(_mm_srli_epi32(bits, 13), _mm_set1_epi32(0x7C00)),
+                                          _mm_and_si128(bits, _mm_set1_epi32(0xFFF)));
+    const __m128i nan = _mm_castps_si128(_mm_cmpunord_ps(v, v));
+    const __m128i magnitude_bits = _mm_or_si128(_mm_andnot_si128(nan, nonsign), _mm_and_si128(nan, _mm_set1_epi32(0x7E00)));
+    const __m128i half = _mm_or_si128(_mm_srli_epi32(_mm_and_si128(w, _mm_set1_epi32(INT32_MIN)), 16), magnitude_bits);
+    // Sign-extend the 16-bit values so that the signed pack keeps their bits, as for bf16.
+    const __m128i packed = _mm_srai_epi32(_mm_slli_epi32(half, 16), 16);
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi32(packed, packed));
   }
   static V broadcast(float w) { return _mm_set1_ps(w); }
   static V madd(V acc, V a, V b) { return _mm_add_ps(acc, _mm_mul_ps(a, b)); }
