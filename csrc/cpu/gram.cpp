@@ -133,12 +133,11 @@ FU_INLINE void gram_chunk_interleaved(const ChunkPlan& plan, int64_t chunk, cons
 
 // Many vectors: each block of every vector is staged once in the accumulation type, then the pair
 // products run from L1 in register tiles of tile x tile vectors, so each staged vector is loaded
-// once per tile rather than once per pair. Every pair keeps kStagedLanes lanes (64 bytes: one
-// AVX-512 register) in element order, whatever the tiling, so the bits depend on neither the tile
-// nor the level; the tile is as large as the level's registers hold beside the tile's loads. A
-// narrower level walks the block once per register of lanes, holding one tile of registers at a time.
+// once per tile rather than once per pair. Every pair keeps kStagedLanes lanes (32 bytes: one AVX2
+// register) in element order, whatever the tiling, so the bits depend on neither the tile nor the
+// level; the tile is as large as the level's registers hold.
 template <typename acc_t>
-constexpr int kStagedLanes = 64 / sizeof(acc_t);
+constexpr int kStagedLanes = 32 / sizeof(acc_t);
 
 constexpr int staged_tile(CpuIsa isa) { return isa == CpuIsa::kAvx512 ? 4 : isa == CpuIsa::kAvx2 ? 3 : 2; }
 
@@ -152,32 +151,38 @@ FU_INLINE void accumulate_tile(const typename Acc<scalar_t>::type* __restrict st
   using R = Reg<acc_t, kBytes>;
   using V = typename R::V;
   constexpr int W = kBytes / sizeof(acc_t);
+  constexpr int G = L / W;
   constexpr int T = staged_tile(kIsa);
-  for (int g = 0; g < L; g += W) {
-    V tile[T][T];
+  V tile[T][T][G];
 #pragma GCC unroll 4
-    for (int i = 0; i < T; ++i)
+  for (int i = 0; i < T; ++i)
 #pragma GCC unroll 4
-      for (int j = 0; j < T; ++j) tile[i][j] = R::load(acc + ((a0 + i) * rows + b0 + j) * L + g);
-    for (int64_t t = g; t < kBlock; t += L) {
+    for (int j = 0; j < T; ++j)
+#pragma GCC unroll 4
+      for (int g = 0; g < G; ++g) tile[i][j][g] = R::load(acc + ((a0 + i) * rows + b0 + j) * L + g * W);
+  for (int64_t t = 0; t < kBlock; t += L) {
+#pragma GCC unroll 4
+    for (int g = 0; g < G; ++g) {
       V xa[T], xb[T];
 #pragma GCC unroll 4
       for (int i = 0; i < T; ++i) {
-        xa[i] = R::load(staged + (a0 + i) * kBlock + t);
-        xb[i] = R::load(staged + (b0 + i) * kBlock + t);
+        xa[i] = R::load(staged + (a0 + i) * kBlock + t + g * W);
+        xb[i] = R::load(staged + (b0 + i) * kBlock + t + g * W);
       }
 #pragma GCC unroll 4
       for (int i = 0; i < T; ++i)
 #pragma GCC unroll 4
         for (int j = kDiagonal ? i : 0; j < T; ++j) {  // a diagonal tile's upper half
-          tile[i][j] = add_product<scalar_t, R>(tile[i][j], xa[i], xb[j]);
+          tile[i][j][g] = add_product<scalar_t, R>(tile[i][j][g], xa[i], xb[j]);
         }
     }
-#pragma GCC unroll 4
-    for (int i = 0; i < T; ++i)
-#pragma GCC unroll 4
-      for (int j = 0; j < T; ++j) R::store(acc + ((a0 + i) * rows + b0 + j) * L + g, tile[i][j]);
   }
+#pragma GCC unroll 4
+  for (int i = 0; i < T; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < T; ++j)
+#pragma GCC unroll 4
+      for (int g = 0; g < G; ++g) R::store(acc + ((a0 + i) * rows + b0 + j) * L + g * W, tile[i][j][g]);
 }
 
 template <CpuIsa kIsa, typename scalar_t>
