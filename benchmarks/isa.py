@@ -11,7 +11,8 @@ What is measured, per dtype, on one LLaMA-like shard mix of `numel` elements per
 that for K = 8, a quarter for K = 16): gram for K = 1, 2, 3, 4, 8, 16, combine_ (K = 2, one
 output), project_, and the fused SGD (momentum) and AdamW steps along a K = 2 combination. Time is
 the median of `repeats` calls after a warm-up. The bandwidth proxy is torch.dot over one
-contiguous fp32 pair, measured right before each op; "fraction of proxy" is the op's minimum bytes
+contiguous fp32 pair, timed in turn with each op (proxy, op, proxy, op, ...: a slow spell of a
+shared machine lands on both); "fraction of proxy" is the op's minimum bytes
 per second over the proxy's bytes per second, "x roofline" its inverse (time over the time the
 proxy's bandwidth needs for those bytes). Minimum bytes per element of one vector: gram K x size,
 combine_ 3 x size, project_ 5 x size, SGD step (2 + 4) x size, AdamW step (2 + 6) x size.
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import cases  # noqa: E402
 from sweep import device_name  # noqa: E402
 
-from fastunlearn._timing import median_seconds  # noqa: E402
+from fastunlearn._timing import paired_median_seconds  # noqa: E402
 
 LEVELS = ("avx512", "avx2", "baseline")
 DTYPES = {"fp32": torch.float32, "fp64": torch.float64, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -75,8 +76,8 @@ def child(args: argparse.Namespace) -> None:
     proxy = cases.bandwidth_proxy(args.numel)
     for dtype_name in args.dtypes:
         for op, k, nbytes, fn in cases_for(DTYPES[dtype_name], args.numel):
-            proxy_gbs = 2 * 4 * args.numel / median_seconds(proxy, args.repeats) / 1e9
-            seconds = median_seconds(fn, args.repeats)
+            proxy_seconds, seconds = paired_median_seconds([proxy, fn], args.repeats)
+            proxy_gbs = 2 * 4 * args.numel / proxy_seconds / 1e9
             gbs = nbytes / seconds / 1e9
             row = dict(level=level, dtype=dtype_name, op=op, k=k, seconds=seconds, gbs=gbs, proxy_gbs=proxy_gbs)
             print(json.dumps(row), flush=True)
@@ -100,8 +101,9 @@ def markdown(level: str, rows: list[dict], meta: dict) -> str:
         "",
         f"`{meta['command']}` on {meta['cpu']}, {meta['threads']} threads, torch {meta['torch']}, "
         f"{meta['numel']:,} elements per vector (K = 8: half, K = 16: a quarter), LLaMA-like shard mix, "
-        f"median of {meta['repeats']} calls. Proxy = torch.dot over one contiguous fp32 pair, measured before "
-        "each op. Fraction of proxy = (the op's minimum bytes / time) / proxy bandwidth; x roofline = its inverse.",
+        f"median of {meta['repeats']} calls. Proxy = torch.dot over one contiguous fp32 pair, timed in turn "
+        "with each op. Fraction of proxy = (the op's minimum bytes / time) / proxy bandwidth; "
+        "x roofline = its inverse.",
         "",
         "| op | dtype | time | GB/s | proxy GB/s | fraction of proxy | x roofline |",
         "|---|---|---|---|---|---|---|",

@@ -16,3 +16,18 @@ def median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def paired_median_seconds(fns: list[Callable[[], object]], repeats: int = 5) -> list[float]:
+    """Median wall time of each of `fns` over `repeats` rounds that call every one of them in turn,
+    after one untimed warm-up call each: on a shared machine a slow spell lands on all of them, so
+    their ratios hold better than those of medians taken one after the other."""
+    for fn in fns:
+        fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, spent in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - start)
+    return [statistics.median(spent) for spent in times]
