@@ -46,7 +46,11 @@ template <typename acc_t, int Bytes> struct Reg;
 template <> struct Reg<double, 16> {
   using V = __m128d;
   static V load(const double* p) { return _mm_loadu_pd(p); }
-  static V load(const float* p) { return _mm_cvtps_pd(_mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(p)))); }
+  // Two floats through the (may_alias) integer load: _mm_load_sd reads them as a double, which
+  // GCC may order before the floats are written (a zero-padded tail on the stack).
+  static V load(const float* p) {
+    return _mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
   static void store(double* p, V v) { _mm_storeu_pd(p, v); }
   static V madd(V acc, V a, V b) { return _mm_add_pd(acc, _mm_mul_pd(a, b)); }
   static V madd_exact(V acc, V a, V b) { return madd(acc, a, b); }
