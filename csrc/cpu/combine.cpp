@@ -4,8 +4,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
-#include <cstring>
-#include <type_traits>
 #include <vector>
 
 #include "kernel_support.h"
@@ -17,48 +15,23 @@ namespace {
 
 constexpr int kMaxStreamedInputs = 4;
 
-template <typename scalar_t> struct Lanes { typedef scalar_t type __attribute__((vector_size(64))); };
-
-// One output of at most four fp32/fp64 inputs (combine_, the projections): a single loop per piece
-// reads every input of a vector and writes its output (in place is safe element by element), with
-// no staging and no per-block loop overheads, which dominate with short shards. The arithmetic is
-// the staged loop's, operation for operation, so the bits are the same.
-template <typename scalar_t, int K>
-FU_INLINE void combine_piece_streamed(scalar_t* y, const scalar_t* const* x, const scalar_t* w, int64_t len) {
-  using V = typename Lanes<scalar_t>::type;
-  constexpr int64_t width = 64 / sizeof(scalar_t);
-  int64_t t = 0;
-#pragma GCC unroll 2
-  for (; t + width <= len; t += width) {
-    V xv;
-    std::memcpy(&xv, x[0] + t, sizeof(V));
-    V acc = w[0] * xv;
-#pragma GCC unroll 4
-    for (int v = 1; v < K; ++v) {
-      std::memcpy(&xv, x[v] + t, sizeof(V));
-      acc = acc + w[v] * xv;
-    }
-    std::memcpy(y + t, &acc, sizeof(V));
-  }
-  for (; t < len; ++t) {
-    scalar_t acc = w[0] * x[0][t];
-    for (int v = 1; v < K; ++v) acc = acc + w[v] * x[v][t];
-    y[t] = acc;
-  }
-}
-
-// The same single loop for bf16/fp16 inputs, computed in fp32 on the level's widest registers,
-// each operation rounding as the staged loop's (no fused multiply-add: these products are not
-// exact), and converted back to the storage type as c10 rounds.
-template <CpuIsa kIsa, typename scalar_t, int K>
-FU_INLINE void combine_piece_half(scalar_t* y, const scalar_t* const* x, const float* w, int64_t len) {
-  using R = Reg<float, register_bytes(kIsa)>;
+// One output of at most four inputs (combine_, the projections): a single loop per piece reads
+// every input of a vector and writes its output (in place is safe element by element), with no
+// staging and no per-block loop overheads, which dominate with short shards. It computes in comp_t
+// on the level's widest registers, operation for operation as the staged loop (no fused
+// multiply-add), so the bits are the same; bf16/fp16 convert to fp32 and back as c10 does. (A
+// 64-byte GCC vector copied with memcpy, used here before, went through the stack 16 bytes at a
+// time on AVX2 and held that clone at 0.8 of the bandwidth.)
+template <CpuIsa kIsa, typename scalar_t, typename comp_t, int K>
+FU_INLINE void combine_piece_streamed(scalar_t* y, const scalar_t* const* x, const comp_t* w, int64_t len) {
+  using R = Reg<comp_t, register_bytes(kIsa)>;
   using V = typename R::V;
-  constexpr int64_t width = register_bytes(kIsa) / sizeof(float);
+  constexpr int64_t width = register_bytes(kIsa) / sizeof(comp_t);
   V weight[K];
 #pragma GCC unroll 4
   for (int v = 0; v < K; ++v) weight[v] = R::broadcast(w[v]);
   int64_t t = 0;
+#pragma GCC unroll 2
   for (; t + width <= len; t += width) {
     V acc = weight[0] * R::load(x[0] + t);
 #pragma GCC unroll 4
@@ -66,40 +39,24 @@ FU_INLINE void combine_piece_half(scalar_t* y, const scalar_t* const* x, const f
     R::store(y + t, acc);
   }
   for (; t < len; ++t) {
-    float acc = w[0] * static_cast<float>(x[0][t]);
-    for (int v = 1; v < K; ++v) acc += w[v] * static_cast<float>(x[v][t]);
+    comp_t acc = w[0] * static_cast<comp_t>(x[0][t]);
+    for (int v = 1; v < K; ++v) acc = acc + w[v] * static_cast<comp_t>(x[v][t]);
     y[t] = static_cast<scalar_t>(acc);
   }
 }
 
-template <CpuIsa kIsa, typename scalar_t>
-FU_INLINE void combine_chunk_half(const ChunkPlan& plan, int64_t chunk, void* const* outs, const void* const* ins,
-                                  int64_t k, int64_t n, const float* w) {
-  for_each_piece(plan, chunk, [&](int64_t shard, int64_t begin, int64_t end) __attribute__((always_inline)) {
-    const scalar_t* x[kMaxStreamedInputs];
-    for (int64_t v = 0; v < k; ++v) x[v] = static_cast<const scalar_t*>(ins[v * n + shard]) + begin;
-    scalar_t* y = static_cast<scalar_t*>(outs[shard]) + begin;
-    switch (k) {
-      case 1: return combine_piece_half<kIsa, scalar_t, 1>(y, x, w, end - begin);
-      case 2: return combine_piece_half<kIsa, scalar_t, 2>(y, x, w, end - begin);
-      case 3: return combine_piece_half<kIsa, scalar_t, 3>(y, x, w, end - begin);
-      default: return combine_piece_half<kIsa, scalar_t, 4>(y, x, w, end - begin);
-    }
-  });
-}
-
-template <typename scalar_t>
+template <CpuIsa kIsa, typename scalar_t, typename comp_t>
 FU_INLINE void combine_chunk_streamed(const ChunkPlan& plan, int64_t chunk, void* const* outs,
-                                      const void* const* ins, int64_t k, int64_t n, const scalar_t* w) {
+                                      const void* const* ins, int64_t k, int64_t n, const comp_t* w) {
   for_each_piece(plan, chunk, [&](int64_t shard, int64_t begin, int64_t end) __attribute__((always_inline)) {
     const scalar_t* x[kMaxStreamedInputs];
     for (int64_t v = 0; v < k; ++v) x[v] = static_cast<const scalar_t*>(ins[v * n + shard]) + begin;
     scalar_t* y = static_cast<scalar_t*>(outs[shard]) + begin;
     switch (k) {
-      case 1: return combine_piece_streamed<scalar_t, 1>(y, x, w, end - begin);
-      case 2: return combine_piece_streamed<scalar_t, 2>(y, x, w, end - begin);
-      case 3: return combine_piece_streamed<scalar_t, 3>(y, x, w, end - begin);
-      default: return combine_piece_streamed<scalar_t, 4>(y, x, w, end - begin);
+      case 1: return combine_piece_streamed<kIsa, scalar_t, comp_t, 1>(y, x, w, end - begin);
+      case 2: return combine_piece_streamed<kIsa, scalar_t, comp_t, 2>(y, x, w, end - begin);
+      case 3: return combine_piece_streamed<kIsa, scalar_t, comp_t, 3>(y, x, w, end - begin);
+      default: return combine_piece_streamed<kIsa, scalar_t, comp_t, 4>(y, x, w, end - begin);
     }
   });
 }
@@ -113,11 +70,7 @@ FU_INLINE void combine_chunk(const ChunkPlan& plan, int64_t chunk, void* const* 
   using comp_t = typename Compute<scalar_t>::type;
   std::vector<comp_t> w(weights, weights + num_outs * k);
   if (num_outs == 1 && k <= kMaxStreamedInputs) {
-    if constexpr (std::is_same_v<scalar_t, comp_t>) {
-      return combine_chunk_streamed<scalar_t>(plan, chunk, outs, ins, k, n, w.data());
-    } else {
-      return combine_chunk_half<kIsa, scalar_t>(plan, chunk, outs, ins, k, n, w.data());
-    }
+    return combine_chunk_streamed<kIsa, scalar_t>(plan, chunk, outs, ins, k, n, w.data());
   }
   std::vector<comp_t> sums(num_outs * kBlock);
   for_each_piece(plan, chunk, [&](int64_t shard, int64_t begin, int64_t end) __attribute__((always_inline)) {

@@ -52,6 +52,7 @@ template <> struct Reg<double, 16> {
     return _mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
   static void store(double* p, V v) { _mm_storeu_pd(p, v); }
+  static V broadcast(double w) { return _mm_set1_pd(w); }
   static V madd(V acc, V a, V b) { return _mm_add_pd(acc, _mm_mul_pd(a, b)); }
   static V madd_exact(V acc, V a, V b) { return madd(acc, a, b); }
 };
@@ -61,6 +62,7 @@ template <> struct Reg<double, 32> {
   FU_TARGET_AVX2 static V load(const double* p) { return _mm256_loadu_pd(p); }
   FU_TARGET_AVX2 static V load(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
   FU_TARGET_AVX2 static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+  FU_TARGET_AVX2 static V broadcast(double w) { return _mm256_set1_pd(w); }
   FU_TARGET_AVX2 static V madd(V acc, V a, V b) { return _mm256_add_pd(acc, _mm256_mul_pd(a, b)); }
   FU_TARGET_AVX2 static V madd_exact(V acc, V a, V b) { return _mm256_fmadd_pd(a, b, acc); }
 };
@@ -70,6 +72,7 @@ template <> struct Reg<double, 64> {
   FU_TARGET_AVX512 static V load(const double* p) { return _mm512_loadu_pd(p); }
   FU_TARGET_AVX512 static V load(const float* p) { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); }
   FU_TARGET_AVX512 static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
+  FU_TARGET_AVX512 static V broadcast(double w) { return _mm512_set1_pd(w); }
   FU_TARGET_AVX512 static V madd(V acc, V a, V b) { return _mm512_add_pd(acc, _mm512_mul_pd(a, b)); }
   FU_TARGET_AVX512 static V madd_exact(V acc, V a, V b) { return _mm512_fmadd_pd(a, b, acc); }
 };
