@@ -4,21 +4,15 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 5) -> float:
     """Median wall time of `repeats` calls of `fn`, after one untimed warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return paired_median_seconds([fn], repeats)[0]
 
 
-def paired_median_seconds(fns: list[Callable[[], object]], repeats: int = 5) -> list[float]:
+def paired_median_seconds(fns: Sequence[Callable[[], object]], repeats: int = 5) -> list[float]:
     """Median wall time of each of `fns` over `repeats` rounds that call every one of them in turn,
     after one untimed warm-up call each: on a shared machine a slow spell lands on all of them, so
     their ratios hold better than those of medians taken one after the other."""

@@ -32,7 +32,7 @@ def make_vectors(shapes, k, dtype=torch.float32, seed=0, transposed=False):
 
 def every_bit_pattern() -> torch.Tensor:
     """The 2^16 bit patterns of a 16-bit dtype, as int16 (view them as bf16 or fp16)."""
-    return torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+    return torch.arange(-(2**15), 2**15, dtype=torch.int16)
 
 
 def flat64(vector):

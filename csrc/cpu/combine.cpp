@@ -4,6 +4,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "kernel_support.h"
@@ -19,9 +20,8 @@ constexpr int kMaxStreamedInputs = 4;
 // every input of a vector and writes its output (in place is safe element by element), with no
 // staging and no per-block loop overheads, which dominate with short shards. It computes in comp_t
 // on the level's widest registers, operation for operation as the staged loop (no fused
-// multiply-add), so the bits are the same; bf16/fp16 convert to fp32 and back as c10 does. (A
-// 64-byte GCC vector copied with memcpy, used here before, went through the stack 16 bytes at a
-// time on AVX2 and held that clone at 0.8 of the bandwidth.)
+// multiply-add), so the bits are the same; bf16/fp16 convert to fp32 and back as c10 does. The
+// level's own registers matter: GCC lowers a memcpy of a vector wider than them through the stack.
 template <CpuIsa kIsa, typename scalar_t, typename comp_t, int K>
 FU_INLINE void combine_piece_streamed(scalar_t* y, const scalar_t* const* x, const comp_t* w, int64_t len) {
   using R = Reg<comp_t, register_bytes(kIsa)>;

@@ -86,8 +86,11 @@ template <> struct Reg<float, 16> {
     return _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), bits));
   }
   // SSE2 has no F16C: c10's portable conversions (fp16_ieee_to_fp32_value, fp16_ieee_from_fp32_value)
-  // on four lanes, operation for operation, so they give its bits whatever the MXCSR flags; the
-  // unsigned comparisons there become signed ones on values shifted right by one.
+  // on four lanes, operation for operation, so they give c10's bits, denormal flags or not. Their
+  // unsigned comparisons become signed ones on values below 2^31 (the load's shifted right by one,
+  // the store's on the exponent field) and the store's NaN test an unordered compare. The store
+  // rounds in MXCSR's mode (F16C in the instruction's): under a non-default rounding mode, this
+  // level's fp16 outputs differ from the others'.
   static V load(const c10::Half* p) {
     const __m128i w = _mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
     const __m128i sign = _mm_and_si128(w, _mm_set1_epi32(INT32_MIN));
@@ -124,7 +127,8 @@ template <> struct Reg<float, 16> {
     const __m128i nonsign = _mm_add_epi32(_mm_and_si128(_mm_srli_epi32(bits, 13), _mm_set1_epi32(0x7C00)),
                                           _mm_and_si128(bits, _mm_set1_epi32(0xFFF)));
     const __m128i nan = _mm_castps_si128(_mm_cmpunord_ps(v, v));
-    const __m128i magnitude_bits = _mm_or_si128(_mm_andnot_si128(nan, nonsign), _mm_and_si128(nan, _mm_set1_epi32(0x7E00)));
+    const __m128i magnitude_bits =
+        _mm_or_si128(_mm_andnot_si128(nan, nonsign), _mm_and_si128(nan, _mm_set1_epi32(0x7E00)));
     const __m128i half = _mm_or_si128(_mm_srli_epi32(_mm_and_si128(w, _mm_set1_epi32(INT32_MIN)), 16), magnitude_bits);
     // Sign-extend the 16-bit values so that the signed pack keeps their bits, as for bf16.
     const __m128i packed = _mm_srai_epi32(_mm_slli_epi32(half, 16), 16);
