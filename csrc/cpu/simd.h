@@ -100,18 +100,14 @@ template <> struct Reg<float, 16> {
         _mm_castsi128_ps(_mm_set1_epi32(15 << 23)));  // 2^-112
     const __m128 denormalized = _mm_sub_ps(
         _mm_castsi128_ps(_mm_or_si128(_mm_srli_epi32(two_w, 17), _mm_set1_epi32(126 << 23))), _mm_set1_ps(0.5f));
-    const __m128 tiny = _mm_castsi128_ps(_mm_cmplt_epi32(_mm_srli_epi32(two_w, 1), _mm_set1_epi32(1 << 26)));
-    const __m128 value = _mm_or_ps(_mm_and_ps(tiny, denormalized), _mm_andnot_ps(tiny, normalized));
-    return _mm_or_ps(value, _mm_castsi128_ps(sign));
+    const __m128i tiny = _mm_cmplt_epi32(_mm_srli_epi32(two_w, 1), _mm_set1_epi32(1 << 26));
+    const __m128i value = select(tiny, _mm_castps_si128(denormalized), _mm_castps_si128(normalized));
+    return _mm_castsi128_ps(_mm_or_si128(value, sign));
   }
   static void store(float* p, V v) { _mm_storeu_ps(p, v); }
   static void store(c10::BFloat16* p, V v) {
     const __m128i nan = _mm_castps_si128(_mm_cmpunord_ps(v, v));
-    const __m128i rounded = _mm_or_si128(_mm_andnot_si128(nan, bf16_rounded(_mm_castps_si128(v))),
-                                         _mm_and_si128(nan, _mm_set1_epi32(0x7FC0)));
-    // Sign-extend the 16-bit values so that the signed pack keeps their bits (SSE2 has no unsigned one).
-    const __m128i packed = _mm_srai_epi32(_mm_slli_epi32(rounded, 16), 16);
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi32(packed, packed));
+    store_low_halves(p, select(nan, _mm_set1_epi32(0x7FC0), bf16_rounded(_mm_castps_si128(v))));
   }
   static void store(c10::Half* p, V v) {
     const __m128i w = _mm_castps_si128(v);
@@ -121,22 +117,30 @@ template <> struct Reg<float, 16> {
     // c10's bias, shifted right by one: the exponent field, at least 0x38800000.
     const __m128i exponent = _mm_and_si128(w, _mm_set1_epi32(0x7F800000));
     const __m128i low = _mm_cmplt_epi32(exponent, _mm_set1_epi32(0x38800000));
-    const __m128i bias = _mm_or_si128(_mm_and_si128(low, _mm_set1_epi32(0x38800000)), _mm_andnot_si128(low, exponent));
+    const __m128i bias = select(low, _mm_set1_epi32(0x38800000), exponent);
     base = _mm_add_ps(_mm_castsi128_ps(_mm_add_epi32(bias, _mm_set1_epi32(0x07800000))), base);
     const __m128i bits = _mm_castps_si128(base);
     const __m128i nonsign = _mm_add_epi32(_mm_and_si128(_mm_srli_epi32(bits, 13), _mm_set1_epi32(0x7C00)),
                                           _mm_and_si128(bits, _mm_set1_epi32(0xFFF)));
     const __m128i nan = _mm_castps_si128(_mm_cmpunord_ps(v, v));
-    const __m128i magnitude_bits =
-        _mm_or_si128(_mm_andnot_si128(nan, nonsign), _mm_and_si128(nan, _mm_set1_epi32(0x7E00)));
-    const __m128i half = _mm_or_si128(_mm_srli_epi32(_mm_and_si128(w, _mm_set1_epi32(INT32_MIN)), 16), magnitude_bits);
-    // Sign-extend the 16-bit values so that the signed pack keeps their bits, as for bf16.
-    const __m128i packed = _mm_srai_epi32(_mm_slli_epi32(half, 16), 16);
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi32(packed, packed));
+    const __m128i sign = _mm_srli_epi32(_mm_and_si128(w, _mm_set1_epi32(INT32_MIN)), 16);
+    store_low_halves(p, _mm_or_si128(sign, select(nan, _mm_set1_epi32(0x7E00), nonsign)));
   }
   static V broadcast(float w) { return _mm_set1_ps(w); }
   static V madd(V acc, V a, V b) { return _mm_add_ps(acc, _mm_mul_ps(a, b)); }
   static V madd_exact(V acc, V a, V b) { return madd(acc, a, b); }
+
+  // mask ? a : b, lane by lane (SSE2 has no blend).
+  static __m128i select(__m128i mask, __m128i a, __m128i b) {
+    return _mm_or_si128(_mm_and_si128(mask, a), _mm_andnot_si128(mask, b));
+  }
+
+  // The low 16 bits of each of four 32-bit lanes, stored as four 16-bit values: sign-extended
+  // first so that the signed pack keeps their bits (SSE2 has no unsigned one).
+  static void store_low_halves(void* p, __m128i lanes) {
+    const __m128i extended = _mm_srai_epi32(_mm_slli_epi32(lanes, 16), 16);
+    _mm_storel_epi64(static_cast<__m128i*>(p), _mm_packs_epi32(extended, extended));
+  }
 
   // c10::BFloat16's rounding of an fp32 to the nearest even bf16, on four lanes of fp32 bits.
   static __m128i bf16_rounded(__m128i bits) {
