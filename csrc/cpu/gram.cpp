@@ -17,15 +17,6 @@ namespace {
 
 int64_t num_pairs(int64_t k) { return k * (k + 1) / 2; }
 
-// One block of a vector in the accumulation type, converted on the level's widest registers (the
-// compiler's vectorisation of c10's bf16/fp16 conversions is slow), zero-padded to kBlock.
-template <CpuIsa kIsa, typename scalar_t, typename acc_t>
-FU_INLINE void stage_block(const scalar_t* __restrict src, int64_t len, acc_t* __restrict dst) {
-  prefetch_ahead(src, len);
-  convert_block<kIsa, acc_t>(dst, src, len);
-  for (int64_t t = len; t < kBlock; ++t) dst[t] = acc_t(0);
-}
-
 // Few vectors: all K streams are read in the same loop, so their loads interleave the way a plain
 // dot product's do, and every pair's accumulators stay in registers.
 //
@@ -132,80 +123,151 @@ FU_INLINE void gram_chunk_interleaved(const ChunkPlan& plan, int64_t chunk, cons
 }
 
 // Many vectors: each block of every vector is staged once in the accumulation type, then the pair
-// products run from L1 in register tiles of tile x tile vectors, so each staged vector is loaded
-// once per tile rather than once per pair. Every pair keeps kStagedLanes lanes (32 bytes: one AVX2
-// register) in element order, whatever the tiling, so the bits depend on neither the tile nor the
-// level; the tile is as large as the level's registers hold.
+// products run from L1 in register tiles, so each staged value is loaded once per tile rather than
+// once per pair. Every pair keeps kStagedLanes lanes (32 bytes) in element order, whatever the tiling
+// or level, so the bits depend on neither. The block is staged group-major: lane group q (the
+// elements q * L ... q * L + L - 1) of vector v at (q * rows + v) * L, so the groups of consecutive
+// vectors lie side by side and one 64-byte register holds the lanes of two pairs, (a, b) and
+// (a, b + 1): AVX-512 multiplies a's group, repeated in both halves, by b's and b + 1's.
+//
+// Elements per staged block: the staged blocks of 16 vectors (16 KB of fp64) stay in L1 beside the
+// lines on their way in.
+constexpr int64_t kStagedBlock = 128;
+
 template <typename acc_t>
 constexpr int kStagedLanes = 32 / sizeof(acc_t);
 
-constexpr int staged_tile(CpuIsa isa) { return isa == CpuIsa::kAvx512 ? 4 : isa == CpuIsa::kAvx2 ? 3 : 2; }
+// A tile is tile_rows row vectors by tile_columns column registers; as many as the level's
+// registers hold beside one operand register per row and column.
+constexpr int tile_rows(CpuIsa isa) { return isa == CpuIsa::kBaseline ? 2 : 4; }
+constexpr int tile_columns(CpuIsa isa) { return isa == CpuIsa::kAvx512 ? 4 : 2; }
 
-// acc holds the lanes of pair (a, b) at (a * rows + b) * kStagedLanes.
-template <CpuIsa kIsa, typename scalar_t, bool kDiagonal>
+template <CpuIsa kIsa, typename acc_t>
+struct StagedShape {
+  static constexpr int L = kStagedLanes<acc_t>;
+  static constexpr int kBytes = register_bytes(kIsa);
+  using R = Reg<acc_t, kBytes>;
+  static constexpr int W = kBytes / sizeof(acc_t);        // lanes per register
+  static constexpr int CW = W >= L ? W / L : 1;           // column vectors per register
+  static constexpr int G = W >= L ? 1 : L / W;            // registers per lane group
+  static constexpr int TR = tile_rows(kIsa);
+  static constexpr int TC = tile_columns(kIsa);
+  static_assert(TR % CW == 0, "a row block starts a column register");
+};
+
+// One vector's block into its lane groups, zero-padded to kStagedBlock.
+template <CpuIsa kIsa, typename scalar_t, typename acc_t>
+FU_INLINE void stage_block(const scalar_t* __restrict src, int64_t len, int64_t rows, acc_t* __restrict dst) {
+  constexpr int L = kStagedLanes<acc_t>;
+  using S = Reg<acc_t, std::min<int>(register_bytes(kIsa), L * sizeof(acc_t))>;
+  constexpr int SW = std::min<int>(register_bytes(kIsa), L * sizeof(acc_t)) / sizeof(acc_t);
+  prefetch_ahead<kPrefetchBlocks * kStagedBlock>(src, len);
+  int64_t t = 0;
+  for (; t + L <= len; t += L, dst += rows * L) {
+#pragma GCC unroll 4
+    for (int j = 0; j < L; j += SW) S::store(dst + j, S::load(src + t + j));
+  }
+  for (; t < kStagedBlock; t += L, dst += rows * L) {
+    for (int j = 0; j < L; ++j) dst[j] = t + j < len ? static_cast<acc_t>(src[t + j]) : acc_t(0);
+  }
+}
+
+// Pairs (a0 + i, b0 + c * CW + e) for i < TR, c < C, e < CW; acc holds pair (a, b)'s lanes at
+// (a * rows + b) * L. kDiagonal: b0 == a0, and registers wholly below the diagonal are skipped.
+template <CpuIsa kIsa, typename scalar_t, int C, bool kDiagonal>
 FU_INLINE void accumulate_tile(const typename Acc<scalar_t>::type* __restrict staged, int64_t a0, int64_t b0,
                                int64_t rows, typename Acc<scalar_t>::type* __restrict acc) {
   using acc_t = typename Acc<scalar_t>::type;
-  constexpr int L = kStagedLanes<acc_t>;
-  constexpr int kBytes = std::min<int>(register_bytes(kIsa), L * sizeof(acc_t));
-  using R = Reg<acc_t, kBytes>;
+  using Shape = StagedShape<kIsa, acc_t>;
+  using R = typename Shape::R;
   using V = typename R::V;
-  constexpr int W = kBytes / sizeof(acc_t);
-  constexpr int G = L / W;
-  constexpr int T = staged_tile(kIsa);
-  V tile[T][T][G];
+  constexpr int L = Shape::L, W = Shape::W, CW = Shape::CW, G = Shape::G, TR = Shape::TR;
+  constexpr auto used = [](int i, int c) { return !kDiagonal || c * CW + CW - 1 >= i; };
+  V tile[TR][C][G];
 #pragma GCC unroll 4
-  for (int i = 0; i < T; ++i)
+  for (int i = 0; i < TR; ++i)
 #pragma GCC unroll 4
-    for (int j = 0; j < T; ++j)
+    for (int c = 0; c < C; ++c)
 #pragma GCC unroll 4
-      for (int g = 0; g < G; ++g) tile[i][j][g] = R::load(acc + ((a0 + i) * rows + b0 + j) * L + g * W);
-  for (int64_t t = 0; t < kBlock; t += L) {
+      for (int g = 0; g < G; ++g)
+        if (used(i, c)) tile[i][c][g] = R::load(acc + ((a0 + i) * rows + b0 + c * CW) * L + g * W);
+  for (int64_t q = 0; q < kStagedBlock / L; ++q) {
+    const acc_t* group = staged + q * rows * L;
 #pragma GCC unroll 4
     for (int g = 0; g < G; ++g) {
-      V xa[T], xb[T];
+      V xa[TR], xb[C];
 #pragma GCC unroll 4
-      for (int i = 0; i < T; ++i) {
-        xa[i] = R::load(staged + (a0 + i) * kBlock + t + g * W);
-        xb[i] = R::load(staged + (b0 + i) * kBlock + t + g * W);
+      for (int i = 0; i < TR; ++i) {
+        if constexpr (CW == 2) {
+          xa[i] = R::load_twice(group + (a0 + i) * L);
+        } else {
+          xa[i] = R::load(group + (a0 + i) * L + g * W);
+        }
       }
 #pragma GCC unroll 4
-      for (int i = 0; i < T; ++i)
+      for (int c = 0; c < C; ++c) xb[c] = R::load(group + (b0 + c * CW) * L + g * W);
 #pragma GCC unroll 4
-        for (int j = kDiagonal ? i : 0; j < T; ++j) {  // a diagonal tile's upper half
-          tile[i][j][g] = add_product<scalar_t, R>(tile[i][j][g], xa[i], xb[j]);
-        }
+      for (int i = 0; i < TR; ++i)
+#pragma GCC unroll 4
+        for (int c = 0; c < C; ++c)
+          if (used(i, c)) tile[i][c][g] = add_product<scalar_t, R>(tile[i][c][g], xa[i], xb[c]);
     }
   }
 #pragma GCC unroll 4
-  for (int i = 0; i < T; ++i)
+  for (int i = 0; i < TR; ++i)
 #pragma GCC unroll 4
-    for (int j = 0; j < T; ++j)
+    for (int c = 0; c < C; ++c)
 #pragma GCC unroll 4
-      for (int g = 0; g < G; ++g) R::store(acc + ((a0 + i) * rows + b0 + j) * L + g * W, tile[i][j][g]);
+      for (int g = 0; g < G; ++g)
+        if (used(i, c)) R::store(acc + ((a0 + i) * rows + b0 + c * CW) * L + g * W, tile[i][c][g]);
+}
+
+// The tiles of one row block, from its diagonal to the last column. Row blocks start at multiples of
+// TR and rows is one, so a tile is whole, or at AVX-512 (two row blocks per tile width) the last
+// one of its row block may be TR vectors wide.
+template <CpuIsa kIsa, typename scalar_t>
+FU_INLINE void accumulate_row_block(const typename Acc<scalar_t>::type* staged, int64_t a0, int64_t rows,
+                                    typename Acc<scalar_t>::type* acc) {
+  using Shape = StagedShape<kIsa, typename Acc<scalar_t>::type>;
+  constexpr int CW = Shape::CW, TR = Shape::TR, TC = Shape::TC, kWidth = TC * CW;
+  static_assert(TR % kWidth == 0 || kWidth == 2 * TR, "a tile is whole or TR vectors wide");
+  for (int64_t b0 = a0; b0 < rows; b0 += kWidth) {
+    if constexpr (kWidth == 2 * TR) {
+      if (rows - b0 == TR) {
+        if (b0 == a0) {
+          accumulate_tile<kIsa, scalar_t, TR / CW, true>(staged, a0, b0, rows, acc);
+        } else {
+          accumulate_tile<kIsa, scalar_t, TR / CW, false>(staged, a0, b0, rows, acc);
+        }
+        continue;
+      }
+    }
+    if (b0 == a0) {
+      accumulate_tile<kIsa, scalar_t, TC, true>(staged, a0, b0, rows, acc);
+    } else {
+      accumulate_tile<kIsa, scalar_t, TC, false>(staged, a0, b0, rows, acc);
+    }
+  }
 }
 
 template <CpuIsa kIsa, typename scalar_t>
 FU_INLINE void gram_chunk_staged(const ChunkPlan& plan, int64_t chunk, const void* const* ptrs,
                                  int64_t n, int64_t k, double* partial) {
   using acc_t = typename Acc<scalar_t>::type;
-  constexpr int L = kStagedLanes<acc_t>;
-  constexpr int T = staged_tile(kIsa);
-  const int64_t rows = (k + T - 1) / T * T;  // rows past k stay zero
-  std::vector<acc_t> staged(rows * kBlock, acc_t(0));
+  using Shape = StagedShape<kIsa, acc_t>;
+  constexpr int L = Shape::L, TR = Shape::TR;
+  const int64_t rows = (k + TR - 1) / TR * TR;  // rows past k stay zero
+  std::vector<acc_t> staged(rows * kStagedBlock, acc_t(0));
   std::vector<acc_t> acc(rows * rows * L, acc_t(0));  // pairs (a, b) with a <= b are used
   for_each_piece(plan, chunk, [&](int64_t shard, int64_t begin, int64_t end) __attribute__((always_inline)) {
-    for (int64_t pos = begin; pos < end; pos += kBlock) {
-      const int64_t len = std::min(kBlock, end - pos);
+    for (int64_t pos = begin; pos < end; pos += kStagedBlock) {
+      const int64_t len = std::min(kStagedBlock, end - pos);
       for (int64_t v = 0; v < k; ++v) {
         const auto* src = static_cast<const scalar_t*>(ptrs[v * n + shard]) + pos;
-        stage_block<kIsa>(src, len, staged.data() + v * kBlock);
+        stage_block<kIsa>(src, len, rows, staged.data() + v * L);
       }
-      for (int64_t a0 = 0; a0 < rows; a0 += T) {
-        accumulate_tile<kIsa, scalar_t, true>(staged.data(), a0, a0, rows, acc.data());
-        for (int64_t b0 = a0 + T; b0 < rows; b0 += T) {
-          accumulate_tile<kIsa, scalar_t, false>(staged.data(), a0, b0, rows, acc.data());
-        }
+      for (int64_t a0 = 0; a0 < rows; a0 += TR) {
+        accumulate_row_block<kIsa, scalar_t>(staged.data(), a0, rows, acc.data());
       }
     }
   });

@@ -22,15 +22,16 @@ template <typename scalar_t> struct Compute { using type = scalar_t; };
 template <> struct Compute<c10::BFloat16> { using type = float; };
 template <> struct Compute<c10::Half> { using type = float; };
 
-// The hardware prefetcher loses track of K streams read in short bursts of kBlock elements; ask for
-// each line a few blocks ahead explicitly (prefetching past the end of a shard is harmless), into
-// every cache level: a non-temporal hint measured slower on both AVX2 and AVX-512 clones.
+// The hardware prefetcher loses track of K streams read in short bursts of a block each; ask for
+// each line kPrefetchBlocks of the caller's blocks ahead explicitly (prefetching past the end of a
+// shard is harmless), into every cache level: a non-temporal hint measured slower on both AVX2 and
+// AVX-512 clones.
 constexpr int64_t kPrefetchBlocks = 4;
 
-template <typename scalar_t>
+template <int64_t kDistance = kPrefetchBlocks * kBlock, typename scalar_t>
 inline __attribute__((always_inline)) void prefetch_ahead(const scalar_t* src, int64_t len) {
   constexpr int64_t per_line = 64 / sizeof(scalar_t);
-  for (int64_t t = 0; t < len; t += per_line) __builtin_prefetch(src + t + kPrefetchBlocks * kBlock, 0, 3);
+  for (int64_t t = 0; t < len; t += per_line) __builtin_prefetch(src + t + kDistance, 0, 3);
 }
 
 }  // namespace fastunlearn

@@ -36,6 +36,7 @@ constexpr int register_bytes(CpuIsa isa) {
 // Reg<acc_t, Bytes>: Bytes / sizeof(acc_t) lanes of acc_t.
 //   load(const scalar_t*) (converting to acc_t), store(acc_t*, V), broadcast(acc_t),
 //   for fp32 lanes also store(bf16* / fp16*, V), rounding as c10's conversions do (NaN included),
+//   for 64-byte registers also load_twice(const acc_t*): the 32 bytes there, in both halves,
 //   madd(acc, a, b) = acc + a * b, rounded twice (the product, then the sum);
 //   madd_exact(acc, a, b), the same where a * b is exact in acc_t: one fused rounding, same bits
 //   (add_product below says where that holds).
@@ -72,6 +73,7 @@ template <> struct Reg<double, 64> {
   FU_TARGET_AVX512 static V load(const double* p) { return _mm512_loadu_pd(p); }
   FU_TARGET_AVX512 static V load(const float* p) { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); }
   FU_TARGET_AVX512 static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
+  FU_TARGET_AVX512 static V load_twice(const double* p) { return _mm512_broadcast_f64x4(_mm256_loadu_pd(p)); }
   FU_TARGET_AVX512 static V broadcast(double w) { return _mm512_set1_pd(w); }
   FU_TARGET_AVX512 static V madd(V acc, V a, V b) { return _mm512_add_pd(acc, _mm512_mul_pd(a, b)); }
   FU_TARGET_AVX512 static V madd_exact(V acc, V a, V b) { return _mm512_fmadd_pd(a, b, acc); }
@@ -194,6 +196,9 @@ template <> struct Reg<float, 64> {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }
   FU_TARGET_AVX512 static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  FU_TARGET_AVX512 static V load_twice(const float* p) {  // as 4 doubles: AVX512F broadcasts no 8 floats
+    return _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(_mm256_loadu_ps(p))));
+  }
   FU_TARGET_AVX512 static void store(c10::BFloat16* p, V v) {
     const __m512i bits = _mm512_castps_si512(v);
     const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
