@@ -222,31 +222,32 @@ FU_INLINE void accumulate_tile(const typename Acc<scalar_t>::type* __restrict st
         if (used(i, c)) R::store(acc + ((a0 + i) * rows + b0 + c * CW) * L + g * W, tile[i][c][g]);
 }
 
-// The tiles of one row block, from its diagonal to the last column. Row blocks start at multiples of
-// TR and rows is one, so a tile is whole, or at AVX-512 (two row blocks per tile width) the last
-// one of its row block may be TR vectors wide.
+// The tiles of one row block, from its diagonal to the last column. The diagonal tile is at least
+// TR vectors wide, so that one tile holds the row block's upper triangle (at AVX2, 10 sums beside 4
+// operands). Row blocks start at multiples of TR and rows is one, so a tile is whole, or at AVX-512
+// (tiles two row blocks wide) the last one of its row block may be TR vectors wide.
 template <CpuIsa kIsa, typename scalar_t>
 FU_INLINE void accumulate_row_block(const typename Acc<scalar_t>::type* staged, int64_t a0, int64_t rows,
                                     typename Acc<scalar_t>::type* acc) {
   using Shape = StagedShape<kIsa, typename Acc<scalar_t>::type>;
-  constexpr int CW = Shape::CW, TR = Shape::TR, TC = Shape::TC, kWidth = TC * CW;
+  constexpr int CW = Shape::CW, TR = Shape::TR, TC = Shape::TC;
+  constexpr int kWidth = TC * CW, kDiagonalWidth = std::max(kWidth, TR);
   static_assert(TR % kWidth == 0 || kWidth == 2 * TR, "a tile is whole or TR vectors wide");
-  for (int64_t b0 = a0; b0 < rows; b0 += kWidth) {
+  if constexpr (kWidth == 2 * TR) {
+    if (rows - a0 == TR) {
+      accumulate_tile<kIsa, scalar_t, TR / CW, true>(staged, a0, a0, rows, acc);
+      return;
+    }
+  }
+  accumulate_tile<kIsa, scalar_t, kDiagonalWidth / CW, true>(staged, a0, a0, rows, acc);
+  for (int64_t b0 = a0 + kDiagonalWidth; b0 < rows; b0 += kWidth) {
     if constexpr (kWidth == 2 * TR) {
       if (rows - b0 == TR) {
-        if (b0 == a0) {
-          accumulate_tile<kIsa, scalar_t, TR / CW, true>(staged, a0, b0, rows, acc);
-        } else {
-          accumulate_tile<kIsa, scalar_t, TR / CW, false>(staged, a0, b0, rows, acc);
-        }
+        accumulate_tile<kIsa, scalar_t, TR / CW, false>(staged, a0, b0, rows, acc);
         continue;
       }
     }
-    if (b0 == a0) {
-      accumulate_tile<kIsa, scalar_t, TC, true>(staged, a0, b0, rows, acc);
-    } else {
-      accumulate_tile<kIsa, scalar_t, TC, false>(staged, a0, b0, rows, acc);
-    }
+    accumulate_tile<kIsa, scalar_t, TC, false>(staged, a0, b0, rows, acc);
   }
 }
 
