@@ -56,7 +56,7 @@ def cases() -> dict[str, str]:
     out = {}
     out["gram/bf16/extreme"] = digest(fu.gram(extreme_bf16()))
     for name, dtype in DTYPES.items():
-        for k in (1, 2, 3, 4, 5, 8, 16):
+        for k in (1, 2, 3, 4, 5, 8, 9, 16):
             out[f"gram/{name}/K={k}"] = digest(fu.gram(vectors(k, dtype, seed=k)))
         for k in (1, 2, 3, 5):
             vs = vectors(k, dtype, seed=10 + k)

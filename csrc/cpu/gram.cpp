@@ -137,8 +137,9 @@ constexpr int64_t kStagedBlock = 128;
 template <typename acc_t>
 constexpr int kStagedLanes = 32 / sizeof(acc_t);
 
-// A tile is tile_rows row vectors by tile_columns column registers; as many as the level's
-// registers hold beside one operand register per row and column.
+// A tile is tile_rows row vectors by tile_columns column registers, with one operand register per
+// row and column: AVX-512 16 sums and 8 operands of 32 registers; AVX2 8 and 6 of 16 (measured
+// faster than 3 x 3), its diagonal tile 10 and 4; SSE2 2 x 2 with two registers per lane group.
 constexpr int tile_rows(CpuIsa isa) { return isa == CpuIsa::kBaseline ? 2 : 4; }
 constexpr int tile_columns(CpuIsa isa) { return isa == CpuIsa::kAvx512 ? 4 : 2; }
 
@@ -152,7 +153,8 @@ struct StagedShape {
   static constexpr int G = W >= L ? 1 : L / W;            // registers per lane group
   static constexpr int TR = tile_rows(kIsa);
   static constexpr int TC = tile_columns(kIsa);
-  static_assert(TR % CW == 0, "a row block starts a column register");
+  static_assert(TR % CW == 0, "a tile TR vectors wide is whole column registers");
+  static_assert(CW == 1 || G == 1, "load_twice repeats a whole lane group");
 };
 
 // One vector's block into its lane groups, zero-padded to kStagedBlock.
@@ -174,14 +176,14 @@ FU_INLINE void stage_block(const scalar_t* __restrict src, int64_t len, int64_t 
 
 // Pairs (a0 + i, b0 + c * CW + e) for i < TR, c < C, e < CW; acc holds pair (a, b)'s lanes at
 // (a * rows + b) * L. kDiagonal: b0 == a0, and registers wholly below the diagonal are skipped.
-template <CpuIsa kIsa, typename scalar_t, int C, bool kDiagonal>
+template <CpuIsa kIsa, typename scalar_t, int TR, int C, bool kDiagonal>
 FU_INLINE void accumulate_tile(const typename Acc<scalar_t>::type* __restrict staged, int64_t a0, int64_t b0,
                                int64_t rows, typename Acc<scalar_t>::type* __restrict acc) {
   using acc_t = typename Acc<scalar_t>::type;
   using Shape = StagedShape<kIsa, acc_t>;
   using R = typename Shape::R;
   using V = typename R::V;
-  constexpr int L = Shape::L, W = Shape::W, CW = Shape::CW, G = Shape::G, TR = Shape::TR;
+  constexpr int L = Shape::L, W = Shape::W, CW = Shape::CW, G = Shape::G;
   constexpr auto used = [](int i, int c) { return !kDiagonal || c * CW + CW - 1 >= i; };
   V tile[TR][C][G];
 #pragma GCC unroll 4
@@ -204,8 +206,17 @@ FU_INLINE void accumulate_tile(const typename Acc<scalar_t>::type* __restrict st
           xa[i] = R::load(group + (a0 + i) * L + g * W);
         }
       }
+      // A diagonal tile of one vector per register multiplies the rows by themselves.
+      constexpr bool kSquare = kDiagonal && CW == 1;
+      static_assert(!kSquare || C <= TR, "a square diagonal tile is no wider than its rows");
 #pragma GCC unroll 4
-      for (int c = 0; c < C; ++c) xb[c] = R::load(group + (b0 + c * CW) * L + g * W);
+      for (int c = 0; c < C; ++c) {
+        if constexpr (kSquare) {
+          xb[c] = xa[c];
+        } else {
+          xb[c] = R::load(group + (b0 + c * CW) * L + g * W);
+        }
+      }
 #pragma GCC unroll 4
       for (int i = 0; i < TR; ++i)
 #pragma GCC unroll 4
@@ -222,32 +233,51 @@ FU_INLINE void accumulate_tile(const typename Acc<scalar_t>::type* __restrict st
         if (used(i, c)) R::store(acc + ((a0 + i) * rows + b0 + c * CW) * L + g * W, tile[i][c][g]);
 }
 
-// The tiles of one row block, from its diagonal to the last column. The diagonal tile is at least
-// TR vectors wide, so that one tile holds the row block's upper triangle (at AVX2, 10 sums beside 4
-// operands). Row blocks start at multiples of TR and rows is one, so a tile is whole, or at AVX-512
+// The tiles of one row block, from its diagonal to the last column that holds one of the k vectors.
+// The diagonal tile is at least TR vectors wide, so that one tile holds the row block's upper
+// triangle. Row blocks start at multiples of TR and rows is one, so a tile is whole, or at AVX-512
 // (tiles two row blocks wide) the last one of its row block may be TR vectors wide.
 template <CpuIsa kIsa, typename scalar_t>
-FU_INLINE void accumulate_row_block(const typename Acc<scalar_t>::type* staged, int64_t a0, int64_t rows,
-                                    typename Acc<scalar_t>::type* acc) {
+FU_INLINE void accumulate_row_block(const typename Acc<scalar_t>::type* staged, int64_t a0, int64_t k,
+                                    int64_t rows, typename Acc<scalar_t>::type* acc) {
   using Shape = StagedShape<kIsa, typename Acc<scalar_t>::type>;
   constexpr int CW = Shape::CW, TR = Shape::TR, TC = Shape::TC;
   constexpr int kWidth = TC * CW, kDiagonalWidth = std::max(kWidth, TR);
   static_assert(TR % kWidth == 0 || kWidth == 2 * TR, "a tile is whole or TR vectors wide");
   if constexpr (kWidth == 2 * TR) {
     if (rows - a0 == TR) {
-      accumulate_tile<kIsa, scalar_t, TR / CW, true>(staged, a0, a0, rows, acc);
+      accumulate_tile<kIsa, scalar_t, TR, TR / CW, true>(staged, a0, a0, rows, acc);
       return;
     }
   }
-  accumulate_tile<kIsa, scalar_t, kDiagonalWidth / CW, true>(staged, a0, a0, rows, acc);
-  for (int64_t b0 = a0 + kDiagonalWidth; b0 < rows; b0 += kWidth) {
+  accumulate_tile<kIsa, scalar_t, TR, kDiagonalWidth / CW, true>(staged, a0, a0, rows, acc);
+  for (int64_t b0 = a0 + kDiagonalWidth; b0 < k; b0 += kWidth) {
     if constexpr (kWidth == 2 * TR) {
       if (rows - b0 == TR) {
-        accumulate_tile<kIsa, scalar_t, TR / CW, false>(staged, a0, b0, rows, acc);
+        accumulate_tile<kIsa, scalar_t, TR, TR / CW, false>(staged, a0, b0, rows, acc);
         continue;
       }
     }
-    accumulate_tile<kIsa, scalar_t, TC, false>(staged, a0, b0, rows, acc);
+    accumulate_tile<kIsa, scalar_t, TR, TC, false>(staged, a0, b0, rows, acc);
+  }
+}
+
+// Every row block. Where a tile is no wider than half a row block (AVX2), a last row block with no
+// more than half a row block of the k vectors is one half-height diagonal tile, so that K = 5, 6, 9,
+// 10, ... do not multiply padding rows.
+template <CpuIsa kIsa, typename scalar_t>
+FU_INLINE void accumulate_block(const typename Acc<scalar_t>::type* staged, int64_t k, int64_t rows,
+                                typename Acc<scalar_t>::type* acc) {
+  using Shape = StagedShape<kIsa, typename Acc<scalar_t>::type>;
+  constexpr int TR = Shape::TR, kHalf = TR / 2;
+  for (int64_t a0 = 0; a0 < rows; a0 += TR) {
+    if constexpr (Shape::TC * Shape::CW <= kHalf) {
+      if (k - a0 <= kHalf) {
+        accumulate_tile<kIsa, scalar_t, kHalf, kHalf / Shape::CW, true>(staged, a0, a0, rows, acc);
+        continue;
+      }
+    }
+    accumulate_row_block<kIsa, scalar_t>(staged, a0, k, rows, acc);
   }
 }
 
@@ -267,9 +297,7 @@ FU_INLINE void gram_chunk_staged(const ChunkPlan& plan, int64_t chunk, const voi
         const auto* src = static_cast<const scalar_t*>(ptrs[v * n + shard]) + pos;
         stage_block<kIsa>(src, len, rows, staged.data() + v * L);
       }
-      for (int64_t a0 = 0; a0 < rows; a0 += TR) {
-        accumulate_row_block<kIsa, scalar_t>(staged.data(), a0, rows, acc.data());
-      }
+      accumulate_block<kIsa, scalar_t>(staged.data(), k, rows, acc.data());
     }
   });
   int64_t p = 0;
