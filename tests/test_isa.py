@@ -1,12 +1,18 @@
 """The CPU kernels' ISA levels: the FASTUNLEARN_CPU_ISA switch, and the same bits at every level.
 
-Each level runs in its own process (the level is read once, when the extension loads).
+Each level runs in its own process (the level is read once, when the extension loads). The levels
+forced on this CPU run the same code as on a CPU whose best they are, except for the level check
+itself, and a wide instruction outside the clones would only fail on the smaller CPU: so the
+suite also starts the extension on emulated CPUs that lack AVX-512 and AVX2 (qemu's user-mode
+emulator, where it is installed: `make test` installs it on Debian-like machines).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
+import shutil
 import subprocess
 import sys
 from functools import cache
@@ -21,13 +27,19 @@ import fastunlearn as fu
 
 LEVELS = ("avx512", "avx2", "baseline")
 TESTS = Path(__file__).parent
+EMULATOR = shutil.which("qemu-x86_64")
+# qemu's CPU models: a Zen 2 server (AVX2, FMA and F16C, no AVX-512) and a CPU with AVX but no AVX2.
+EMULATED_BEST = {"EPYC-Rome": "avx2", "SandyBridge": "baseline"}
 
 
-def run(level: str | None, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "FASTUNLEARN_CPU_ISA"}
+def run(level: str | None, *args: str, cpu: str | None = None, **env_vars: str) -> subprocess.CompletedProcess:
+    """python *args at `level` (None: the default), on qemu's model of `cpu` when one is named."""
+    env = {k: v for k, v in os.environ.items() if k != "FASTUNLEARN_CPU_ISA"} | env_vars
     if level is not None:
         env["FASTUNLEARN_CPU_ISA"] = level
-    return subprocess.run([sys.executable, *args], env=env, cwd=TESTS, capture_output=True, text=True, timeout=300)
+    emulator = [] if cpu is None else [EMULATOR, "-cpu", cpu]
+    return subprocess.run([*emulator, sys.executable, *args], env=env, cwd=TESTS, capture_output=True, text=True,
+                          timeout=300 if cpu is None else 900)
 
 
 @cache
@@ -104,3 +116,39 @@ def test_fp32_cancellation_at_every_level(level):
 def test_the_in_process_level_matches_the_switch():
     forced = os.environ.get("FASTUNLEARN_CPU_ISA")
     assert fu.cpu_isa() == (forced or supported()[0])
+
+
+needs_emulator = pytest.mark.skipif(
+    EMULATOR is None or platform.machine() != "x86_64" or sys.platform != "linux",
+    reason="qemu-x86_64 (Debian's qemu-user) is not installed",
+)
+
+
+@cache
+def emulated_outputs(cpu: str | None) -> dict:
+    """isa_cases.py at the default level, natively or on `cpu`. torch's own kernels (its random
+    numbers among them) differ by the CPU they pick, so both sides run torch's portable ones."""
+    done = run(None, "isa_cases.py", cpu=cpu, ATEN_CPU_CAPABILITY="default")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@needs_emulator
+@pytest.mark.parametrize("cpu", EMULATED_BEST)
+def test_an_emulated_cpu_runs_its_best_level_with_the_same_bits(cpu):
+    emulated, native = emulated_outputs(cpu), emulated_outputs(None)
+    assert emulated["level"] == EMULATED_BEST[cpu]
+    differing = [case for case, value in emulated["digests"]["1"].items() if native["digests"]["1"][case] != value]
+    assert not differing, f"{cpu} ({emulated['level']}) differs from this CPU ({native['level']}) in {differing}"
+    assert emulated["digests"]["2"] == native["digests"]["1"]
+    assert emulated["cancellation"] == native["cancellation"]
+
+
+@needs_emulator
+@pytest.mark.parametrize("cpu", EMULATED_BEST)
+def test_an_emulated_cpu_refuses_the_level_above_its_best(cpu):
+    best = EMULATED_BEST[cpu]
+    above = LEVELS[LEVELS.index(best) - 1]
+    done = run(above, "-c", "import fastunlearn", cpu=cpu)
+    assert done.returncode != 0
+    assert f"FASTUNLEARN_CPU_ISA={above}: this CPU does not support that level (its best is {best})" in done.stderr
