@@ -8,7 +8,8 @@
 
 namespace fastunlearn {
 
-// Elements per block of the elementwise kernels' block buffers (the compute type; they stay in L1).
+// Elements per block of combine's block buffers (the compute type; they stay in L1), and the unit
+// of the prefetch distance.
 constexpr int64_t kBlock = 256;
 
 // fp32 and fp64 inputs accumulate in fp64; bf16 and fp16 in fp32 (their products keep every

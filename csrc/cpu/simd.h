@@ -11,6 +11,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -34,7 +35,8 @@ constexpr int register_bytes(CpuIsa isa) {
 }
 
 // Reg<acc_t, Bytes>: Bytes / sizeof(acc_t) lanes of acc_t.
-//   load(const scalar_t*) (converting to acc_t), store(acc_t*, V), broadcast(acc_t),
+//   V takes + - * / and unary - lane by lane (GCC's vector types), rounding as the scalar operators do,
+//   load(const scalar_t*) (converting to acc_t), store(acc_t*, V), broadcast(acc_t), sqrt(V),
 //   for fp32 lanes also store(bf16* / fp16*, V), rounding as c10's conversions do (NaN included),
 //   for 64-byte registers also load_twice(const acc_t*): the 32 bytes there, in both halves,
 //   madd(acc, a, b) = acc + a * b, rounded twice (the product, then the sum);
@@ -54,6 +56,7 @@ template <> struct Reg<double, 16> {
   }
   static void store(double* p, V v) { _mm_storeu_pd(p, v); }
   static V broadcast(double w) { return _mm_set1_pd(w); }
+  static V sqrt(V v) { return _mm_sqrt_pd(v); }
   static V madd(V acc, V a, V b) { return _mm_add_pd(acc, _mm_mul_pd(a, b)); }
   static V madd_exact(V acc, V a, V b) { return madd(acc, a, b); }
 };
@@ -64,6 +67,7 @@ template <> struct Reg<double, 32> {
   FU_TARGET_AVX2 static V load(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
   FU_TARGET_AVX2 static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
   FU_TARGET_AVX2 static V broadcast(double w) { return _mm256_set1_pd(w); }
+  FU_TARGET_AVX2 static V sqrt(V v) { return _mm256_sqrt_pd(v); }
   FU_TARGET_AVX2 static V madd(V acc, V a, V b) { return _mm256_add_pd(acc, _mm256_mul_pd(a, b)); }
   FU_TARGET_AVX2 static V madd_exact(V acc, V a, V b) { return _mm256_fmadd_pd(a, b, acc); }
 };
@@ -75,6 +79,7 @@ template <> struct Reg<double, 64> {
   FU_TARGET_AVX512 static void store(double* p, V v) { _mm512_storeu_pd(p, v); }
   FU_TARGET_AVX512 static V load_twice(const double* p) { return _mm512_broadcast_f64x4(_mm256_loadu_pd(p)); }
   FU_TARGET_AVX512 static V broadcast(double w) { return _mm512_set1_pd(w); }
+  FU_TARGET_AVX512 static V sqrt(V v) { return _mm512_sqrt_pd(v); }
   FU_TARGET_AVX512 static V madd(V acc, V a, V b) { return _mm512_add_pd(acc, _mm512_mul_pd(a, b)); }
   FU_TARGET_AVX512 static V madd_exact(V acc, V a, V b) { return _mm512_fmadd_pd(a, b, acc); }
 };
@@ -129,6 +134,7 @@ template <> struct Reg<float, 16> {
     store_low_halves(p, _mm_or_si128(sign, select(nan, _mm_set1_epi32(0x7E00), nonsign)));
   }
   static V broadcast(float w) { return _mm_set1_ps(w); }
+  static V sqrt(V v) { return _mm_sqrt_ps(v); }
   static V madd(V acc, V a, V b) { return _mm_add_ps(acc, _mm_mul_ps(a, b)); }
   static V madd_exact(V acc, V a, V b) { return madd(acc, a, b); }
 
@@ -181,6 +187,7 @@ template <> struct Reg<float, 32> {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), halves);
   }
   FU_TARGET_AVX2 static V broadcast(float w) { return _mm256_set1_ps(w); }
+  FU_TARGET_AVX2 static V sqrt(V v) { return _mm256_sqrt_ps(v); }
   FU_TARGET_AVX2 static V madd(V acc, V a, V b) { return _mm256_add_ps(acc, _mm256_mul_ps(a, b)); }
   FU_TARGET_AVX2 static V madd_exact(V acc, V a, V b) { return _mm256_fmadd_ps(a, b, acc); }
 };
@@ -213,6 +220,7 @@ template <> struct Reg<float, 64> {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(fixed, _MM_FROUND_TO_NEAREST_INT));
   }
   FU_TARGET_AVX512 static V broadcast(float w) { return _mm512_set1_ps(w); }
+  FU_TARGET_AVX512 static V sqrt(V v) { return _mm512_sqrt_ps(v); }
   FU_TARGET_AVX512 static V madd(V acc, V a, V b) { return _mm512_add_ps(acc, _mm512_mul_ps(a, b)); }
   FU_TARGET_AVX512 static V madd_exact(V acc, V a, V b) { return _mm512_fmadd_ps(a, b, acc); }
 };
@@ -232,36 +240,25 @@ template <typename acc_t> struct Reg<acc_t, 16> {
     for (int j = 0; j < kLanes; ++j) p[j] = static_cast<scalar_t>(v[j]);
   }
   static V broadcast(acc_t w) { return V{} + w; }
+  static V sqrt(V v) {
+    for (int j = 0; j < kLanes; ++j) v[j] = std::sqrt(v[j]);
+    return v;
+  }
   static V madd(V acc, V a, V b) { return acc + a * b; }
   static V madd_exact(V acc, V a, V b) { return acc + a * b; }
 };
 
 #endif
 
-// dst[0:len] = src[0:len] converted, through whole registers of reg_t (the wider of the two types)
-// on the level, then the tail one by one: bf16/fp16 round as c10's conversions do (the compiler's
-// own vectorisation of c10's scalar conversions is several times slower, most of all at AVX-512).
-template <CpuIsa kIsa, typename reg_t, typename To, typename From>
-FU_INLINE void convert_block(To* __restrict dst, const From* __restrict src, int64_t len) {
-  using R = Reg<reg_t, register_bytes(kIsa)>;
-  constexpr int64_t width = register_bytes(kIsa) / sizeof(reg_t);
-  int64_t t = 0;
-  for (; t + width <= len; t += width) R::store(dst + t, R::load(src + t));
-  for (; t < len; ++t) dst[t] = static_cast<To>(src[t]);
-}
-
-// src[0:len] for elementwise loops that cast each element to the compute type: src itself, except
-// for fp16, whose scalar conversion (c10's) does not vectorise: then `scratch`, filled with its
-// values in fp32 on the level's registers. (bf16's conversion is a shift, fast in place.)
-template <CpuIsa kIsa, typename scalar_t, typename comp_t>
-FU_INLINE auto fast_to_read(const scalar_t* __restrict src, comp_t* __restrict scratch, int64_t len) {
-  if constexpr (std::is_same_v<scalar_t, c10::Half>) {
-    convert_block<kIsa, float>(scratch, src, len);
-    return static_cast<const comp_t*>(scratch);
-  } else {
-    return src;
-  }
-}
+// One lane of acc_t with Reg's interface: the elementwise kernels run a shard's tail through the
+// same expressions as its whole registers, so the tail rounds as they do.
+template <typename acc_t> struct Scalar {
+  using V = acc_t;
+  template <typename scalar_t> static V load(const scalar_t* p) { return static_cast<acc_t>(*p); }
+  template <typename scalar_t> static void store(scalar_t* p, V v) { *p = static_cast<scalar_t>(v); }
+  static V broadcast(acc_t w) { return w; }
+  static V sqrt(V v) { return std::sqrt(v); }
+};
 
 // sum + a * b for the products of two scalar_t inputs. Where every such product is exact in the
 // accumulation type (fp32 in fp64: 48 significand bits and exponents in range; fp16 in fp32: 22
