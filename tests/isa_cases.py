@@ -90,9 +90,14 @@ def cases() -> dict[str, str]:
         merged = [torch.empty_like(t) for t in g]
         fu.pcgrad_(merged, [g, r, d1], order=torch.tensor([[1, 2, 0], [2, 0, 1], [0, 1, 2]]))
         out[f"pcgrad_/{name}"] = digest(*merged)
-        for opt_name, make in (
+        for opt_name, make in (  # each of the steps' compiled variants (their switches)
             ("sgd", lambda p: fu.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01)),
+            ("sgd/plain", lambda p: fu.optim.SGD(p, lr=0.1)),
+            ("sgd/nesterov", lambda p: fu.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, maximize=True)),
+            ("sgd/dampening", lambda p: fu.optim.SGD(p, lr=0.1, momentum=0.9, dampening=0.3, weight_decay=0.01,
+                                                     maximize=True)),
             ("adamw", lambda p: fu.optim.AdamW(p, lr=0.1, weight_decay=0.01)),
+            ("adamw/maximize", lambda p: fu.optim.AdamW(p, lr=0.1, maximize=True)),
         ):
             params = [torch.nn.Parameter(t.clone()) for t in d2]
             opt = make(params)

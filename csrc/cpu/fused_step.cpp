@@ -42,15 +42,16 @@ FU_INLINE void for_each_lane_group(const ChunkPlan& plan, int64_t chunk, const B
   });
 }
 
-// sum_v w[v] * grads[v][shard][t:t + lanes], negated when maximizing.
-template <typename L, typename scalar_t, typename comp_t>
+// sum_v w[v] * grads[v][shard][t:t + lanes], negated when maximizing (Negate: a std::bool_constant).
+template <typename L, typename scalar_t, typename comp_t, typename Negate>
 FU_INLINE typename L::V weighted_gradient(const void* const* grads, int64_t k, int64_t n, int64_t shard, int64_t t,
-                                          const comp_t* w, bool negate) {
+                                          const comp_t* w, Negate) {
   typename L::V d = L::broadcast(w[0]) * L::load(static_cast<const scalar_t*>(grads[shard]) + t);
   for (int64_t v = 1; v < k; ++v) {
     d = d + L::broadcast(w[v]) * L::load(static_cast<const scalar_t*>(grads[v * n + shard]) + t);
   }
-  return negate ? -d : d;
+  if constexpr (Negate::value) d = -d;
+  return d;
 }
 
 // f(std::bool_constant<b>...) for the runtime flags b...: one instantiation per combination, so
@@ -74,30 +75,26 @@ FU_INLINE void sgd_chunk(const ChunkPlan& plan, int64_t chunk, void* const* para
   using comp_t = typename Compute<scalar_t>::type;
   const std::vector<comp_t> w(weights, weights + k);
   const comp_t lr = rule.lr, mu = rule.momentum, keep = 1.0 - rule.dampening, wd = rule.weight_decay;
-  // A local copy: `rule`, behind a reference, would be read again after every store (the stores'
-  // vector types may alias anything).
-  const bool negate = rule.maximize;
-  const bool has_momentum = rule.momentum != 0;
   // The rule's switches are compile-time constants inside the loop: a branch on each per register
   // measured ~20 % of an fp32 step at the baseline level.
-  with_constants([&](auto decays, auto momentum, auto first, auto nesterov) __attribute__((always_inline)) {
+  const auto run = [&](auto negate, auto decays, auto momentum, auto first, auto nesterov) __attribute__((always_inline)) {
     for_each_lane_group<kIsa, scalar_t>(plan, chunk, [&](auto lanes, int64_t shard, int64_t t) __attribute__((always_inline)) {
       using L = decltype(lanes);
       using V = typename L::V;
       auto* p = static_cast<scalar_t*>(params[shard]) + t;
       V d = weighted_gradient<L, scalar_t>(grads, k, n, shard, t, w.data(), negate);
       const V param = L::load(p);
-      if constexpr (decays) d = d + L::broadcast(wd) * param;
-      if constexpr (momentum) {
+      if constexpr (decltype(decays)::value) d = d + L::broadcast(wd) * param;
+      if constexpr (decltype(momentum)::value) {
         auto* b = static_cast<scalar_t*>(bufs[shard]) + t;
         V buf;
-        if constexpr (first) {
+        if constexpr (decltype(first)::value) {
           buf = d;
         } else {
           buf = L::broadcast(mu) * L::load(b) + L::broadcast(keep) * d;
         }
         L::store(b, buf);
-        if constexpr (nesterov) {
+        if constexpr (decltype(nesterov)::value) {
           d = d + L::broadcast(mu) * buf;
         } else {
           d = buf;
@@ -105,7 +102,13 @@ FU_INLINE void sgd_chunk(const ChunkPlan& plan, int64_t chunk, void* const* para
       }
       L::store(p, param - L::broadcast(lr) * d);
     });
-  }, rule.weight_decay != 0, has_momentum, has_momentum && rule.first_step, has_momentum && rule.nesterov);
+  };
+  with_constants([&](auto negate, auto decays) __attribute__((always_inline)) {
+    if (rule.momentum == 0) return run(negate, decays, std::false_type{}, std::false_type{}, std::false_type{});
+    with_constants([&](auto first, auto nesterov) __attribute__((always_inline)) {
+      run(negate, decays, std::true_type{}, first, nesterov);
+    }, rule.first_step, rule.nesterov);
+  }, rule.maximize, rule.weight_decay != 0);
 }
 
 template <CpuIsa kIsa, typename scalar_t>
@@ -117,23 +120,24 @@ FU_INLINE void adamw_chunk(const ChunkPlan& plan, int64_t chunk, void* const* pa
   const comp_t decay = 1.0 - rule.lr * rule.weight_decay, b1 = 1.0 - rule.beta1, beta2 = rule.beta2,
                b2 = 1.0 - rule.beta2, step_size = rule.lr / rule.bias_correction1,
                bc2_sqrt = rule.bias_correction2_sqrt, eps = rule.eps;
-  const bool negate = rule.maximize;  // a copy the compiler keeps in a register, as in sgd_chunk
-  for_each_lane_group<kIsa, scalar_t>(plan, chunk, [&](auto lanes, int64_t shard, int64_t t) __attribute__((always_inline)) {
-    using L = decltype(lanes);
-    using V = typename L::V;
-    auto* p = static_cast<scalar_t*>(params[shard]) + t;
-    auto* m = static_cast<scalar_t*>(avgs[shard]) + t;
-    auto* v = static_cast<scalar_t*>(sqs[shard]) + t;
-    const V g = weighted_gradient<L, scalar_t>(grads, k, n, shard, t, w.data(), negate);
-    const V m_old = L::load(m);
-    const V mt = m_old + L::broadcast(b1) * (g - m_old);
-    const V vt = L::broadcast(beta2) * L::load(v) + L::broadcast(b2) * g * g;
-    const V denom = L::sqrt(vt) / L::broadcast(bc2_sqrt) + L::broadcast(eps);
-    const V pt = L::load(p) * L::broadcast(decay);
-    L::store(m, mt);
-    L::store(v, vt);
-    L::store(p, pt - L::broadcast(step_size) * (mt / denom));
-  });
+  with_constants([&](auto negate) __attribute__((always_inline)) {
+    for_each_lane_group<kIsa, scalar_t>(plan, chunk, [&](auto lanes, int64_t shard, int64_t t) __attribute__((always_inline)) {
+      using L = decltype(lanes);
+      using V = typename L::V;
+      auto* p = static_cast<scalar_t*>(params[shard]) + t;
+      auto* m = static_cast<scalar_t*>(avgs[shard]) + t;
+      auto* v = static_cast<scalar_t*>(sqs[shard]) + t;
+      const V g = weighted_gradient<L, scalar_t>(grads, k, n, shard, t, w.data(), negate);
+      const V m_old = L::load(m);
+      const V mt = m_old + L::broadcast(b1) * (g - m_old);
+      const V vt = L::broadcast(beta2) * L::load(v) + L::broadcast(b2) * g * g;
+      const V denom = L::sqrt(vt) / L::broadcast(bc2_sqrt) + L::broadcast(eps);
+      const V pt = L::load(p) * L::broadcast(decay);
+      L::store(m, mt);
+      L::store(v, vt);
+      L::store(p, pt - L::broadcast(step_size) * (mt / denom));
+    });
+  }, rule.maximize);
 }
 
 #define FU_STEP_CHUNKS(suffix, scalar_t)                                                            \
