@@ -53,8 +53,12 @@ def supported() -> list[str]:
 
 
 @cache
-def outputs(level: str) -> dict:
-    done = run(level, "isa_cases.py")
+def outputs(level: str | None, cpu: str | None = None, portable_torch: bool = False) -> dict:
+    """isa_cases.py at `level` (None: the default), on qemu's `cpu` when one is named. torch's own
+    kernels (its random numbers among them) differ by the CPU they pick: runs on different CPUs
+    compare only with `portable_torch`, torch's portable kernels, and so the same inputs."""
+    env = {"ATEN_CPU_CAPABILITY": "default"} if portable_torch else {}
+    done = run(level, "isa_cases.py", cpu=cpu, **env)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -87,18 +91,23 @@ def test_a_level_this_cpu_lacks_fails_the_import():
         assert "this CPU does not support that level" in probe(level).stderr
 
 
+def assert_same_bits(other: dict, reference: dict, what: str) -> None:
+    """`other` (isa_cases' output) gives `reference`'s one-thread bits at one and at two threads."""
+    one_thread = reference["digests"]["1"]
+    differing = [case for case, value in other["digests"]["1"].items() if one_thread[case] != value]
+    assert not differing, f"{what} differs from {reference['level']} in {differing}"
+    assert other["digests"]["2"] == one_thread
+    assert other["cancellation"] == reference["cancellation"]
+
+
 def test_every_level_and_thread_count_gives_the_same_bits():
     levels = supported()
     reference = outputs(levels[0])
-    one_thread, two_threads = reference["digests"]["1"], reference["digests"]["2"]
-    assert one_thread == two_threads
+    assert reference["digests"]["1"] == reference["digests"]["2"]
     for level in levels[1:]:
         other = outputs(level)
         assert other["level"] == level
-        differing = [case for case, value in other["digests"]["1"].items() if one_thread[case] != value]
-        assert not differing, f"{level} differs from {levels[0]} in {differing}"
-        assert other["digests"]["2"] == one_thread
-        assert other["cancellation"] == reference["cancellation"]
+        assert_same_bits(other, reference, level)
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -135,24 +144,12 @@ def emulator_missing() -> str | None:
 needs_emulator = pytest.mark.skipif(emulator_missing() is not None, reason=str(emulator_missing()))
 
 
-@cache
-def emulated_outputs(cpu: str | None) -> dict:
-    """isa_cases.py at the default level, natively or on `cpu`. torch's own kernels (its random
-    numbers among them) differ by the CPU they pick, so both sides run torch's portable ones."""
-    done = run(None, "isa_cases.py", cpu=cpu, ATEN_CPU_CAPABILITY="default")
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
-
-
 @needs_emulator
 @pytest.mark.parametrize("cpu", EMULATED_BEST)
 def test_an_emulated_cpu_runs_its_best_level_with_the_same_bits(cpu):
-    emulated, native = emulated_outputs(cpu), emulated_outputs(None)
+    emulated = outputs(None, cpu, portable_torch=True)
     assert emulated["level"] == EMULATED_BEST[cpu]
-    differing = [case for case, value in emulated["digests"]["1"].items() if native["digests"]["1"][case] != value]
-    assert not differing, f"{cpu} ({emulated['level']}) differs from this CPU ({native['level']}) in {differing}"
-    assert emulated["digests"]["2"] == native["digests"]["1"]
-    assert emulated["cancellation"] == native["cancellation"]
+    assert_same_bits(emulated, outputs(supported()[0], portable_torch=True), f"{cpu} ({emulated['level']})")
 
 
 @needs_emulator
